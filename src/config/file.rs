@@ -1,0 +1,263 @@
+//! The TOML file as written: every section and key of `config/portvakt.toml`, with unknown
+//! keys rejected. Values that can be checked on their own are parsed into their real types
+//! here, so toml reports the position; checks across values live in `config/mod.rs`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub block: BlockSection,
+    /// `[lists.NAME]`: named lists, each read from one or more files.
+    #[serde(default)]
+    pub lists: BTreeMap<Spanned<String>, ListSection>,
+    /// `[[segment]]`: client networks and the lists blocked for them.
+    #[serde(default)]
+    pub segment: Vec<SegmentSection>,
+    /// `[[upstream]]`: one group without `zones` (the default), plus conditional groups.
+    #[serde(default)]
+    pub upstream: Vec<Spanned<UpstreamSection>>,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Addresses to serve DNS on, UDP and TCP on each.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<Vec<Spanned<ListenAddr>>>,
+    /// `"refuse"`, or the name of the segment for clients in no segment.
+    #[serde(default = "default_unknown_clients")]
+    pub unknown_clients: Spanned<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { listen: default_listen(), unknown_clients: default_unknown_clients() }
+    }
+}
+
+fn default_listen() -> Spanned<Vec<Spanned<ListenAddr>>> {
+    let addr = ListenAddr(SocketAddr::from(([127, 0, 0, 1], 5353)));
+    Spanned::new(0..0, vec![Spanned::new(0..0, addr)])
+}
+
+fn default_unknown_clients() -> Spanned<String> {
+    Spanned::new(0..0, "refuse".to_owned())
+}
+
+/// `[admin]`: the HTTP listener for metrics, health and the API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<ListenAddr>,
+    /// File holding the bearer token that mutating endpoints require.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[block]`: how blocked names are answered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSection {
+    #[serde(default = "default_block_response")]
+    pub response: Spanned<BlockResponse>,
+    /// TTL of blocked answers and of their SOA, in seconds.
+    #[serde(default = "default_block_ttl")]
+    pub ttl: u32,
+    /// Addresses answered for A/AAAA with `response = "sinkhole"`.
+    #[serde(default)]
+    pub sinkhole: Vec<IpAddr>,
+    /// EDE extra-text for lists without their own `message`.
+    #[serde(default = "default_block_message")]
+    pub message: String,
+}
+
+impl Default for BlockSection {
+    fn default() -> Self {
+        BlockSection {
+            response: default_block_response(),
+            ttl: default_block_ttl(),
+            sinkhole: Vec::new(),
+            message: default_block_message(),
+        }
+    }
+}
+
+fn default_block_response() -> Spanned<BlockResponse> {
+    Spanned::new(0..0, BlockResponse::default())
+}
+
+fn default_block_ttl() -> u32 {
+    300
+}
+
+fn default_block_message() -> String {
+    "Blocked by portvakt policy".to_owned()
+}
+
+/// The answer given for a blocked name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockResponse {
+    /// NXDOMAIN with SOA: stubs cache it and do not retry elsewhere.
+    #[default]
+    Nxdomain,
+    Refused,
+    /// NOERROR with no answer, SOA in authority.
+    Nodata,
+    /// `0.0.0.0` / `::` for A / AAAA; NODATA for other types.
+    ZeroIp,
+    /// The `block.sinkhole` addresses for A / AAAA; NODATA for other types.
+    Sinkhole,
+}
+
+impl BlockResponse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockResponse::Nxdomain => "nxdomain",
+            BlockResponse::Refused => "refused",
+            BlockResponse::Nodata => "nodata",
+            BlockResponse::ZeroIp => "zero-ip",
+            BlockResponse::Sinkhole => "sinkhole",
+        }
+    }
+}
+
+/// `[lists.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSection {
+    /// List files; relative paths are taken from the working directory.
+    pub files: Spanned<Vec<Spanned<PathBuf>>>,
+    /// EDE extra-text for names this list blocks.
+    pub message: Option<String>,
+}
+
+/// `[[segment]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSection {
+    pub name: Spanned<String>,
+    pub networks: Vec<Spanned<Network>>,
+    /// Lists whose names are blocked for this segment.
+    #[serde(default)]
+    pub block: Vec<Spanned<String>>,
+    /// Lists whose names are never blocked for this segment.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Names forwarded to this group (and all names below them); none for the default group.
+    #[serde(default)]
+    pub zones: Vec<Spanned<Zone>>,
+    pub servers: Spanned<Vec<ServerAddr>>,
+    /// Time to wait for an answer before SERVFAIL, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+}
+
+fn default_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 1500)
+}
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Upstream answers kept; 0 turns the cache off.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection { max_entries: default_cache_entries() }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    100_000
+}
+
+/// One entry of `segment.networks`, e.g. `"10.10.0.0/16"`; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Network(pub IpNet);
+
+impl TryFrom<String> for Network {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let net = match text.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => match text.parse::<IpAddr>() {
+                Ok(addr) => IpNet::from(addr),
+                Err(_) => return Err(format!("`{text}` is not a network, e.g. `10.10.0.0/16`")),
+            },
+        };
+        if net.trunc() != net {
+            return Err(format!("`{text}` has host bits set; the network is `{}`", net.trunc()));
+        }
+        Ok(Network(net))
+    }
+}
+
+/// A listen address, e.g. `"127.0.0.1:5353"` or `"[::]:53"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+            .map(ListenAddr)
+            .map_err(|_| format!("`{text}` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`"))
+    }
+}
+
+/// An upstream server, e.g. `"9.9.9.9:53"`; the port defaults to 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ServerAddr(pub SocketAddr);
+
+impl TryFrom<String> for ServerAddr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(ServerAddr(addr));
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| ServerAddr(SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("`{text}` is not a server address, e.g. `9.9.9.9:53`"))
+    }
+}
+
+/// A zone of a conditional upstream group, as a lowercase wire name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Zone(pub Vec<u8>);
+
+impl TryFrom<String> for Zone {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        crate::name::from_text(&text).map(Zone).map_err(|err| format!("`{text}` is not a zone name: {err}"))
+    }
+}

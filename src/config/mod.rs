@@ -1,0 +1,376 @@
+//! The checked config: `file.rs` mirrors the TOML, this module checks what needs more than
+//! one value (names that must exist, networks that must not repeat, files that must be
+//! there) and produces `Config`, which the rest of portvakt trusts. Reading list files is
+//! `policy/compile.rs`'s job; this module only checks that they exist.
+
+mod error;
+pub mod file;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+pub use error::{ConfigError, Problem};
+pub use file::BlockResponse;
+use error::Source;
+use file::ConfigFile;
+
+/// The annotated example config, also the default when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");
+/// How the embedded default is named in messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/portvakt.toml>";
+/// List ids are bits of a `u64` in the lookup core.
+pub const MAX_LISTS: usize = 64;
+
+/// A config that passed every check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from, for messages and status.
+    pub origin: String,
+    pub listen: Vec<SocketAddr>,
+    /// Segment (index into `segments`) for clients in no segment; `None` refuses them.
+    pub unknown_clients: Option<usize>,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token_file: Option<PathBuf>,
+    pub block: BlockSettings,
+    /// In name order; a list's index here is its id.
+    pub lists: Vec<ListConfig>,
+    pub segments: Vec<SegmentConfig>,
+    /// The default group first, then conditional groups in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub cache_max_entries: usize,
+}
+
+/// `[block]`, checked.
+#[derive(Debug, Clone)]
+pub struct BlockSettings {
+    pub response: BlockResponse,
+    pub ttl: u32,
+    pub sinkhole: Vec<IpAddr>,
+    pub message: String,
+}
+
+/// One `[lists.NAME]`.
+#[derive(Debug, Clone)]
+pub struct ListConfig {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+    pub message: Option<String>,
+}
+
+/// One `[[segment]]`, with lists as indexes into `Config::lists`.
+#[derive(Debug, Clone)]
+pub struct SegmentConfig {
+    pub name: String,
+    pub networks: Vec<IpNet>,
+    pub block: Vec<usize>,
+    pub allow: Vec<usize>,
+}
+
+/// One `[[upstream]]`; `zones` is empty for the default group.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub zones: Vec<Vec<u8>>,
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// The embedded default (`config/portvakt.toml`).
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG)
+    }
+
+    /// Checks config text; `origin` names it in messages. List files are looked up
+    /// relative to the working directory.
+    pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let source = Source { file: origin, text };
+        let file: ConfigFile = toml::from_str(text).map_err(|err| ConfigError::Invalid {
+            problems: vec![source.toml_problem(&err).1],
+        })?;
+        let mut checks = Checks { source, problems: Vec::new() };
+        let config = checks.config(file, origin);
+        if checks.problems.is_empty() {
+            Ok(config)
+        } else {
+            checks.problems.sort_by_key(|(at, _)| *at);
+            Err(ConfigError::Invalid { problems: checks.problems.into_iter().map(|(_, p)| p).collect() })
+        }
+    }
+}
+
+struct Checks<'a> {
+    source: Source<'a>,
+    problems: Vec<(usize, Problem)>,
+}
+
+impl Checks<'_> {
+    fn report<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        let problem = self.source.problem(at.span(), message);
+        self.problems.push(problem);
+    }
+
+    fn config(&mut self, file: ConfigFile, origin: &str) -> Config {
+        let lists = self.lists(&file.lists);
+        let list_ids: BTreeMap<&str, usize> =
+            lists.iter().enumerate().map(|(id, list)| (list.name.as_str(), id)).collect();
+        let segments = self.segments(&file.segment, &list_ids);
+
+        let unknown = &file.server.unknown_clients;
+        let unknown_clients = match unknown.get_ref().as_str() {
+            "refuse" => None,
+            name => {
+                let found = segments.iter().position(|s| s.name == name);
+                if found.is_none() {
+                    let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
+                    self.report(
+                        unknown,
+                        format!(
+                            "unknown_clients is \"{name}\", which is neither \"refuse\" nor a segment (segments: {})",
+                            names.join(", ")
+                        ),
+                    );
+                }
+                found
+            }
+        };
+
+        let listen = &file.server.listen;
+        if listen.get_ref().is_empty() {
+            self.report(listen, "server.listen is empty: portvakt would not answer anything");
+        }
+        let mut seen = HashMap::new();
+        for addr in listen.get_ref() {
+            if seen.insert(addr.get_ref().0, ()).is_some() {
+                self.report(addr, format!("listen address {} appears twice", addr.get_ref().0));
+            }
+        }
+
+        let block = &file.block;
+        if *block.response.get_ref() == BlockResponse::Sinkhole && block.sinkhole.is_empty() {
+            self.report(&block.response, "block.response is \"sinkhole\" but block.sinkhole lists no addresses");
+        }
+
+        Config {
+            origin: origin.to_owned(),
+            listen: listen.get_ref().iter().map(|a| a.get_ref().0).collect(),
+            unknown_clients,
+            admin_listen: file.admin.listen.map(|a| a.0),
+            admin_token_file: file.admin.token_file,
+            block: BlockSettings {
+                response: *block.response.get_ref(),
+                ttl: block.ttl,
+                sinkhole: block.sinkhole.clone(),
+                message: block.message.clone(),
+            },
+            lists,
+            segments,
+            upstreams: self.upstreams(&file.upstream),
+            cache_max_entries: file.cache.max_entries,
+        }
+    }
+
+    fn lists(&mut self, lists: &BTreeMap<Spanned<String>, file::ListSection>) -> Vec<ListConfig> {
+        if lists.len() > MAX_LISTS {
+            let last = lists.keys().last().expect("more than 64 lists");
+            self.report(last, format!("{} lists are defined; portvakt supports at most {MAX_LISTS}", lists.len()));
+        }
+        let mut out = Vec::with_capacity(lists.len());
+        for (name, list) in lists {
+            if list.files.get_ref().is_empty() {
+                self.report(&list.files, format!("list \"{}\" has no files", name.get_ref()));
+            }
+            for path in list.files.get_ref() {
+                if let Err(err) = std::fs::metadata(path.get_ref()) {
+                    let shown = path.get_ref().display();
+                    self.report(path, format!("list \"{}\": cannot read {shown}: {err}", name.get_ref()));
+                }
+            }
+            out.push(ListConfig {
+                name: name.get_ref().clone(),
+                files: list.files.get_ref().iter().map(|p| p.get_ref().clone()).collect(),
+                message: list.message.clone(),
+            });
+        }
+        out
+    }
+
+    fn segments(&mut self, segments: &[file::SegmentSection], lists: &BTreeMap<&str, usize>) -> Vec<SegmentConfig> {
+        let mut names: HashMap<&str, ()> = HashMap::new();
+        let mut networks: HashMap<IpNet, &str> = HashMap::new();
+        let mut out = Vec::with_capacity(segments.len());
+        let defined = lists.keys().copied().collect::<Vec<_>>().join(", ");
+        for segment in segments {
+            let name = segment.name.get_ref().as_str();
+            if names.insert(name, ()).is_some() {
+                self.report(&segment.name, format!("segment \"{name}\" is defined twice"));
+            }
+            if segment.networks.is_empty() {
+                self.report(&segment.name, format!("segment \"{name}\" has no networks"));
+            }
+            for net in &segment.networks {
+                if let Some(other) = networks.insert(net.get_ref().0, name) {
+                    let message = format!(
+                        "network {} is in segment \"{other}\" already; a network belongs to one segment",
+                        net.get_ref().0
+                    );
+                    self.report(net, message);
+                }
+            }
+            let ids = |entries: &[Spanned<String>], role: &str, checks: &mut Self| -> Vec<usize> {
+                let mut ids = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    match lists.get(entry.get_ref().as_str()) {
+                        Some(&id) => ids.push(id),
+                        None => checks.report(
+                            entry,
+                            format!(
+                                "segment \"{name}\" {role} list \"{}\", which is not defined (defined lists: {defined})",
+                                entry.get_ref()
+                            ),
+                        ),
+                    }
+                }
+                ids
+            };
+            let block = ids(&segment.block, "blocks", self);
+            let allow = ids(&segment.allow, "allows", self);
+            out.push(SegmentConfig {
+                name: name.to_owned(),
+                networks: segment.networks.iter().map(|n| n.get_ref().0).collect(),
+                block,
+                allow,
+            });
+        }
+        out
+    }
+
+    fn upstreams(&mut self, groups: &[Spanned<file::UpstreamSection>]) -> Vec<UpstreamConfig> {
+        let mut zones: HashMap<&[u8], ()> = HashMap::new();
+        let mut defaults = groups.iter().filter(|g| g.get_ref().zones.is_empty());
+        match (defaults.next(), defaults.next()) {
+            (None, _) => {
+                let at = groups.first().map_or(0..0, |g| g.span());
+                let (offset, problem) = self.source.problem(at, "no default [[upstream]] group (one without `zones`)");
+                self.problems.push((offset, problem));
+            }
+            (Some(_), Some(second)) => {
+                self.report(second, "a second [[upstream]] group without `zones`; only one default group is allowed")
+            }
+            _ => {}
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            let g = group.get_ref();
+            if g.servers.get_ref().is_empty() {
+                self.report(&g.servers, "upstream group has no servers");
+            }
+            if *g.timeout_ms.get_ref() == 0 {
+                self.report(&g.timeout_ms, "timeout_ms must be above 0");
+            }
+            for zone in &g.zones {
+                if zones.insert(&zone.get_ref().0, ()).is_some() {
+                    let text = crate::name::to_text(&zone.get_ref().0);
+                    self.report(zone, format!("zone {text} is forwarded by two upstream groups"));
+                }
+            }
+            out.push(UpstreamConfig {
+                zones: g.zones.iter().map(|z| z.get_ref().0.clone()).collect(),
+                servers: g.servers.get_ref().iter().map(|s| s.0).collect(),
+                timeout: Duration::from_millis(*g.timeout_ms.get_ref()),
+            });
+        }
+        out.sort_by_key(|u| !u.zones.is_empty());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse("t.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { problems }) => problems.iter().map(Problem::to_string).collect(),
+            Err(err) => vec![err.to_string()],
+        }
+    }
+
+    const UPSTREAM: &str = "[[upstream]]\nservers = [\"127.0.0.1:53\"]\n";
+
+    #[test]
+    fn shipped_config_parses_from_the_repo_root() {
+        let config = Config::load(Path::new("config/portvakt.toml")).unwrap();
+        assert_eq!(config.listen, ["127.0.0.1:5353".parse().unwrap()]);
+        let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"staff") && names.contains(&"tiktok-devices"), "{names:?}");
+        assert!(Config::embedded_default().is_ok());
+    }
+
+    #[test]
+    fn shape_errors_name_line_and_column() {
+        let cases = [
+            ("[[segment]]\nname = \"s\"\nnetworks = [\"10.10.0.0/33\"]\n", "t.toml:3:12: `10.10.0.0/33` is not a network, e.g. `10.10.0.0/16`"),
+            ("[[segment]]\nname = \"s\"\nnetworks = [\"10.10.1.0/16\"]\n", "t.toml:3:12: `10.10.1.0/16` has host bits set; the network is `10.10.0.0/16`"),
+            ("[server]\nlisten = [\"localhost\"]\n", "t.toml:2:10: `localhost` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`"),
+            ("[server]\nlisten_on = 1\n", "t.toml:2:1: unknown field `listen_on`, expected `listen` or `unknown_clients`"),
+            ("[block]\nresponse = \"drop\"\n", "t.toml:2:12: unknown variant `drop`, expected one of `nxdomain`, `refused`, `nodata`, `zero-ip`, `sinkhole`"),
+            ("[[upstream]]\nservers = [\"dns.quad9\"]\n", "t.toml:2:11: `dns.quad9` is not a server address, e.g. `9.9.9.9:53`"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(problems(text), [want], "{text}");
+        }
+    }
+
+    #[test]
+    fn meaning_errors_are_all_reported_in_file_order() {
+        let text = format!(
+            r#"[server]
+unknown_clients = "guests"
+[lists.tiktok]
+files = ["does/not/exist.txt"]
+[[segment]]
+name = "staff"
+networks = ["10.10.0.0/16"]
+block = ["tiktokk"]
+[[segment]]
+name = "staff"
+networks = ["10.10.0.0/16"]
+{UPSTREAM}"#
+        );
+        let got = problems(&text);
+        assert_eq!(got.len(), 5, "{got:#?}");
+        assert_eq!(got[0], "t.toml:2:19: unknown_clients is \"guests\", which is neither \"refuse\" nor a segment (segments: staff, staff)");
+        assert!(got[1].starts_with("t.toml:4:10: list \"tiktok\": cannot read does/not/exist.txt: "), "{}", got[1]);
+        assert_eq!(got[2], "t.toml:8:10: segment \"staff\" blocks list \"tiktokk\", which is not defined (defined lists: tiktok)");
+        assert_eq!(got[3], "t.toml:10:8: segment \"staff\" is defined twice");
+        assert_eq!(got[4], "t.toml:11:13: network 10.10.0.0/16 is in segment \"staff\" already; a network belongs to one segment");
+    }
+
+    #[test]
+    fn upstream_groups_need_exactly_one_default() {
+        assert_eq!(problems("")[0], "t.toml:1:1: no default [[upstream]] group (one without `zones`)");
+        let two = format!("{UPSTREAM}{UPSTREAM}");
+        assert_eq!(problems(&two), ["t.toml:3:1: a second [[upstream]] group without `zones`; only one default group is allowed"]);
+        let zones = format!("{UPSTREAM}[[upstream]]\nzones = [\"Kommune.Local\"]\nservers = [\"10.0.0.10\"]\ntimeout_ms = 0\n");
+        assert_eq!(problems(&zones), ["t.toml:6:14: timeout_ms must be above 0"]);
+    }
+
+    #[test]
+    fn sinkhole_needs_addresses() {
+        let text = format!("[block]\nresponse = \"sinkhole\"\n{UPSTREAM}");
+        assert_eq!(problems(&text), ["t.toml:2:12: block.response is \"sinkhole\" but block.sinkhole lists no addresses"]);
+    }
+}

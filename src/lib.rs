@@ -1,0 +1,4 @@
+pub mod lists;
+pub mod name;
+pub mod wire;
+pub mod config;

@@ -1,0 +1,286 @@
+//! Reading one list file: each line's format is detected on its own, entries come out as
+//! lowercase wire names, and lines that cannot be read come back as values with their line
+//! number and reason. Which list a file belongs to, and what a list means, is `policy/`'s.
+//!
+//! Accepted per line (`#`, `!` and `;` start comments):
+//! `example.com` · `*.example.com` · hosts `0.0.0.0 a.example b.example` · AdBlock DNS
+//! `||example.com^` (and `|example.com^`, `$important`) · exceptions `@@||example.com^` ·
+//! dnsmasq `address=/example.com/…`, `server=/example.com/…` · Unbound
+//! `local-zone: "example.com" static` · RPZ `example.com CNAME .`.
+//! Every entry matches its name and all names below it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::name::{self, NameError};
+
+/// Whether an entry puts names in the list or takes them out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Block,
+    /// `@@||name^`: this name and those below it are not in the list, whatever else matches.
+    Exception,
+}
+
+/// One readable entry of a list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Lowercase wire format.
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    pub line: u32,
+}
+
+/// A line that could not be read, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub path: PathBuf,
+    pub line: u32,
+    pub reason: String,
+    pub text: String,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {:?}", self.path.display(), self.line, self.reason, self.text)
+    }
+}
+
+/// Everything read from one file.
+#[derive(Debug, Default)]
+pub struct ListFile {
+    pub entries: Vec<Entry>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// A list file that could not be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read list file {}", path.display())]
+pub struct ListError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Reads and parses one list file.
+pub fn read(path: &Path) -> Result<ListFile, ListError> {
+    let bytes = std::fs::read(path).map_err(|source| ListError { path: path.to_owned(), source })?;
+    Ok(parse(path, &String::from_utf8_lossy(&bytes)))
+}
+
+/// Parses the text of a list file; `path` only labels rejected lines.
+pub fn parse(path: &Path, text: &str) -> ListFile {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut file = ListFile::default();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index as u32 + 1;
+        let mut push = |name: Vec<u8>, kind| file.entries.push(Entry { name, kind, line });
+        match parse_line(raw, &mut push) {
+            Ok(()) => {}
+            Err(reason) => file.rejected.push(Rejected {
+                path: path.to_owned(),
+                line,
+                reason,
+                text: raw.trim().chars().take(200).collect(),
+            }),
+        }
+    }
+    file
+}
+
+/// Names that hosts files map for the machine itself; they are not blocklist entries.
+const HOSTS_SELF_NAMES: [&str; 9] = [
+    "localhost",
+    "localhost.localdomain",
+    "local",
+    "broadcasthost",
+    "ip6-localhost",
+    "ip6-loopback",
+    "ip6-localnet",
+    "ip6-allnodes",
+    "ip6-allrouters",
+];
+
+fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+    let line = raw.trim();
+    if line.is_empty() || line.starts_with(['#', '!', ';']) || line.starts_with("[Adblock") {
+        return Ok(());
+    }
+    // A trailing comment after white space, as hosts files and plain lists write them.
+    let line = match line.find(" #").or_else(|| line.find("\t#")) {
+        Some(at) => line[..at].trim_end(),
+        None => line,
+    };
+    if let Some(rule) = line.strip_prefix("@@") {
+        return push_name(adblock_name(rule)?, EntryKind::Exception, push);
+    }
+    if line.starts_with('|') {
+        return push_name(adblock_name(line)?, EntryKind::Block, push);
+    }
+    if line.starts_with('/') && line.len() > 1 {
+        return Err("regular expressions are not supported".into());
+    }
+    if let Some(rest) = ["address=/", "server=/", "local=/"].iter().find_map(|p| line.strip_prefix(p)) {
+        return dnsmasq_names(rest, push);
+    }
+    if let Some(rest) = line.strip_prefix("local-zone:") {
+        let zone = rest.split_whitespace().next().unwrap_or("").trim_matches('"');
+        return push_name(zone, EntryKind::Block, push);
+    }
+    if line == "server:" {
+        return Ok(());
+    }
+    let mut fields = line.split_whitespace();
+    let first = fields.next().unwrap_or_default();
+    if first.parse::<std::net::IpAddr>().is_ok() {
+        let names: Vec<&str> = fields.collect();
+        if names.is_empty() {
+            return Err("an IP address is not a domain name".into());
+        }
+        for host in names {
+            if !HOSTS_SELF_NAMES.contains(&host) {
+                push_name(host, EntryKind::Block, push)?;
+            }
+        }
+        return Ok(());
+    }
+    let rest: Vec<&str> = fields.collect();
+    match rest.as_slice() {
+        [] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Block, push),
+        // RPZ: `name CNAME .` (NXDOMAIN) or `name CNAME *.` (NODATA), optional TTL and class.
+        [.., "CNAME", "." | "*."] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Block, push),
+        [.., "CNAME", "rpz-passthru."] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Exception, push),
+        _ => Err("not a domain name".into()),
+    }
+}
+
+/// The name of an AdBlock-style DNS rule: `||name^`, `|name^`, `||name^$important`.
+fn adblock_name(rule: &str) -> Result<&str, String> {
+    let (rule, modifiers) = match rule.split_once('$') {
+        Some((rule, modifiers)) => (rule, Some(modifiers)),
+        None => (rule, None),
+    };
+    if let Some(modifiers) = modifiers {
+        for modifier in modifiers.split(',') {
+            if modifier != "important" {
+                return Err(format!("unsupported modifier ${modifier}"));
+            }
+        }
+    }
+    let name = rule.trim_start_matches('|');
+    let name = name.trim_end_matches('|');
+    let name = name.strip_suffix('^').unwrap_or(name);
+    if name.contains('*') {
+        return Err("wildcards inside a name are not supported".into());
+    }
+    Ok(name.strip_prefix("*.").unwrap_or(name))
+}
+
+/// dnsmasq: `/a.example/b.example/target` after the option name; the last field is the
+/// answer or upstream, not a name.
+fn dnsmasq_names(rest: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+    let Some((names, _target)) = rest.rsplit_once('/') else {
+        return Err("dnsmasq line without a closing /".into());
+    };
+    for host in names.split('/').filter(|h| !h.is_empty()) {
+        push_name(host, EntryKind::Block, push)?;
+    }
+    Ok(())
+}
+
+fn push_name(text: &str, kind: EntryKind, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+    match name::from_text(text) {
+        Ok(wire) => {
+            push(wire, kind);
+            Ok(())
+        }
+        Err(NameError::IpAddress) => Err("an IP address is not a domain name".into()),
+        Err(err) => Err(format!("not a domain name ({err})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(text: &str) -> (Vec<(String, EntryKind)>, Vec<(u32, String)>) {
+        let file = parse(Path::new("t.txt"), text);
+        let entries = file.entries.iter().map(|e| (name::to_text(&e.name), e.kind)).collect();
+        let rejected = file.rejected.iter().map(|r| (r.line, r.reason.clone())).collect();
+        (entries, rejected)
+    }
+
+    #[test]
+    fn every_format_yields_the_same_name() {
+        let lines = [
+            "example.com",
+            "Example.COM.",
+            "*.example.com",
+            "0.0.0.0 example.com",
+            "127.0.0.1\texample.com # tracker",
+            ":: example.com",
+            "||example.com^",
+            "||example.com^$important",
+            "|example.com^",
+            "address=/example.com/#",
+            "server=/example.com/127.0.0.1",
+            "local-zone: \"example.com.\" always_null",
+            "example.com CNAME .",
+            "*.example.com CNAME .",
+            "@@|example.com|",
+        ];
+        for line in lines {
+            let (entries, rejected) = names(line);
+            let kind = if line.starts_with("@@") { EntryKind::Exception } else { EntryKind::Block };
+            assert_eq!(entries, [("example.com".to_string(), kind)], "{line}");
+            assert!(rejected.is_empty(), "{line}");
+        }
+    }
+
+    #[test]
+    fn exceptions_comments_bom_and_crlf() {
+        let (entries, rejected) = names("\u{feff}# title\r\n! adblock comment\r\n@@||ok.example^\r\n\r\nb.example\r\n");
+        assert_eq!(
+            entries,
+            [("ok.example".into(), EntryKind::Exception), ("b.example".into(), EntryKind::Block)]
+        );
+        assert!(rejected.is_empty());
+    }
+
+    #[test]
+    fn hosts_lines_with_several_names_and_self_names() {
+        let (entries, rejected) = names("127.0.0.1 localhost\n::1 ip6-localhost\n0.0.0.0 a.example b.example\n");
+        let got: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, ["a.example", "b.example"]);
+        assert!(rejected.is_empty());
+    }
+
+    #[test]
+    fn unicode_names_are_stored_as_punycode() {
+        let (entries, _) = names("bücher.example\n");
+        assert_eq!(entries[0].0, "xn--bcher-kva.example");
+    }
+
+    #[test]
+    fn unreadable_lines_are_rejected_with_line_and_reason() {
+        let (entries, rejected) = names(
+            "good.example\nok.example CNAME rpz-passthru.\n||ads.example^$third-party\n/ad[0-9]+\\.example/\n10.1.2.3\nnot a name\n||p16-*.example^\nbad/path.example\n0.0.0.0 10.0.0.1\n",
+        );
+        assert_eq!(entries[1], ("ok.example".into(), EntryKind::Exception));
+        let got: Vec<(u32, &str)> = rejected.iter().map(|(l, r)| (*l, r.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "unsupported modifier $third-party"),
+                (4, "regular expressions are not supported"),
+                (5, "an IP address is not a domain name"),
+                (6, "not a domain name"),
+                (7, "wildcards inside a name are not supported"),
+                (8, "not a domain name (character '/' is not allowed in a domain name)"),
+                (9, "an IP address is not a domain name"),
+            ]
+        );
+        let file = parse(Path::new("lists/t.txt"), "x y z\n");
+        assert_eq!(file.rejected[0].to_string(), "lists/t.txt:1: not a domain name: \"x y z\"");
+    }
+}

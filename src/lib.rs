@@ -1,4 +1,82 @@
+//! portvakt: a DNS policy gateway. A query's source address puts the client in a segment;
+//! the segment's policy says which lists are blocked there. Blocked names are answered at
+//! once (NXDOMAIN with an Extended DNS Error by default); everything else is forwarded to the
+//! upstream groups and cached; clients in no segment are refused.
+//!
+//! ```text
+//! socket ─► server.rs ─► handler.rs: answer_now(packet, client) ─► reply bytes ─► server.rs ─► socket
+//!             wire.rs      header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
+//!             segment.rs   source address ─► SegmentId (longest prefix; none ─► REFUSED)
+//!             policy/      (segment, qname) ─► Decision, one pass over the name's suffixes
+//!               ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
+//!               └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
+//!                                  └miss─► handler.rs forward ─► upstream.rs ─► cache.rs
+//! side: config/ ─► policy/compile.rs ─► Gateway::swap
+//! ```
+//! Start reading at `handler.rs`.
+
+pub mod cache;
+pub mod config;
+pub mod handler;
 pub mod lists;
 pub mod name;
+pub mod policy;
+pub mod reply;
+pub mod segment;
+pub mod server;
+pub mod upstream;
 pub mod wire;
-pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use config::Config;
+use handler::Gateway;
+use policy::Policy;
+use policy::compile::CompileError;
+use server::{Listeners, ServerError};
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// A running gateway; `shutdown` stops it.
+pub struct Running {
+    gateway: Arc<Gateway>,
+    listeners: Listeners,
+}
+
+/// Compiles the policy for `config`, then binds its listeners: no socket is bound before
+/// the config and every list file have been read.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let policy = Policy::compile(config)?;
+    let listen = policy.config.listen.clone();
+    let gateway = Arc::new(Gateway::new(policy));
+    let listeners = Listeners::bind(&listen, gateway.clone()).await?;
+    Ok(Running { gateway, listeners })
+}
+
+impl Running {
+    /// UDP addresses as bound (port 0 in the config resolved).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.listeners.udp
+    }
+
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.listeners.tcp
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops the listeners; in-flight queries get a short grace period.
+    pub async fn shutdown(self) {
+        self.listeners.shutdown().await;
+    }
+}

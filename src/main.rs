@@ -1,3 +1,249 @@
-fn main() {
-    println!("Hello, world!");
+//! The `portvakt` command: `serve` (the default), `check` and `explain`; tracing setup and
+//! exit codes (0 ok, 1 failure or `check --strict` with rejected lines, 2 invalid config).
+
+use std::error::Error;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use portvakt::config::{Config, ConfigError};
+use portvakt::policy::compile::CompileError;
+use portvakt::policy::{Located, Policy, Verdict};
+use portvakt::{StartError, start};
+use tracing::{error, info};
+
+/// DNS policy gateway: blocks lists of names per client segment, forwards the rest.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve(ServeArgs),
+    /// Load and validate the config and every list; print entry counts and rejected lines.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Exit 1 if any list line was rejected.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show the segment, verdict and deciding list entry for a client and a name.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The client's source address.
+        #[arg(long)]
+        client: IpAddr,
+        /// The queried name.
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Config file; without it, the embedded default (config/portvakt.toml).
+    #[arg(long, short, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `debug`, `portvakt=debug`); `RUST_LOG` applies when absent.
+    #[arg(long, value_name = "FILTER", global = true)]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Check { config, strict }) => runtime.block_on(check(config, strict)),
+        Some(Command::Explain { config, client, name }) => runtime.block_on(explain(config, client, &name)),
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
+    match &arg.config {
+        Some(path) => Config::load(path),
+        None => Config::embedded_default(),
+    }
+}
+
+/// Prints an error with its chain of causes, once: `error: a: b: c`.
+fn report(err: &dyn Error) {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if let Some((first, rest)) = text.split_once('\n') {
+        // Config problems come one per line, each already `file:line:col: message`.
+        eprintln!("error: invalid config\n{first}\n{rest}");
+    } else {
+        eprintln!("error: {text}");
+    }
+}
+
+/// Loads and compiles, or reports and gives the exit code.
+fn compile(arg: &ConfigArg) -> Result<Policy, ExitCode> {
+    let config = load(arg).map_err(|err| {
+        report(&err);
+        ExitCode::from(2)
+    })?;
+    Policy::compile(config).map_err(|err| {
+        report(&err);
+        ExitCode::from(2)
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing(&args);
+    let config = match load(&args.config) {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    let origin = config.origin.clone();
+    let running = match start(config).await {
+        Ok(running) => running,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(if matches!(err, StartError::Compile(CompileError::List(_))) { 2 } else { 1 });
+        }
+    };
+    let policy = running.gateway().policy();
+    info!(config = %origin, udp = ?running.udp_addrs(), tcp = ?running.tcp_addrs(), "portvakt listening");
+    for list in &policy.lists {
+        info!(list = %list.name, entries = list.entries, rejected = list.rejected.len(), "list loaded");
+    }
+    for (segment, config) in policy.segments.iter().zip(&policy.config.segments) {
+        let networks: Vec<String> = config.networks.iter().map(ToString::to_string).collect();
+        info!(segment = %segment.name, networks = %networks.join(","), "segment");
+    }
+    wait_for_shutdown_signal().await;
+    info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing(args: &ServeArgs) {
+    use tracing_subscriber::EnvFilter;
+    // hickory logs every TCP request at info; keep it to warnings.
+    let filter = match &args.log_level {
+        Some(level) => EnvFilter::new(format!("hickory_server=warn,hickory_proto=warn,{level}")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(err) = result {
+        error!(%err, "failed to set up logging");
+    }
+}
+
+async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
+    let policy = match compile(&arg) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    println!("{}: ok", policy.config.origin);
+    let mut rejected = 0;
+    for list in &policy.lists {
+        let files: Vec<String> = list.files.iter().map(|f| f.display().to_string()).collect();
+        println!(
+            "list {}: {} entries, {} rejected lines ({})",
+            list.name,
+            list.entries,
+            list.rejected.len(),
+            files.join(", ")
+        );
+        rejected += list.rejected.len();
+    }
+    for list in &policy.lists {
+        for line in &list.rejected {
+            println!("{line}");
+        }
+    }
+    if strict && rejected > 0 {
+        eprintln!("error: {rejected} list lines were rejected (--strict)");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
+    let policy = match compile(&arg) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    let explanation = match policy.explain(client, name) {
+        Ok(explanation) => explanation,
+        Err(err) => {
+            eprintln!("error: `{name}` is not a domain name: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let segment = explanation.segment.as_deref().map_or("none".to_owned(), |s| format!("\"{s}\""));
+    println!("client:  {client}");
+    println!("segment: {segment}");
+    println!("name:    {}", explanation.name);
+    let entry = |located: &Located| match &located.at {
+        Some((path, line)) => format!("entry `{}` at {}:{line}", located.entry, path.display()),
+        None => format!("entry `{}`", located.entry),
+    };
+    match &explanation.verdict {
+        Verdict::Refused => println!("verdict: refused (client is in no segment; unknown_clients = \"refuse\")"),
+        Verdict::Allowed => println!("verdict: allowed (no list of the segment contains the name): forwarded"),
+        Verdict::AllowedByList(located) => {
+            println!("verdict: allowed by list \"{}\" ({}): forwarded", located.list, entry(located))
+        }
+        Verdict::Blocked(located) => {
+            let response = policy.config.block.response.as_str();
+            println!("verdict: blocked by list \"{}\" ({})", located.list, entry(located));
+            println!("answer:  {response}, ttl {}", policy.config.block.ttl);
+        }
+    }
+    ExitCode::SUCCESS
 }

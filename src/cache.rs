@@ -1,0 +1,195 @@
+//! The answer cache: upstream answers only (never synthesized ones, so a new policy applies
+//! from the next query with nothing to flush), stored in wire format without OPT, and served
+//! by copying and patching: the client's ID, flags and question case, TTLs counted down on
+//! `tokio::time::Instant`, and the client's own OPT. Shared by all segments: the CNAME
+//! targets of each entry are kept so every hit is re-decided for the asking segment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::name::MAX_WIRE_LEN;
+use crate::reply;
+use crate::wire::{self, HEADER_LEN, Query, Record, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA};
+
+/// Upper bound on how long any answer is kept (and on the TTLs served from it).
+const MAX_TTL: u32 = 86_400;
+const KEY_LEN: usize = MAX_WIRE_LEN + 5;
+
+/// An upstream answer ready to be served to any client asking the same question.
+#[derive(Debug)]
+pub struct Answer {
+    /// Header, question (lowercase), records; no OPT.
+    wire: Box<[u8]>,
+    /// Offsets of every record's TTL field.
+    ttl_at: Box<[u16]>,
+    stored_at: Instant,
+    expires_at: Instant,
+    /// CNAME targets in the answer section, lowercase wire format.
+    cname_targets: Box<[Box<[u8]>]>,
+}
+
+/// Why an upstream message cannot be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("malformed upstream message")]
+    Malformed,
+    #[error("upstream message does not answer the question asked")]
+    WrongQuestion,
+}
+
+impl Answer {
+    /// Takes an upstream response to `query`: strips its OPT, records where the TTLs are, and
+    /// computes how long it may be kept (RFC 2308 §5 for negative answers: the SOA's TTL,
+    /// capped by its MINIMUM, which is also written back as the SOA's TTL).
+    pub fn from_upstream(query: &Query, mut msg: Vec<u8>, now: Instant) -> Result<Answer, AnswerError> {
+        let sections = Sections::read(&msg).ok_or(AnswerError::Malformed)?;
+        let question_end = HEADER_LEN + query.question().len();
+        if wire::u16_at(&msg, 4) != 1
+            || msg.len() < question_end
+            || !msg[HEADER_LEN..question_end].eq_ignore_ascii_case(query.question())
+        {
+            return Err(AnswerError::WrongQuestion);
+        }
+        let opt = sections.additionals.iter().position(|r| r.rtype == TYPE_OPT);
+        let mut additionals = sections.additionals.clone();
+        if let Some(i) = opt {
+            if i + 1 != additionals.len() {
+                // Names after the OPT may point anywhere: only a trailing OPT is cut out.
+                return Err(AnswerError::Malformed);
+            }
+            msg.truncate(additionals[i].start);
+            additionals.pop();
+            let arcount = additionals.len() as u16;
+            wire::set_u16(&mut msg, 10, arcount);
+        }
+        msg[HEADER_LEN..question_end].copy_from_slice(&query.question().to_ascii_lowercase());
+
+        let records: Vec<Record> =
+            sections.answers.iter().chain(&sections.authorities).chain(&additionals).copied().collect();
+        let rcode = msg[3] & 0x0F;
+        let mut negative_ttl = None;
+        if sections.answers.is_empty() || rcode != 0 {
+            for soa in sections.authorities.iter().filter(|r| r.rtype == TYPE_SOA) {
+                let minimum_at = soa.end - 4;
+                let ttl = wire::u32_at(&msg, soa.ttl_at).min(wire::u32_at(&msg, minimum_at));
+                msg[soa.ttl_at..soa.ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
+                negative_ttl = Some(negative_ttl.map_or(ttl, |t: u32| t.min(ttl)));
+            }
+        }
+        let keep = match negative_ttl {
+            Some(ttl) => ttl,
+            None => sections.answers.iter().map(|r| wire::u32_at(&msg, r.ttl_at)).min().unwrap_or(0),
+        }
+        .min(MAX_TTL);
+        for r in &records {
+            let ttl = wire::u32_at(&msg, r.ttl_at).min(MAX_TTL);
+            msg[r.ttl_at..r.ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
+        let cname_targets = sections
+            .answers
+            .iter()
+            .filter(|r| r.rtype == TYPE_CNAME)
+            .filter_map(|r| wire::read_name(&msg, r.rdata_at).map(Vec::into_boxed_slice))
+            .collect();
+        Ok(Answer {
+            ttl_at: records.iter().map(|r| r.ttl_at as u16).collect(),
+            wire: msg.into_boxed_slice(),
+            stored_at: now,
+            expires_at: now + Duration::from_secs(keep.into()),
+            cname_targets,
+        })
+    }
+
+    pub fn cname_targets(&self) -> &[Box<[u8]>] {
+        &self.cname_targets
+    }
+
+    pub fn rcode(&self) -> u8 {
+        self.wire[3] & 0x0F
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Whether it may be stored at all: answers with a TTL of 0 are served once, not kept.
+    pub fn is_cacheable(&self) -> bool {
+        self.expires_at > self.stored_at
+    }
+
+    /// Writes this answer for `query`: the client's ID, RD, CD and question bytes, TTLs
+    /// reduced by the time spent in the cache, and the client's OPT. AD is kept only for a
+    /// client that asked for DNSSEC (RFC 6840 §5.8).
+    pub fn write(&self, query: &Query, now: Instant, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.wire);
+        out[0..2].copy_from_slice(&query.id().to_be_bytes());
+        out[2] = 0x80 | query.recursion_desired() as u8;
+        let ad = if query.dnssec_ok() { out[3] & 0x20 } else { 0 };
+        out[3] = 0x80 | ad | if query.checking_disabled() { 0x10 } else { 0 } | (out[3] & 0x0F);
+        let question = query.question();
+        out[HEADER_LEN..HEADER_LEN + question.len()].copy_from_slice(question);
+        let age = now.saturating_duration_since(self.stored_at).as_secs().min(u32::MAX.into()) as u32;
+        if age > 0 {
+            for &at in self.ttl_at.iter() {
+                let at = at as usize;
+                let ttl = wire::u32_at(out, at).saturating_sub(age);
+                out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+            }
+        }
+        reply::push_opt(query, 0, None, out);
+    }
+}
+
+/// Bounded map from question (name, type, class, DO, CD) to answer.
+pub struct Cache {
+    map: quick_cache::sync::Cache<Box<[u8]>, Arc<Answer>>,
+}
+
+impl Cache {
+    /// `None` for `max_entries == 0`: no cache.
+    pub fn new(max_entries: usize) -> Option<Cache> {
+        (max_entries > 0).then(|| Cache { map: quick_cache::sync::Cache::new(max_entries) })
+    }
+
+    /// A live answer for `query`, if any; expired entries are dropped here.
+    pub fn get(&self, query: &Query, now: Instant) -> Option<Arc<Answer>> {
+        let (key, len) = key(query);
+        let answer = self.map.get(&key[..len])?;
+        if answer.is_expired(now) {
+            self.map.remove(&key[..len]);
+            return None;
+        }
+        Some(answer)
+    }
+
+    pub fn insert(&self, query: &Query, answer: Arc<Answer>) {
+        if answer.is_cacheable() {
+            let (key, len) = key(query);
+            self.map.insert(key[..len].into(), answer);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// DO and CD change what an upstream returns (RFC 4035 §3.2), so they are part of the key.
+fn key(query: &Query) -> ([u8; KEY_LEN], usize) {
+    let mut key = [0u8; KEY_LEN];
+    let name = query.name();
+    key[..name.len()].copy_from_slice(name);
+    let mut at = name.len();
+    key[at..at + 2].copy_from_slice(&query.qtype.to_be_bytes());
+    key[at + 2..at + 4].copy_from_slice(&query.qclass.to_be_bytes());
+    key[at + 4] = query.dnssec_ok() as u8 | (query.checking_disabled() as u8) << 1;
+    at += 5;
+    (key, at)
+}

@@ -1,0 +1,200 @@
+//! The path of one query, transport-independent: wire bytes and client address in, wire bytes
+//! out. `answer_now` does everything that needs no upstream (malformed, refused, blocked,
+//! cache hit) without awaiting; a miss comes back as `Step::Forward`, which `forward`
+//! finishes. Each stage lives in its own module; their order lives here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::cache::{Answer, Cache};
+use crate::policy::{Decision, Policy};
+use crate::reply::{self, EdeCode};
+use crate::segment::SegmentId;
+use crate::upstream::UpstreamError;
+use crate::wire::{self, Malformed, Query, Rcode};
+
+/// Upstream queries in flight at once; past this, misses get SERVFAIL at once rather than
+/// queueing without bound behind a slow upstream.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// How the reply leaves: UDP replies are cut to the client's size with TC=1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What `answer_now` left to do.
+pub enum Step {
+    /// The reply is in `out`.
+    Reply,
+    /// Send nothing (a response, or a packet too short for a header).
+    Drop,
+    /// The name must be forwarded: pass this to [`Gateway::forward`].
+    Forward(Pending),
+}
+
+/// A query waiting for its upstream answer; holds its policy snapshot and in-flight permit.
+pub struct Pending {
+    policy: Arc<Policy>,
+    segment: SegmentId,
+    packet: Vec<u8>,
+    transport: Transport,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The gateway core: the current policy, the answer cache and the in-flight bound.
+pub struct Gateway {
+    policy: ArcSwap<Policy>,
+    cache: Option<Cache>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Gateway {
+    pub fn new(policy: Policy) -> Gateway {
+        Gateway {
+            cache: Cache::new(policy.config.cache_max_entries),
+            policy: ArcSwap::from_pointee(policy),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Puts `policy` in force for every query that starts from now on.
+    pub fn swap(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_ref()
+    }
+
+    /// Answers what can be answered without an upstream; never awaits.
+    pub fn answer_now(&self, packet: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Step {
+        let query = match Query::parse(packet) {
+            Ok(query) => query,
+            Err(Malformed::Drop) => return Step::Drop,
+            Err(Malformed::Answer(rcode)) => {
+                wire::write_header_only(packet, rcode, out);
+                return Step::Reply;
+            }
+        };
+        let policy = self.policy.load();
+        let Some(segment) = policy.classify(client) else {
+            debug!(%client, "refused: client in no segment");
+            reply::refused(&query, out);
+            return fit(&query, transport, out);
+        };
+        if query.edns.is_some_and(|e| e.version > 0) {
+            reply::bad_version(&query, out);
+            return fit(&query, transport, out);
+        }
+        match policy.decide(segment, query.name()) {
+            // Answered here and never forwarded: forwarding would leak the lookup.
+            Decision::Blocked { list, zone_at } => {
+                debug!(segment = %policy.segments[segment.0 as usize].name, list = %policy.lists[list.0 as usize].name, "blocked");
+                reply::blocked(&query, &policy.block, list, zone_at, out);
+            }
+            Decision::Allowed => {
+                let cached = self.cache.as_ref().and_then(|c| c.get(&query, Instant::now()));
+                if let Some(answer) = cached {
+                    serve(&policy, segment, &query, &answer, out);
+                } else if !query.recursion_desired() {
+                    // RD=0 asks for what we hold; we never forward it.
+                    reply::error(&query, Rcode::Refused, None, out);
+                } else if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
+                    return Step::Forward(Pending {
+                        policy: arc_swap::Guard::into_inner(policy),
+                        segment,
+                        packet: packet.to_vec(),
+                        transport,
+                        _permit: permit,
+                    });
+                } else {
+                    debug!("servfail: too many upstream queries in flight");
+                    reply::error(&query, Rcode::ServFail, Some((EdeCode::NetworkError, "too many queries in flight")), out);
+                }
+            }
+        }
+        fit(&query, transport, out)
+    }
+
+    /// Forwards a miss, caches the answer, and writes the reply to `out`. The policy is the
+    /// one the query started with, even if a reload happened meanwhile.
+    pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
+        let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
+        let policy = &pending.policy;
+        match policy.upstreams.forward(&query).await {
+            Ok(message) => match Answer::from_upstream(&query, message, Instant::now()) {
+                Ok(answer) => {
+                    let answer = Arc::new(answer);
+                    if let Some(cache) = &self.cache {
+                        cache.insert(&query, answer.clone());
+                    }
+                    serve(policy, pending.segment, &query, &answer, out);
+                }
+                Err(err) => {
+                    debug!(%err, "servfail: unusable upstream answer");
+                    reply::error(&query, Rcode::ServFail, Some((EdeCode::NetworkError, "unusable upstream answer")), out);
+                }
+            },
+            Err(UpstreamError::Rcode { rcode, .. }) if u16::from(rcode) == Rcode::Refused as u16 => {
+                reply::error(&query, Rcode::Refused, None, out);
+            }
+            Err(err) => {
+                debug!(%err, "servfail: upstream failed");
+                let ede = match err {
+                    UpstreamError::Timeout { .. } => (EdeCode::NoReachableAuthority, "upstream timed out"),
+                    _ => (EdeCode::NetworkError, "upstream failed"),
+                };
+                reply::error(&query, Rcode::ServFail, Some(ede), out);
+            }
+        }
+        fit(&query, pending.transport, out);
+    }
+
+    /// Both steps in one: for transports that await anyway (TCP, tests).
+    pub async fn answer(&self, packet: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
+        match self.answer_now(packet, client, transport, &mut out) {
+            Step::Reply => Some(out),
+            Step::Drop => None,
+            Step::Forward(pending) => {
+                self.forward(pending, &mut out).await;
+                Some(out)
+            }
+        }
+    }
+}
+
+/// Writes an upstream answer, unless a CNAME target in it is blocked for this segment: the
+/// answer is shared by all segments, so the chain is re-decided on every serve.
+fn serve(policy: &Policy, segment: SegmentId, query: &Query, answer: &Answer, out: &mut Vec<u8>) {
+    for target in answer.cname_targets() {
+        if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
+            debug!(list = %policy.lists[list.0 as usize].name, "blocked: CNAME target");
+            // The SOA is owned by the question name: the blocked zone is not in the question.
+            reply::blocked(query, &policy.block, list, 0, out);
+            return;
+        }
+    }
+    answer.write(query, Instant::now(), out);
+}
+
+/// UDP replies larger than the client accepts become header + question with TC=1.
+fn fit(query: &Query, transport: Transport, out: &mut Vec<u8>) -> Step {
+    if transport == Transport::Udp && out.len() > query.udp_limit() {
+        let rcode = out[3] & 0x0F;
+        reply::truncated(query, rcode, out);
+    }
+    Step::Reply
+}

@@ -1,0 +1,71 @@
+//! Config and list files to a `Policy`: reads every list file, builds the one suffix index
+//! over all lists, the segment table, the prepared block answers and the upstream groups.
+//! Runs off the hot path; the running policy keeps serving until the new one is swapped in.
+
+use crate::config::Config;
+use crate::lists::{self, ListError};
+use crate::policy::index::{IndexBuilder, ListId, ListSet};
+use crate::policy::{List, Policy, Segment};
+use crate::reply::BlockAnswers;
+use crate::segment::{SegmentId, SegmentTable};
+use crate::upstream::{UpstreamError, Upstreams};
+
+/// Why a checked config could still not become a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Policy {
+    /// Builds the policy for `config`, reading its list files.
+    pub fn compile(config: Config) -> Result<Policy, CompileError> {
+        let mut index = IndexBuilder::default();
+        let mut lists = Vec::with_capacity(config.lists.len());
+        for (id, list) in config.lists.iter().enumerate() {
+            let id = ListId(id as u8);
+            let mut loaded = List { name: list.name.clone(), files: list.files.clone(), entries: 0, rejected: Vec::new() };
+            for path in &list.files {
+                let file = lists::read(path)?;
+                for entry in &file.entries {
+                    index.insert(&entry.name, id, entry.kind);
+                }
+                loaded.entries += file.entries.len();
+                loaded.rejected.extend(file.rejected);
+            }
+            lists.push(loaded);
+        }
+
+        let set = |ids: &[usize]| {
+            let mut set = ListSet::default();
+            ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
+            set
+        };
+        let segments = config
+            .segments
+            .iter()
+            .map(|s| Segment {
+                name: s.name.clone(),
+                block: set(&s.block),
+                allow: set(&s.allow),
+                block_order: s.block.iter().map(|&id| ListId(id as u8)).collect(),
+            })
+            .collect();
+        let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
+            s.networks.iter().map(move |net| (*net, SegmentId(id as u16)))
+        });
+        let table = SegmentTable::new(networks, config.unknown_clients.map(|id| SegmentId(id as u16)));
+
+        Ok(Policy {
+            segments,
+            table,
+            lists,
+            index: index.build(),
+            block: BlockAnswers::new(&config.block, &config.lists),
+            upstreams: Upstreams::new(&config.upstreams)?,
+            config,
+        })
+    }
+}

@@ -1,0 +1,180 @@
+//! The suffix index: every list's entries in one hash map from a lowercase wire name to the
+//! set of lists that contain it (a bitset of list ids), so "which lists contain this name or
+//! a parent of it" is one probe per label of the query name, for all lists at once.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::lists::EntryKind;
+use crate::name;
+
+/// A list's index in the policy, and its bit in a [`ListSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListId(pub u8);
+
+impl ListId {
+    fn bit(self) -> u64 {
+        1 << self.0
+    }
+}
+
+/// A set of lists, one bit per list id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListSet(pub u64);
+
+impl ListSet {
+    pub fn insert(&mut self, list: ListId) {
+        self.0 |= list.bit();
+    }
+
+    pub fn contains(self, list: ListId) -> bool {
+        self.0 & list.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn intersect(self, other: ListSet) -> ListSet {
+        ListSet(self.0 & other.0)
+    }
+
+    /// The lowest list id in the set.
+    pub fn first(self) -> Option<ListId> {
+        (self.0 != 0).then(|| ListId(self.0.trailing_zeros() as u8))
+    }
+}
+
+/// What one stored name says about each list.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stored {
+    block: u64,
+    except: u64,
+}
+
+/// Which lists contain a name, and where in the name each list's deciding entry starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Matches {
+    pub lists: ListSet,
+    /// For each list in `lists`: the offset in the query name of the most specific suffix
+    /// that the list blocks (the matched zone). Undefined for lists not in `lists`.
+    zone_at: [u8; 64],
+}
+
+impl Matches {
+    /// Offset of `list`'s matched zone in the query name.
+    pub fn zone_at(&self, list: ListId) -> usize {
+        self.zone_at[list.0 as usize] as usize
+    }
+}
+
+/// Immutable once built; see [`IndexBuilder`].
+#[derive(Debug, Default)]
+pub struct SuffixIndex {
+    map: HashMap<Box<[u8]>, Stored, FxBuildHasher>,
+}
+
+/// Collects entries of all lists, then becomes a [`SuffixIndex`].
+#[derive(Debug, Default)]
+pub struct IndexBuilder {
+    map: HashMap<Box<[u8]>, Stored, FxBuildHasher>,
+}
+
+impl IndexBuilder {
+    pub fn insert(&mut self, name: &[u8], list: ListId, kind: EntryKind) {
+        let stored = match self.map.get_mut(name) {
+            Some(stored) => stored,
+            None => self.map.entry(name.into()).or_default(),
+        };
+        match kind {
+            EntryKind::Block => stored.block |= list.bit(),
+            EntryKind::Exception => stored.except |= list.bit(),
+        }
+    }
+
+    pub fn build(mut self) -> SuffixIndex {
+        self.map.shrink_to_fit();
+        SuffixIndex { map: self.map }
+    }
+}
+
+impl SuffixIndex {
+    /// The lists containing `name` (lowercase wire format): a list contains a name when one of
+    /// its entries is the name or a parent of it, and none of its exceptions is.
+    pub fn lookup(&self, name: &[u8]) -> Matches {
+        let mut block = 0u64;
+        let mut except = 0u64;
+        let mut zone_at = [0u8; 64];
+        for (offset, suffix) in name::suffixes(name) {
+            if let Some(stored) = self.map.get(suffix) {
+                let mut new = stored.block & !block;
+                while new != 0 {
+                    zone_at[new.trailing_zeros() as usize] = offset as u8;
+                    new &= new - 1;
+                }
+                block |= stored.block;
+                except |= stored.except;
+            }
+        }
+        Matches { lists: ListSet(block & !except), zone_at }
+    }
+
+    /// Distinct stored names.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::from_text;
+
+    fn index(entries: &[(&str, u8, EntryKind)]) -> SuffixIndex {
+        let mut builder = IndexBuilder::default();
+        for (name, list, kind) in entries {
+            builder.insert(&from_text(name).unwrap(), ListId(*list), *kind);
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn a_name_matches_itself_and_every_name_below_it() {
+        let index = index(&[("tiktok.com", 0, EntryKind::Block), ("t.me", 1, EntryKind::Block)]);
+        let lists = |n: &str| index.lookup(&from_text(n).unwrap()).lists;
+        assert_eq!(lists("tiktok.com"), ListSet(0b01));
+        assert_eq!(lists("api16-normal-no1a.www.tiktok.com"), ListSet(0b01));
+        assert_eq!(lists("nottiktok.com"), ListSet(0));
+        assert_eq!(lists("com"), ListSet(0));
+        assert_eq!(lists("x.t.me"), ListSet(0b10));
+    }
+
+    #[test]
+    fn exceptions_take_names_out_of_their_own_list_only() {
+        let index = index(&[
+            ("example.com", 0, EntryKind::Block),
+            ("ok.example.com", 0, EntryKind::Exception),
+            ("example.com", 1, EntryKind::Block),
+        ]);
+        let m = index.lookup(&from_text("a.ok.example.com").unwrap());
+        assert_eq!(m.lists, ListSet(0b10));
+    }
+
+    #[test]
+    fn zone_offset_is_the_most_specific_entry_of_each_list() {
+        let index = index(&[
+            ("tiktok.com", 0, EntryKind::Block),
+            ("www.tiktok.com", 0, EntryKind::Block),
+            ("com", 1, EntryKind::Block),
+        ]);
+        let name = from_text("a.www.tiktok.com").unwrap();
+        let m = index.lookup(&name);
+        assert_eq!(&name[m.zone_at(ListId(0))..], from_text("www.tiktok.com").unwrap());
+        assert_eq!(&name[m.zone_at(ListId(1))..], from_text("com").unwrap());
+    }
+}

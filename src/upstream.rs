@@ -1,0 +1,153 @@
+//! Upstream groups over hickory-resolver's `NameServerPool`: conditional zones first (the
+//! longest matching zone wins), then the default group. The pool gives server selection,
+//! coalescing of identical in-flight queries and TC→TCP fallback, and hands back the raw
+//! upstream message for every answer with records, so CNAME chains ending in NXDOMAIN or
+//! NODATA survive. Negative answers without records come back as `NoRecords` and are
+//! rebuilt from their SOA and authority section. Each forward is bounded by the group's
+//! timeout. Deciding and caching are the handler's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::{DNSClass, Name, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+use rustc_hash::FxBuildHasher;
+
+use crate::config::UpstreamConfig;
+use crate::name;
+use crate::reply::OUR_UDP_PAYLOAD;
+use crate::wire::Query;
+
+/// Why a forward produced no upstream answer to relay.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream group {group} did not answer within {timeout:?}")]
+    Timeout { group: String, timeout: Duration },
+    #[error("upstream group {group} failed")]
+    Failed {
+        group: String,
+        #[source]
+        source: NetError,
+    },
+    /// The upstream answered with an error rcode (SERVFAIL, REFUSED, …): relayed, not cached.
+    #[error("upstream group {group} answered {rcode}")]
+    Rcode { group: String, rcode: ResponseCode },
+    #[error("failed to set up upstream group {group}")]
+    Setup {
+        group: String,
+        #[source]
+        source: NetError,
+    },
+}
+
+/// All upstream groups of a policy.
+pub struct Upstreams {
+    groups: Vec<Group>,
+    /// Zone (lowercase wire) to index in `groups`.
+    zones: HashMap<Box<[u8]>, usize, FxBuildHasher>,
+}
+
+struct Group {
+    /// `default`, or the group's first zone: the label in logs and metrics.
+    name: String,
+    pool: NameServerPool<TokioRuntimeProvider>,
+    timeout: Duration,
+}
+
+impl Upstreams {
+    /// `configs` has the default group first (as `Config` orders them).
+    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, UpstreamError> {
+        let mut groups = Vec::with_capacity(configs.len());
+        let mut zones = HashMap::default();
+        for (i, config) in configs.iter().enumerate() {
+            let name = config.zones.first().map_or_else(|| "default".to_owned(), |z| name::to_text(z));
+            for zone in &config.zones {
+                zones.insert(zone.clone().into_boxed_slice(), i);
+            }
+            let mut options = ResolverOpts::default();
+            options.timeout = config.timeout;
+            options.attempts = 0;
+            let tls = TlsConfig::new().map_err(|source| UpstreamError::Setup { group: name.clone(), source })?;
+            let servers = config.servers.iter().map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                server
+            });
+            let context = Arc::new(PoolContext::new(options, tls));
+            let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
+            groups.push(Group { name, pool, timeout: config.timeout });
+        }
+        Ok(Upstreams { groups, zones })
+    }
+
+    /// The group for `name`: the longest configured zone containing it, else the default.
+    fn group_for(&self, name: &[u8]) -> &Group {
+        let conditional = name::suffixes(name).find_map(|(_, suffix)| self.zones.get(suffix));
+        &self.groups[conditional.copied().unwrap_or(0)]
+    }
+
+    /// The group name that `name` is forwarded to.
+    pub fn group_name(&self, name: &[u8]) -> &str {
+        &self.group_for(name).name
+    }
+
+    /// Asks the query's group and returns the upstream's answer as wire bytes (ID and OPT as
+    /// the upstream sent them). The question goes upstream in lowercase, with RD, the
+    /// client's CD and DO, and our UDP size.
+    pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+        let group = self.group_for(query.name());
+        let question = question(query);
+        let mut message = Message::query();
+        message.metadata.recursion_desired = true;
+        message.metadata.checking_disabled = query.checking_disabled();
+        message.add_query(question.clone());
+        let mut edns = Edns::new();
+        edns.set_max_payload(OUR_UDP_PAYLOAD).set_dnssec_ok(query.dnssec_ok());
+        message.set_edns(edns);
+        let mut options = DnsRequestOptions::default();
+        options.use_edns = true;
+        options.edns_set_dnssec_ok = query.dnssec_ok();
+        options.recursion_desired = true;
+        let request = DnsRequest::new(message, options);
+
+        let answer = tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
+        let fail = |source| UpstreamError::Failed { group: group.name.clone(), source };
+        match answer {
+            Err(_) => Err(UpstreamError::Timeout { group: group.name.clone(), timeout: group.timeout }),
+            Ok(Ok(response)) => Ok(response.into_buffer()),
+            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(negative)))) => {
+                let mut message = Message::response(0, OpCode::Query);
+                message.metadata.recursion_available = true;
+                message.metadata.response_code = negative.response_code;
+                message.add_query(*negative.query);
+                match (negative.authorities, negative.soa) {
+                    (Some(authorities), _) => message.insert_authorities(authorities.to_vec()),
+                    (None, Some(soa)) => message.insert_authorities(vec![soa.into_record_of_rdata()]),
+                    (None, None) => {}
+                }
+                message.to_vec().map_err(|err| fail(NetError::from(err)))
+            }
+            Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => {
+                Err(UpstreamError::Rcode { group: group.name.clone(), rcode })
+            }
+            Ok(Err(err)) => Err(fail(err)),
+        }
+    }
+}
+
+fn question(query: &Query) -> hickory_resolver::proto::op::Query {
+    let labels: Vec<&[u8]> = name::labels(query.name()).collect();
+    let mut name = Name::from_labels(labels).unwrap_or_else(|_| Name::root());
+    name.set_fqdn(true);
+    let mut question = hickory_resolver::proto::op::Query::query(name, RecordType::from(query.qtype));
+    question.set_query_class(DNSClass::from(query.qclass));
+    question
+}

@@ -117,6 +117,9 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
     if line.starts_with('|') {
         return push_name(adblock_name(line)?, EntryKind::Block, push);
     }
+    if line.ends_with('^') || line.contains("^$") {
+        return Err("AdBlock rule without `||` also matches inside names; write `||name^`".into());
+    }
     if line.starts_with('/') && line.len() > 1 {
         return Err("regular expressions are not supported".into());
     }
@@ -264,20 +267,21 @@ mod tests {
     #[test]
     fn unreadable_lines_are_rejected_with_line_and_reason() {
         let (entries, rejected) = names(
-            "good.example\nok.example CNAME rpz-passthru.\n||ads.example^$third-party\n/ad[0-9]+\\.example/\n10.1.2.3\nnot a name\n||p16-*.example^\nbad/path.example\n0.0.0.0 10.0.0.1\n",
+            "good.example\nok.example CNAME rpz-passthru.\nads.example^\n||ads.example^$third-party\n/ad[0-9]+\\.example/\n10.1.2.3\nnot a name\n||p16-*.example^\nbad/path.example\n0.0.0.0 10.0.0.1\n",
         );
         assert_eq!(entries[1], ("ok.example".into(), EntryKind::Exception));
         let got: Vec<(u32, &str)> = rejected.iter().map(|(l, r)| (*l, r.as_str())).collect();
         assert_eq!(
             got,
             [
-                (3, "unsupported modifier $third-party"),
-                (4, "regular expressions are not supported"),
-                (5, "an IP address is not a domain name"),
-                (6, "not a domain name"),
-                (7, "wildcards inside a name are not supported"),
-                (8, "not a domain name (character '/' is not allowed in a domain name)"),
-                (9, "an IP address is not a domain name"),
+                (3, "AdBlock rule without `||` also matches inside names; write `||name^`"),
+                (4, "unsupported modifier $third-party"),
+                (5, "regular expressions are not supported"),
+                (6, "an IP address is not a domain name"),
+                (7, "not a domain name"),
+                (8, "wildcards inside a name are not supported"),
+                (9, "not a domain name (character '/' is not allowed in a domain name)"),
+                (10, "an IP address is not a domain name"),
             ]
         );
         let file = parse(Path::new("lists/t.txt"), "x y z\n");

@@ -138,6 +138,7 @@ impl Upstreams {
             Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => {
                 Err(UpstreamError::Rcode { group: group.name.clone(), rcode })
             }
+            Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout { group: group.name.clone(), timeout: group.timeout }),
             Ok(Err(err)) => Err(fail(err)),
         }
     }

@@ -1,0 +1,117 @@
+//! The built `portvakt` binary, as a newcomer runs it: the shipped config on 127.0.0.1:5353,
+//! and `check` / `explain` with their exit codes.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+
+use crate::harness::{Answered, question};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portvakt");
+
+/// Kills the child when the test ends, whatever happens.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
+    let child = Command::new(BIN)
+        .args(["serve", "--config", "config/portvakt.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("portvakt starts");
+    let mut child = Child(child);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let query = question("tiktok.com.", RecordType::A, true).to_vec().unwrap();
+    let mut answer = None;
+    // Bounded: up to 50 tries, 100 ms apart, while the process starts.
+    for _ in 0..50 {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("portvakt exited early with {status} (is 127.0.0.1:5353 in use?)");
+        }
+        socket.send_to(&query, "127.0.0.1:5353").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await {
+            answer = Some(Message::from_vec(&buf[..len]).unwrap());
+            break;
+        }
+    }
+    let answer = answer.expect("an answer within 5 s");
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(answer.ede()[0].0, 15);
+}
+
+#[test]
+fn check_reports_every_config_mistake_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"[lists.tiktok]
+files = ["blocklists/tiktok.txt", "blocklists/nope.txt"]
+[[segment]]
+name = "staff"
+networks = ["10.10.0.0/16"]
+block = ["tiktokk"]
+[[segment]]
+name = "byod"
+networks = ["10.10.0.0/16"]
+[[upstream]]
+servers = ["9.9.9.9:53"]
+"#,
+    )
+    .unwrap();
+    let output = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("bad.toml:")).collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[0].contains("bad.toml:2:35: list \"tiktok\": cannot read blocklists/nope.txt"), "{stderr}");
+    assert!(lines[1].contains("bad.toml:6:10: segment \"staff\" blocks list \"tiktokk\""), "{stderr}");
+    assert!(lines[2].contains("bad.toml:9:13: network 10.10.0.0/16 is in segment \"staff\" already"), "{stderr}");
+}
+
+#[test]
+fn check_strict_fails_on_rejected_lines_and_explain_names_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "# test\ntiktok.com\n||bad*rule^\n").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lists.tiktok]\nfiles = [{:?}]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\nblock = [\"tiktok\"]\n[[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
+            list.display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(check.status.code(), Some(0));
+    let stdout = String::from_utf8(check.stdout).unwrap();
+    assert!(stdout.contains("list tiktok: 1 entries, 1 rejected lines"), "{stdout}");
+    assert!(stdout.contains("list.txt:3: wildcards inside a name are not supported"), "{stdout}");
+    let strict = Command::new(BIN).args(["check", "--strict", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(strict.status.code(), Some(1));
+
+    let explain = Command::new(BIN)
+        .args(["explain", "--client", "127.0.0.7", "www.TikTok.com", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(explain.status.code(), Some(0));
+    let stdout = String::from_utf8(explain.stdout).unwrap();
+    assert!(stdout.contains("segment: \"staff\""), "{stdout}");
+    assert!(stdout.contains("blocked by list \"tiktok\" (entry `tiktok.com` at"), "{stdout}");
+    assert!(stdout.contains("list.txt:2)"), "{stdout}");
+    let refused = Command::new(BIN).args(["explain", "--client", "192.0.2.1", "tiktok.com", "--config"]).arg(&config).output().unwrap();
+    assert!(String::from_utf8(refused.stdout).unwrap().contains("verdict: refused"));
+}

@@ -1,0 +1,377 @@
+//! Test harness: the real gateway in-process on 127.0.0.1:0, a fake upstream on loopback
+//! (UDP and TCP, canned answers, a query counter per name), and clients that send from a
+//! chosen loopback address so each plays a client of one segment.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use portvakt::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// How long a test waits for any single answer before failing.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the fake upstream answers for one name.
+#[derive(Clone, Debug)]
+pub enum Canned {
+    A(Vec<Ipv4Addr>, u32),
+    Cname(String, Box<Canned>),
+    NxDomain,
+    Txt(usize),
+    Rcode(ResponseCode),
+    /// Never answers.
+    Silent,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    answers: HashMap<String, Canned>,
+    queries: HashMap<String, usize>,
+}
+
+/// A fake upstream resolver on 127.0.0.1 (same port for UDP and TCP). Names it does not
+/// know get NXDOMAIN with an SOA.
+pub struct FakeUpstream {
+    state: Arc<Mutex<UpstreamState>>,
+}
+
+pub struct RunningUpstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<UpstreamState>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    pub fn new() -> Self {
+        FakeUpstream { state: Arc::default() }
+    }
+
+    pub fn with(self, name: &str, canned: Canned) -> Self {
+        self.state.lock().unwrap().answers.insert(key(name), canned);
+        self
+    }
+
+    pub fn with_a(self, name: &str, addr: &str) -> Self {
+        self.with(name, Canned::A(vec![addr.parse().unwrap()], 300))
+    }
+
+    pub async fn start(self) -> RunningUpstream {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let state = self.state;
+        let udp_state = state.clone();
+        let udp_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((len, from)) = udp.recv_from(&mut buf).await else { continue };
+                if let Some(reply) = respond(&udp_state, &buf[..len], true) {
+                    let _ = udp.send_to(&reply, from).await;
+                }
+            }
+        });
+        let tcp_state = state.clone();
+        let tcp_task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = tcp.accept().await else { continue };
+                let state = tcp_state.clone();
+                tokio::spawn(async move {
+                    let mut len = [0u8; 2];
+                    while stream.read_exact(&mut len).await.is_ok() {
+                        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                        if stream.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        if let Some(reply) = respond(&state, &query, false) {
+                            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                            framed.extend_from_slice(&reply);
+                            let _ = stream.write_all(&framed).await;
+                        }
+                    }
+                });
+            }
+        });
+        RunningUpstream { addr, state, tasks: vec![udp_task, tcp_task] }
+    }
+}
+
+impl RunningUpstream {
+    /// Queries the upstream received for `name` (any type, UDP and TCP).
+    pub fn queries_for(&self, name: &str) -> usize {
+        self.state.lock().unwrap().queries.get(&key(name)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for RunningUpstream {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn soa(zone: &Name) -> Record {
+    let soa = SOA::new(Name::from_str("ns.upstream.test.").unwrap(), Name::from_str("hostmaster.upstream.test.").unwrap(), 1, 3600, 600, 86400, 60);
+    Record::from_rdata(zone.clone(), 120, RData::SOA(soa))
+}
+
+fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let request = Message::from_vec(packet).ok()?;
+    let query = request.queries.first()?.clone();
+    let name = key(&query.name().to_ascii());
+    let canned = {
+        let mut state = state.lock().unwrap();
+        *state.queries.entry(name.clone()).or_default() += 1;
+        state.answers.get(&name).cloned()
+    };
+    let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_query(query.clone());
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        response.set_edns(edns);
+    }
+    let mut owner = query.name().clone();
+    let mut canned = canned.unwrap_or(Canned::NxDomain);
+    loop {
+        match canned {
+            Canned::A(addrs, ttl) => {
+                for addr in addrs {
+                    response.add_answer(Record::from_rdata(owner.clone(), ttl, RData::A(A(addr))));
+                }
+                break;
+            }
+            Canned::Cname(target, then) => {
+                let target = Name::from_str(&target).unwrap();
+                response.add_answer(Record::from_rdata(owner.clone(), 300, RData::CNAME(CNAME(target.clone()))));
+                owner = target;
+                canned = *then;
+            }
+            Canned::NxDomain => {
+                response.metadata.response_code = ResponseCode::NXDomain;
+                response.add_authority(soa(&owner.base_name()));
+                break;
+            }
+            Canned::Txt(count) => {
+                for i in 0..count {
+                    let text = format!("{i:03}-{}", "x".repeat(200));
+                    response.add_answer(Record::from_rdata(owner.clone(), 300, RData::TXT(TXT::new(vec![text]))));
+                }
+                break;
+            }
+            Canned::Rcode(rcode) => {
+                response.metadata.response_code = rcode;
+                break;
+            }
+            Canned::Silent => return None,
+        }
+    }
+    let mut wire = response.to_vec().ok()?;
+    let limit = request.edns.as_ref().map_or(512, |e| e.max_payload().max(512)) as usize;
+    if udp && wire.len() > limit {
+        let mut truncated = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
+        truncated.metadata.truncation = true;
+        truncated.add_query(query);
+        wire = truncated.to_vec().ok()?;
+    }
+    Some(wire)
+}
+
+/// The gateway under test.
+pub struct TestGateway {
+    running: portvakt::Running,
+}
+
+impl TestGateway {
+    /// Starts the gateway with `policy` (TOML: lists, segments, block settings) on
+    /// 127.0.0.1:0, forwarding to `upstream`.
+    pub async fn start(upstream: &RunningUpstream, policy: &str) -> TestGateway {
+        Self::start_with_upstreams(&[(upstream, &[])], policy).await
+    }
+
+    /// As `start`, with several upstream groups: the first is the default, the others
+    /// get their zones.
+    pub async fn start_with_upstreams(upstreams: &[(&RunningUpstream, &[&str])], policy: &str) -> TestGateway {
+        let mut text = format!("server.listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n{policy}\n");
+        for (upstream, zones) in upstreams {
+            let zones: Vec<String> = zones.iter().map(|z| format!("\"{z}\"")).collect();
+            text.push_str(&format!(
+                "[[upstream]]\nservers = [\"{}\"]\nzones = [{}]\ntimeout_ms = 700\n",
+                upstream.addr,
+                zones.join(", ")
+            ));
+        }
+        let config = Config::parse("test.toml", &text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
+        let running = portvakt::start(config).await.expect("gateway starts");
+        TestGateway { running }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.udp_addrs()[0]
+    }
+
+    /// A client sending from `source` (e.g. "127.0.0.2" or "::1").
+    pub fn client_from(&self, source: &str) -> Client {
+        let source: IpAddr = source.parse().unwrap();
+        let server = match source {
+            IpAddr::V4(_) => self.addr(),
+            IpAddr::V6(_) => self.running.udp_addrs().iter().copied().find(SocketAddr::is_ipv6).expect("an IPv6 listener"),
+        };
+        Client { source, server }
+    }
+
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+    }
+}
+
+/// A DNS client bound to one source address.
+pub struct Client {
+    source: IpAddr,
+    server: SocketAddr,
+}
+
+/// A query as tests build it.
+pub fn question(name: &str, qtype: RecordType, edns: bool) -> Message {
+    let mut message = Message::query();
+    message.metadata.id = rand_id(name);
+    message.metadata.recursion_desired = true;
+    // from_labels keeps the case as given (from_str lowercases).
+    let mut qname = Name::from_labels(name.split('.').filter(|l| !l.is_empty()).map(str::as_bytes)).unwrap();
+    qname.set_fqdn(true);
+    message.add_query(Query::query(qname, qtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        message.set_edns(e);
+    }
+    message
+}
+
+/// Encodes a query with its question name in exactly the case given (hickory's encoder
+/// lowercases it), so tests can see 0x20 case come back.
+pub fn encode(query: &Message) -> Vec<u8> {
+    let mut wire = query.to_vec().unwrap();
+    if let Some(q) = query.queries.first() {
+        let mut at = 12;
+        for label in q.name().iter() {
+            at += 1;
+            wire[at..at + label.len()].copy_from_slice(label);
+            at += label.len();
+        }
+    }
+    wire
+}
+
+fn rand_id(name: &str) -> u16 {
+    name.bytes().fold(0x5a5a_u16, |h, b| h.rotate_left(5) ^ b as u16)
+}
+
+impl Client {
+    pub async fn udp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let socket = UdpSocket::bind(SocketAddr::new(self.source, 0)).await.unwrap();
+        socket.send_to(packet, self.server).await.unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (len, _) = tokio::time::timeout(ANSWER_DEADLINE, socket.recv_from(&mut buf)).await.ok()?.unwrap();
+        buf.truncate(len);
+        Some(buf)
+    }
+
+    pub async fn tcp_raw(&self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let socket = match self.source {
+            IpAddr::V4(_) => TcpSocket::new_v4().unwrap(),
+            IpAddr::V6(_) => TcpSocket::new_v6().unwrap(),
+        };
+        socket.bind(SocketAddr::new(self.source, 0)).unwrap();
+        let mut stream = socket.connect(self.server).await.unwrap();
+        let mut framed = Vec::new();
+        for packet in packets {
+            framed.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            framed.extend_from_slice(packet);
+        }
+        stream.write_all(&framed).await.unwrap();
+        let mut replies = Vec::new();
+        for _ in packets {
+            let read = async {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await.unwrap();
+                let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+                stream.read_exact(&mut reply).await.unwrap();
+                reply
+            };
+            replies.push(tokio::time::timeout(ANSWER_DEADLINE, read).await.expect("tcp answer in time"));
+        }
+        replies
+    }
+
+    pub async fn udp(&self, query: &Message) -> Message {
+        let reply = self.udp_raw(&encode(query)).await.expect("udp answer in time");
+        Message::from_vec(&reply).unwrap()
+    }
+
+    pub async fn tcp(&self, query: &Message) -> Message {
+        let reply = self.tcp_raw(&[encode(query)]).await.remove(0);
+        Message::from_vec(&reply).unwrap()
+    }
+
+    /// An A query with EDNS over UDP.
+    pub async fn udp_a(&self, name: &str) -> Message {
+        self.udp(&question(name, RecordType::A, true)).await
+    }
+
+    /// An A query with EDNS over TCP.
+    pub async fn tcp_a(&self, name: &str) -> Message {
+        self.tcp(&question(name, RecordType::A, true)).await
+    }
+}
+
+/// Reading answers.
+pub trait Answered {
+    fn addresses(&self) -> Vec<String>;
+    /// (info-code, extra-text) of every EDE option.
+    fn ede(&self) -> Vec<(u16, String)>;
+    fn soa_owner(&self) -> Option<String>;
+}
+
+impl Answered for Message {
+    fn addresses(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ede(&self) -> Vec<(u16, String)> {
+        let Some(edns) = &self.edns else { return Vec::new() };
+        edns.options()
+            .options
+            .iter()
+            .filter_map(|(_, option)| match option {
+                hickory_proto::rr::rdata::opt::EdnsOption::Unknown(15, data) if data.len() >= 2 => {
+                    Some((u16::from_be_bytes([data[0], data[1]]), String::from_utf8_lossy(&data[2..]).into_owned()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn soa_owner(&self) -> Option<String> {
+        self.authorities.iter().find(|r| r.record_type() == RecordType::SOA).map(|r| r.name.to_string())
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real gateway on loopback, clients of different segments played by
+//! different source addresses, over real UDP and TCP. One binary, so it links once.
+
+mod binary;
+mod forwarding;
+mod harness;
+mod list_data;
+mod responses;
+mod segments;
+mod wire;

@@ -43,7 +43,11 @@ impl Answer {
     /// Takes an upstream response to `query`: strips its OPT, records where the TTLs are, and
     /// computes how long it may be kept (RFC 2308 §5 for negative answers: the SOA's TTL,
     /// capped by its MINIMUM, which is also written back as the SOA's TTL).
-    pub fn from_upstream(query: &Query, mut msg: Vec<u8>, now: Instant) -> Result<Answer, AnswerError> {
+    pub fn from_upstream(
+        query: &Query,
+        mut msg: Vec<u8>,
+        now: Instant,
+    ) -> Result<Answer, AnswerError> {
         let sections = Sections::read(&msg).ok_or(AnswerError::Malformed)?;
         let question_end = HEADER_LEN + query.question().len();
         if wire::u16_at(&msg, 4) != 1
@@ -52,7 +56,10 @@ impl Answer {
         {
             return Err(AnswerError::WrongQuestion);
         }
-        let opt = sections.additionals.iter().position(|r| r.rtype == TYPE_OPT);
+        let opt = sections
+            .additionals
+            .iter()
+            .position(|r| r.rtype == TYPE_OPT);
         let mut additionals = sections.additionals.clone();
         if let Some(i) = opt {
             if i + 1 != additionals.len() {
@@ -66,8 +73,13 @@ impl Answer {
         }
         msg[HEADER_LEN..question_end].copy_from_slice(&query.question().to_ascii_lowercase());
 
-        let records: Vec<Record> =
-            sections.answers.iter().chain(&sections.authorities).chain(&additionals).copied().collect();
+        let records: Vec<Record> = sections
+            .answers
+            .iter()
+            .chain(&sections.authorities)
+            .chain(&additionals)
+            .copied()
+            .collect();
         let rcode = msg[3] & 0x0F;
         let mut negative_ttl = None;
         if sections.answers.is_empty() || rcode != 0 {
@@ -80,7 +92,12 @@ impl Answer {
         }
         let keep = match negative_ttl {
             Some(ttl) => ttl,
-            None => sections.answers.iter().map(|r| wire::u32_at(&msg, r.ttl_at)).min().unwrap_or(0),
+            None => sections
+                .answers
+                .iter()
+                .map(|r| wire::u32_at(&msg, r.ttl_at))
+                .min()
+                .unwrap_or(0),
         }
         .min(MAX_TTL);
         for r in &records {
@@ -131,7 +148,10 @@ impl Answer {
         out[3] = 0x80 | ad | if query.checking_disabled() { 0x10 } else { 0 } | (out[3] & 0x0F);
         let question = query.question();
         out[HEADER_LEN..HEADER_LEN + question.len()].copy_from_slice(question);
-        let age = now.saturating_duration_since(self.stored_at).as_secs().min(u32::MAX.into()) as u32;
+        let age = now
+            .saturating_duration_since(self.stored_at)
+            .as_secs()
+            .min(u32::MAX.into()) as u32;
         if age > 0 {
             for &at in self.ttl_at.iter() {
                 let at = at as usize;
@@ -151,7 +171,9 @@ pub struct Cache {
 impl Cache {
     /// `None` for `max_entries == 0`: no cache.
     pub fn new(max_entries: usize) -> Option<Cache> {
-        (max_entries > 0).then(|| Cache { map: quick_cache::sync::Cache::new(max_entries) })
+        (max_entries > 0).then(|| Cache {
+            map: quick_cache::sync::Cache::new(max_entries),
+        })
     }
 
     /// A live answer for `query`, if any; expired entries are dropped here.
@@ -192,4 +214,89 @@ fn key(query: &Query) -> ([u8; KEY_LEN], usize) {
     key[at + 4] = query.dnssec_ok() as u8 | (query.checking_disabled() as u8) << 1;
     at += 5;
     (key, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Query;
+
+    /// A query for `a.example` (type A), with EDNS when `edns`.
+    fn query_bytes(id: u16, name: &[u8], edns: bool) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns as u8]);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        if edns {
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]);
+        }
+        q
+    }
+
+    /// An upstream answer: A 192.0.2.1 with `ttl`, plus an upstream OPT at the end.
+    fn upstream_answer(ttl: u32) -> Vec<u8> {
+        let mut m = vec![0x99, 0x99, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
+        m.extend_from_slice(b"\x01a\x07example\x00\x00\x01\x00\x01");
+        m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        m.extend_from_slice(&ttl.to_be_bytes());
+        m.extend_from_slice(&[0, 4, 192, 0, 2, 1]);
+        m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        m
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttls_count_down_and_entries_expire() {
+        let packet = query_bytes(7, b"\x01A\x07eXample\x00", true);
+        let query = Query::parse(&packet).unwrap();
+        let cache = Cache::new(10).unwrap();
+        let answer = Answer::from_upstream(&query, upstream_answer(300), Instant::now()).unwrap();
+        cache.insert(&query, Arc::new(answer));
+
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let hit = cache.get(&query, Instant::now()).expect("live entry");
+        let mut out = Vec::new();
+        hit.write(&query, Instant::now(), &mut out);
+        assert_eq!(&out[..2], &[0, 7], "client's ID");
+        assert_eq!(&out[12..23], &packet[12..23], "client's question case");
+        let ttl_at = 12 + 15 + 6;
+        assert_eq!(wire::u32_at(&out, ttl_at), 200);
+        assert_eq!(wire::u16_at(&out, 10), 1, "our OPT replaces the upstream's");
+        assert_eq!(
+            wire::u16_at(&out, out.len() - 8),
+            1232,
+            "our payload size, not the upstream's 4096"
+        );
+
+        let plain = query_bytes(8, b"\x01a\x07example\x00", false);
+        let plain = Query::parse(&plain).unwrap();
+        let shared = cache
+            .get(&plain, Instant::now())
+            .expect("EDNS itself is not in the key, DO and CD are");
+        shared.write(&plain, Instant::now(), &mut out);
+        assert_eq!(
+            wire::u16_at(&out, 10),
+            0,
+            "no OPT for a client without EDNS"
+        );
+        tokio::time::advance(Duration::from_secs(201)).await;
+        assert!(
+            cache.get(&query, Instant::now()).is_none(),
+            "expired after its TTL"
+        );
+    }
+
+    #[test]
+    fn zero_ttl_answers_are_served_but_not_kept() {
+        let packet = query_bytes(7, b"\x01a\x07example\x00", false);
+        let query = Query::parse(&packet).unwrap();
+        let now = Instant::now();
+        let answer = Answer::from_upstream(&query, upstream_answer(0), now).unwrap();
+        assert!(!answer.is_cacheable());
+        let wrong = query_bytes(7, b"\x01b\x07example\x00", false);
+        let wrong = Query::parse(&wrong).unwrap();
+        assert_eq!(
+            Answer::from_upstream(&wrong, upstream_answer(60), now).err(),
+            Some(AnswerError::WrongQuestion)
+        );
+    }
 }

@@ -79,7 +79,13 @@ impl Gateway {
     }
 
     /// Answers what can be answered without an upstream; never awaits.
-    pub fn answer_now(&self, packet: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Step {
+    pub fn answer_now(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let query = match Query::parse(packet) {
             Ok(query) => query,
             Err(Malformed::Drop) => return Step::Drop,
@@ -105,7 +111,10 @@ impl Gateway {
                 reply::blocked(&query, &policy.block, list, zone_at, out);
             }
             Decision::Allowed => {
-                let cached = self.cache.as_ref().and_then(|c| c.get(&query, Instant::now()));
+                let cached = self
+                    .cache
+                    .as_ref()
+                    .and_then(|c| c.get(&query, Instant::now()));
                 if let Some(answer) = cached {
                     serve(&policy, segment, &query, &answer, out);
                 } else if !query.recursion_desired() {
@@ -121,7 +130,12 @@ impl Gateway {
                     });
                 } else {
                     debug!("servfail: too many upstream queries in flight");
-                    reply::error(&query, Rcode::ServFail, Some((EdeCode::NetworkError, "too many queries in flight")), out);
+                    reply::error(
+                        &query,
+                        Rcode::ServFail,
+                        Some((EdeCode::NetworkError, "too many queries in flight")),
+                        out,
+                    );
                 }
             }
         }
@@ -144,16 +158,25 @@ impl Gateway {
                 }
                 Err(err) => {
                     debug!(%err, "servfail: unusable upstream answer");
-                    reply::error(&query, Rcode::ServFail, Some((EdeCode::NetworkError, "unusable upstream answer")), out);
+                    reply::error(
+                        &query,
+                        Rcode::ServFail,
+                        Some((EdeCode::NetworkError, "unusable upstream answer")),
+                        out,
+                    );
                 }
             },
-            Err(UpstreamError::Rcode { rcode, .. }) if u16::from(rcode) == Rcode::Refused as u16 => {
+            Err(UpstreamError::Rcode { rcode, .. })
+                if u16::from(rcode) == Rcode::Refused as u16 =>
+            {
                 reply::error(&query, Rcode::Refused, None, out);
             }
             Err(err) => {
                 debug!(%err, "servfail: upstream failed");
                 let ede = match err {
-                    UpstreamError::Timeout { .. } => (EdeCode::NoReachableAuthority, "upstream timed out"),
+                    UpstreamError::Timeout { .. } => {
+                        (EdeCode::NoReachableAuthority, "upstream timed out")
+                    }
                     _ => (EdeCode::NetworkError, "upstream failed"),
                 };
                 reply::error(&query, Rcode::ServFail, Some(ede), out);
@@ -163,7 +186,12 @@ impl Gateway {
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).
-    pub async fn answer(&self, packet: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
+    pub async fn answer(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(512);
         match self.answer_now(packet, client, transport, &mut out) {
             Step::Reply => Some(out),

@@ -42,7 +42,14 @@ pub struct Rejected {
 
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {:?}", self.path.display(), self.line, self.reason, self.text)
+        write!(
+            f,
+            "{}:{}: {}: {:?}",
+            self.path.display(),
+            self.line,
+            self.reason,
+            self.text
+        )
     }
 }
 
@@ -64,7 +71,10 @@ pub struct ListError {
 
 /// Reads and parses one list file.
 pub fn read(path: &Path) -> Result<ListFile, ListError> {
-    let bytes = std::fs::read(path).map_err(|source| ListError { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ListError {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(parse(path, &String::from_utf8_lossy(&bytes)))
 }
 
@@ -123,11 +133,18 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
     if line.starts_with('/') && line.len() > 1 {
         return Err("regular expressions are not supported".into());
     }
-    if let Some(rest) = ["address=/", "server=/", "local=/"].iter().find_map(|p| line.strip_prefix(p)) {
+    if let Some(rest) = ["address=/", "server=/", "local=/"]
+        .iter()
+        .find_map(|p| line.strip_prefix(p))
+    {
         return dnsmasq_names(rest, push);
     }
     if let Some(rest) = line.strip_prefix("local-zone:") {
-        let zone = rest.split_whitespace().next().unwrap_or("").trim_matches('"');
+        let zone = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches('"');
         return push_name(zone, EntryKind::Block, push);
     }
     if line == "server:" {
@@ -149,10 +166,22 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
     }
     let rest: Vec<&str> = fields.collect();
     match rest.as_slice() {
-        [] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Block, push),
+        [] => push_name(
+            first.strip_prefix("*.").unwrap_or(first),
+            EntryKind::Block,
+            push,
+        ),
         // RPZ: `name CNAME .` (NXDOMAIN) or `name CNAME *.` (NODATA), optional TTL and class.
-        [.., "CNAME", "." | "*."] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Block, push),
-        [.., "CNAME", "rpz-passthru."] => push_name(first.strip_prefix("*.").unwrap_or(first), EntryKind::Exception, push),
+        [.., "CNAME", "." | "*."] => push_name(
+            first.strip_prefix("*.").unwrap_or(first),
+            EntryKind::Block,
+            push,
+        ),
+        [.., "CNAME", "rpz-passthru."] => push_name(
+            first.strip_prefix("*.").unwrap_or(first),
+            EntryKind::Exception,
+            push,
+        ),
         _ => Err("not a domain name".into()),
     }
 }
@@ -191,7 +220,11 @@ fn dnsmasq_names(rest: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Resul
     Ok(())
 }
 
-fn push_name(text: &str, kind: EntryKind, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+fn push_name(
+    text: &str,
+    kind: EntryKind,
+    push: &mut impl FnMut(Vec<u8>, EntryKind),
+) -> Result<(), String> {
     match name::from_text(text) {
         Ok(wire) => {
             push(wire, kind);
@@ -206,10 +239,20 @@ fn push_name(text: &str, kind: EntryKind, push: &mut impl FnMut(Vec<u8>, EntryKi
 mod tests {
     use super::*;
 
-    fn names(text: &str) -> (Vec<(String, EntryKind)>, Vec<(u32, String)>) {
+    type Read = (Vec<(String, EntryKind)>, Vec<(u32, String)>);
+
+    fn names(text: &str) -> Read {
         let file = parse(Path::new("t.txt"), text);
-        let entries = file.entries.iter().map(|e| (name::to_text(&e.name), e.kind)).collect();
-        let rejected = file.rejected.iter().map(|r| (r.line, r.reason.clone())).collect();
+        let entries = file
+            .entries
+            .iter()
+            .map(|e| (name::to_text(&e.name), e.kind))
+            .collect();
+        let rejected = file
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.clone()))
+            .collect();
         (entries, rejected)
     }
 
@@ -234,7 +277,11 @@ mod tests {
         ];
         for line in lines {
             let (entries, rejected) = names(line);
-            let kind = if line.starts_with("@@") { EntryKind::Exception } else { EntryKind::Block };
+            let kind = if line.starts_with("@@") {
+                EntryKind::Exception
+            } else {
+                EntryKind::Block
+            };
             assert_eq!(entries, [("example.com".to_string(), kind)], "{line}");
             assert!(rejected.is_empty(), "{line}");
         }
@@ -242,17 +289,22 @@ mod tests {
 
     #[test]
     fn exceptions_comments_bom_and_crlf() {
-        let (entries, rejected) = names("\u{feff}# title\r\n! adblock comment\r\n@@||ok.example^\r\n\r\nb.example\r\n");
+        let (entries, rejected) =
+            names("\u{feff}# title\r\n! adblock comment\r\n@@||ok.example^\r\n\r\nb.example\r\n");
         assert_eq!(
             entries,
-            [("ok.example".into(), EntryKind::Exception), ("b.example".into(), EntryKind::Block)]
+            [
+                ("ok.example".into(), EntryKind::Exception),
+                ("b.example".into(), EntryKind::Block)
+            ]
         );
         assert!(rejected.is_empty());
     }
 
     #[test]
     fn hosts_lines_with_several_names_and_self_names() {
-        let (entries, rejected) = names("127.0.0.1 localhost\n::1 ip6-localhost\n0.0.0.0 a.example b.example\n");
+        let (entries, rejected) =
+            names("127.0.0.1 localhost\n::1 ip6-localhost\n0.0.0.0 a.example b.example\n");
         let got: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
         assert_eq!(got, ["a.example", "b.example"]);
         assert!(rejected.is_empty());
@@ -274,17 +326,26 @@ mod tests {
         assert_eq!(
             got,
             [
-                (3, "AdBlock rule without `||` also matches inside names; write `||name^`"),
+                (
+                    3,
+                    "AdBlock rule without `||` also matches inside names; write `||name^`"
+                ),
                 (4, "unsupported modifier $third-party"),
                 (5, "regular expressions are not supported"),
                 (6, "an IP address is not a domain name"),
                 (7, "not a domain name"),
                 (8, "wildcards inside a name are not supported"),
-                (9, "not a domain name (character '/' is not allowed in a domain name)"),
+                (
+                    9,
+                    "not a domain name (character '/' is not allowed in a domain name)"
+                ),
                 (10, "an IP address is not a domain name"),
             ]
         );
         let file = parse(Path::new("lists/t.txt"), "x y z\n");
-        assert_eq!(file.rejected[0].to_string(), "lists/t.txt:1: not a domain name: \"x y z\"");
+        assert_eq!(
+            file.rejected[0].to_string(),
+            "lists/t.txt:1: not a domain name: \"x y z\""
+        );
     }
 }

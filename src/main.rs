@@ -74,12 +74,19 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Check { config, strict }) => runtime.block_on(check(config, strict)),
-        Some(Command::Explain { config, client, name }) => runtime.block_on(explain(config, client, &name)),
+        Some(Command::Explain {
+            config,
+            client,
+            name,
+        }) => runtime.block_on(explain(config, client, &name)),
     }
 }
 
@@ -132,7 +139,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(running) => running,
         Err(err) => {
             report(&err);
-            return ExitCode::from(if matches!(err, StartError::Compile(CompileError::List(_))) { 2 } else { 1 });
+            return ExitCode::from(
+                if matches!(err, StartError::Compile(CompileError::List(_))) {
+                    2
+                } else {
+                    1
+                },
+            );
         }
     };
     let policy = running.gateway().policy();
@@ -170,10 +183,14 @@ fn init_tracing(args: &ServeArgs) {
     // hickory logs every TCP request at info; keep it to warnings.
     let filter = match &args.log_level {
         Some(level) => EnvFilter::new(format!("hickory_server=warn,hickory_proto=warn,{level}")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn")),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn")),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -225,7 +242,10 @@ async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let segment = explanation.segment.as_deref().map_or("none".to_owned(), |s| format!("\"{s}\""));
+    let segment = explanation
+        .segment
+        .as_deref()
+        .map_or("none".to_owned(), |s| format!("\"{s}\""));
     println!("client:  {client}");
     println!("segment: {segment}");
     println!("name:    {}", explanation.name);
@@ -234,14 +254,26 @@ async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
         None => format!("entry `{}`", located.entry),
     };
     match &explanation.verdict {
-        Verdict::Refused => println!("verdict: refused (client is in no segment; unknown_clients = \"refuse\")"),
-        Verdict::Allowed => println!("verdict: allowed (no list of the segment contains the name): forwarded"),
+        Verdict::Refused => {
+            println!("verdict: refused (client is in no segment; unknown_clients = \"refuse\")")
+        }
+        Verdict::Allowed => {
+            println!("verdict: allowed (no list of the segment contains the name): forwarded")
+        }
         Verdict::AllowedByList(located) => {
-            println!("verdict: allowed by list \"{}\" ({}): forwarded", located.list, entry(located))
+            println!(
+                "verdict: allowed by list \"{}\" ({}): forwarded",
+                located.list,
+                entry(located)
+            )
         }
         Verdict::Blocked(located) => {
             let response = policy.config.block.response.as_str();
-            println!("verdict: blocked by list \"{}\" ({})", located.list, entry(located));
+            println!(
+                "verdict: blocked by list \"{}\" ({})",
+                located.list,
+                entry(located)
+            );
             println!("answer:  {response}, ttl {}", policy.config.block.ttl);
         }
     }

@@ -135,7 +135,10 @@ mod tests {
 
     #[test]
     fn unicode_names_become_punycode() {
-        assert_eq!(to_text(&from_text("bücher.example").unwrap()), "xn--bcher-kva.example");
+        assert_eq!(
+            to_text(&from_text("bücher.example").unwrap()),
+            "xn--bcher-kva.example"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use crate::config::{BlockResponse, BlockSettings, ListConfig};
 use crate::policy::ListId;
-use crate::wire::{self, CLASS_IN, HEADER_LEN, Query, Rcode, TYPE_A, TYPE_AAAA, TYPE_OPT, TYPE_SOA};
+use crate::wire::{
+    self, CLASS_IN, HEADER_LEN, Query, Rcode, TYPE_A, TYPE_AAAA, TYPE_OPT, TYPE_SOA,
+};
 
 /// UDP payload size portvakt advertises (the DNS Flag Day 2020 value).
 pub const OUR_UDP_PAYLOAD: u16 = 1232;
@@ -51,14 +53,22 @@ impl BlockAnswers {
         BlockAnswers {
             response: block.response,
             ttl: block.ttl,
-            v4: block.sinkhole.iter().filter_map(|a| match a {
-                IpAddr::V4(a) => Some(a.octets()),
-                IpAddr::V6(_) => None,
-            }).collect(),
-            v6: block.sinkhole.iter().filter_map(|a| match a {
-                IpAddr::V6(a) => Some(a.octets()),
-                IpAddr::V4(_) => None,
-            }).collect(),
+            v4: block
+                .sinkhole
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(a) => Some(a.octets()),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            v6: block
+                .sinkhole
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V6(a) => Some(a.octets()),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
             soa_rdata,
             messages: lists
                 .iter()
@@ -74,13 +84,21 @@ impl BlockAnswers {
 
 /// The answer to a blocked name: the configured response, the SOA of the matched zone (at
 /// `zone_at` in the question name) on negative answers, and EDE 15 with the list's message.
-pub fn blocked(query: &Query, answers: &BlockAnswers, list: ListId, zone_at: usize, out: &mut Vec<u8>) {
+pub fn blocked(
+    query: &Query,
+    answers: &BlockAnswers,
+    list: ListId,
+    zone_at: usize,
+    out: &mut Vec<u8>,
+) {
     let ede = Some((EdeCode::Blocked, answers.message(list)));
     let addresses: Vec<&[u8]> = match (answers.response, query.qtype, query.qclass) {
         (BlockResponse::ZeroIp, TYPE_A, CLASS_IN) => vec![&[0; 4]],
         (BlockResponse::ZeroIp, TYPE_AAAA, CLASS_IN) => vec![&[0; 16]],
         (BlockResponse::Sinkhole, TYPE_A, CLASS_IN) => answers.v4.iter().map(|a| &a[..]).collect(),
-        (BlockResponse::Sinkhole, TYPE_AAAA, CLASS_IN) => answers.v6.iter().map(|a| &a[..]).collect(),
+        (BlockResponse::Sinkhole, TYPE_AAAA, CLASS_IN) => {
+            answers.v6.iter().map(|a| &a[..]).collect()
+        }
         _ => Vec::new(),
     };
     let rcode = match answers.response {
@@ -108,7 +126,12 @@ pub fn blocked(query: &Query, answers: &BlockAnswers, list: ListId, zone_at: usi
 
 /// REFUSED for a client in no segment, with EDE 18 (Prohibited).
 pub fn refused(query: &Query, out: &mut Vec<u8>) {
-    error(query, Rcode::Refused, Some((EdeCode::Prohibited, "client is not in any segment")), out);
+    error(
+        query,
+        Rcode::Refused,
+        Some((EdeCode::Prohibited, "client is not in any segment")),
+        out,
+    );
 }
 
 /// An answer with no records: `rcode`, the question, and an EDE when the client has EDNS.

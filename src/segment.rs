@@ -22,8 +22,14 @@ pub struct SegmentTable {
 
 impl SegmentTable {
     /// `networks` must not repeat (the config checks that); nested networks are fine.
-    pub fn new(networks: impl IntoIterator<Item = (IpNet, SegmentId)>, unknown: Option<SegmentId>) -> Self {
-        let mut table = SegmentTable { unknown, ..SegmentTable::default() };
+    pub fn new(
+        networks: impl IntoIterator<Item = (IpNet, SegmentId)>,
+        unknown: Option<SegmentId>,
+    ) -> Self {
+        let mut table = SegmentTable {
+            unknown,
+            ..SegmentTable::default()
+        };
         for (net, id) in networks {
             match net {
                 IpNet::V4(net) => table.v4.insert(net, id),
@@ -49,8 +55,18 @@ mod tests {
     use super::*;
 
     fn table(unknown: Option<SegmentId>) -> SegmentTable {
-        let nets = [("127.0.0.0/8", 0), ("127.0.0.3/32", 1), ("10.0.0.0/8", 2), ("fd00:10::/48", 0), ("::1/128", 1)];
-        SegmentTable::new(nets.iter().map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))), unknown)
+        let nets = [
+            ("127.0.0.0/8", 0),
+            ("127.0.0.3/32", 1),
+            ("10.0.0.0/8", 2),
+            ("fd00:10::/48", 0),
+            ("::1/128", 1),
+        ];
+        SegmentTable::new(
+            nets.iter()
+                .map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
+            unknown,
+        )
     }
 
     #[test]
@@ -68,12 +84,19 @@ mod tests {
             ("2001:db8::1", None),
         ];
         for (addr, want) in cases {
-            assert_eq!(table.classify(addr.parse().unwrap()), want.map(SegmentId), "{addr}");
+            assert_eq!(
+                table.classify(addr.parse().unwrap()),
+                want.map(SegmentId),
+                "{addr}"
+            );
         }
     }
 
     #[test]
     fn unknown_clients_can_be_given_a_segment() {
-        assert_eq!(table(Some(SegmentId(2))).classify("192.0.2.1".parse().unwrap()), Some(SegmentId(2)));
+        assert_eq!(
+            table(Some(SegmentId(2))).classify("192.0.2.1".parse().unwrap()),
+            Some(SegmentId(2))
+        );
     }
 }

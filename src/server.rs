@@ -49,23 +49,54 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every address for UDP and TCP and starts serving. Must run inside the runtime.
-    pub async fn bind(addrs: &[SocketAddr], gateway: Arc<Gateway>) -> Result<Listeners, ServerError> {
+    pub async fn bind(
+        addrs: &[SocketAddr],
+        gateway: Arc<Gateway>,
+    ) -> Result<Listeners, ServerError> {
         let token = CancellationToken::new();
         let udp_tasks = TaskTracker::new();
-        let mut tcp = Server::new(TcpAdapter { gateway: gateway.clone() });
+        let mut tcp = Server::new(TcpAdapter {
+            gateway: gateway.clone(),
+        });
         let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
         for &addr in addrs {
-            let socket = UdpSocket::bind(addr).await.map_err(|source| ServerError::Bind { proto: "UDP", addr, source })?;
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    proto: "UDP",
+                    addr,
+                    source,
+                })?;
             // Port 0 means "any": TCP then takes the port UDP got, so both serve one address.
-            let bound = socket.local_addr().map_err(|source| ServerError::Bind { proto: "UDP", addr, source })?;
-            let listener =
-                TcpListener::bind(bound).await.map_err(|source| ServerError::Bind { proto: "TCP", addr: bound, source })?;
+            let bound = socket.local_addr().map_err(|source| ServerError::Bind {
+                proto: "UDP",
+                addr,
+                source,
+            })?;
+            let listener = TcpListener::bind(bound)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    proto: "TCP",
+                    addr: bound,
+                    source,
+                })?;
             udp_addrs.push(bound);
             tcp_addrs.push(bound);
-            udp_tasks.spawn(serve_udp(Arc::new(socket), gateway.clone(), token.clone(), udp_tasks.clone()));
+            udp_tasks.spawn(serve_udp(
+                Arc::new(socket),
+                gateway.clone(),
+                token.clone(),
+                udp_tasks.clone(),
+            ));
             tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
         }
-        Ok(Listeners { udp: udp_addrs, tcp: tcp_addrs, token, udp_tasks, tcp_server: tcp })
+        Ok(Listeners {
+            udp: udp_addrs,
+            tcp: tcp_addrs,
+            token,
+            udp_tasks,
+            tcp_server: tcp,
+        })
     }
 
     /// Stops accepting, gives in-flight UDP queries a grace period, and stops TCP.
@@ -77,7 +108,12 @@ impl Listeners {
     }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, gateway: Arc<Gateway>, token: CancellationToken, tasks: TaskTracker) {
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    gateway: Arc<Gateway>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+) {
     let mut packet = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -122,14 +158,24 @@ struct TcpAdapter {
 
 #[async_trait::async_trait]
 impl RequestHandler for TcpAdapter {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
         let client: IpAddr = request.src().ip();
-        let reply = self.gateway.answer(request.as_slice(), client, Transport::Tcp).await;
+        let reply = self
+            .gateway
+            .answer(request.as_slice(), client, Transport::Tcp)
+            .await;
         let message = reply.and_then(|wire| Message::from_vec(&wire).ok());
         let Some(message) = message else {
             let builder = MessageResponseBuilder::from_message_request(request);
             let failed = builder.error_msg(&request.metadata, ResponseCode::ServFail);
-            return response.send_response(failed).await.unwrap_or_else(|_| failed_info(request));
+            return response
+                .send_response(failed)
+                .await
+                .unwrap_or_else(|_| failed_info(request));
         };
         let builder = MessageResponseBuilder::new(&request.queries, message.edns.as_ref());
         let answer = builder.build(
@@ -152,5 +198,8 @@ impl RequestHandler for TcpAdapter {
 fn failed_info(request: &Request) -> ResponseInfo {
     let mut metadata = request.metadata;
     metadata.response_code = ResponseCode::ServFail;
-    ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
 }

@@ -14,7 +14,9 @@ use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, OpCode, ResponseCode};
+use hickory_resolver::proto::op::{
+    DnsRequest, DnsRequestOptions, Edns, Message, OpCode, ResponseCode,
+};
 use hickory_resolver::proto::rr::{DNSClass, Name, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use rustc_hash::FxBuildHasher;
@@ -66,14 +68,20 @@ impl Upstreams {
         let mut groups = Vec::with_capacity(configs.len());
         let mut zones = HashMap::default();
         for (i, config) in configs.iter().enumerate() {
-            let name = config.zones.first().map_or_else(|| "default".to_owned(), |z| name::to_text(z));
+            let name = config
+                .zones
+                .first()
+                .map_or_else(|| "default".to_owned(), |z| name::to_text(z));
             for zone in &config.zones {
                 zones.insert(zone.clone().into_boxed_slice(), i);
             }
             let mut options = ResolverOpts::default();
             options.timeout = config.timeout;
             options.attempts = 0;
-            let tls = TlsConfig::new().map_err(|source| UpstreamError::Setup { group: name.clone(), source })?;
+            let tls = TlsConfig::new().map_err(|source| UpstreamError::Setup {
+                group: name.clone(),
+                source,
+            })?;
             let servers = config.servers.iter().map(|addr| {
                 let mut server = NameServerConfig::udp_and_tcp(addr.ip());
                 for connection in &mut server.connections {
@@ -82,8 +90,13 @@ impl Upstreams {
                 server
             });
             let context = Arc::new(PoolContext::new(options, tls));
-            let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
-            groups.push(Group { name, pool, timeout: config.timeout });
+            let pool =
+                NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
+            groups.push(Group {
+                name,
+                pool,
+                timeout: config.timeout,
+            });
         }
         Ok(Upstreams { groups, zones })
     }
@@ -110,7 +123,8 @@ impl Upstreams {
         message.metadata.checking_disabled = query.checking_disabled();
         message.add_query(question.clone());
         let mut edns = Edns::new();
-        edns.set_max_payload(OUR_UDP_PAYLOAD).set_dnssec_ok(query.dnssec_ok());
+        edns.set_max_payload(OUR_UDP_PAYLOAD)
+            .set_dnssec_ok(query.dnssec_ok());
         message.set_edns(edns);
         let mut options = DnsRequestOptions::default();
         options.use_edns = true;
@@ -118,10 +132,17 @@ impl Upstreams {
         options.recursion_desired = true;
         let request = DnsRequest::new(message, options);
 
-        let answer = tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
-        let fail = |source| UpstreamError::Failed { group: group.name.clone(), source };
+        let answer =
+            tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
+        let fail = |source| UpstreamError::Failed {
+            group: group.name.clone(),
+            source,
+        };
         match answer {
-            Err(_) => Err(UpstreamError::Timeout { group: group.name.clone(), timeout: group.timeout }),
+            Err(_) => Err(UpstreamError::Timeout {
+                group: group.name.clone(),
+                timeout: group.timeout,
+            }),
             Ok(Ok(response)) => Ok(response.into_buffer()),
             Ok(Err(NetError::Dns(DnsError::NoRecordsFound(negative)))) => {
                 let mut message = Message::response(0, OpCode::Query);
@@ -130,15 +151,21 @@ impl Upstreams {
                 message.add_query(*negative.query);
                 match (negative.authorities, negative.soa) {
                     (Some(authorities), _) => message.insert_authorities(authorities.to_vec()),
-                    (None, Some(soa)) => message.insert_authorities(vec![soa.into_record_of_rdata()]),
+                    (None, Some(soa)) => {
+                        message.insert_authorities(vec![soa.into_record_of_rdata()])
+                    }
                     (None, None) => {}
                 }
                 message.to_vec().map_err(|err| fail(NetError::from(err)))
             }
-            Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => {
-                Err(UpstreamError::Rcode { group: group.name.clone(), rcode })
-            }
-            Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout { group: group.name.clone(), timeout: group.timeout }),
+            Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => Err(UpstreamError::Rcode {
+                group: group.name.clone(),
+                rcode,
+            }),
+            Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
+                group: group.name.clone(),
+                timeout: group.timeout,
+            }),
             Ok(Err(err)) => Err(fail(err)),
         }
     }
@@ -148,7 +175,8 @@ fn question(query: &Query) -> hickory_resolver::proto::op::Query {
     let labels: Vec<&[u8]> = name::labels(query.name()).collect();
     let mut name = Name::from_labels(labels).unwrap_or_else(|_| Name::root());
     name.set_fqdn(true);
-    let mut question = hickory_resolver::proto::op::Query::query(name, RecordType::from(query.qtype));
+    let mut question =
+        hickory_resolver::proto::op::Query::query(name, RecordType::from(query.qtype));
     question.set_query_class(DNSClass::from(query.qclass));
     question
 }

@@ -99,7 +99,15 @@ impl<'a> Query<'a> {
         let qclass = u16_at(packet, at + 2);
         let question_end = at + 4;
         let edns = read_opt(packet, question_end).map_err(|()| formerr)?;
-        Ok(Query { packet, question_end, lower, lower_len, qtype, qclass, edns })
+        Ok(Query {
+            packet,
+            question_end,
+            lower,
+            lower_len,
+            qtype,
+            qclass,
+            edns,
+        })
     }
 
     pub fn id(&self) -> u16 {
@@ -131,7 +139,8 @@ impl<'a> Query<'a> {
     /// The largest UDP answer this client accepts: 512 without EDNS (RFC 1035 §4.2.1),
     /// else its payload size, never below 512 (RFC 6891 §6.2.5) and at most 4096.
     pub fn udp_limit(&self) -> usize {
-        self.edns.map_or(512, |e| (e.payload as usize).clamp(512, 4096))
+        self.edns
+            .map_or(512, |e| (e.payload as usize).clamp(512, 4096))
     }
 }
 
@@ -164,7 +173,8 @@ pub fn set_u16(buf: &mut [u8], at: usize, value: u16) {
 /// Finds the OPT record among the records after the question. `Err` when a record runs
 /// past the packet or there is more than one OPT (RFC 6891 §6.1.1: FORMERR).
 fn read_opt(packet: &[u8], mut at: usize) -> Result<Option<Edns>, ()> {
-    let records = u16_at(packet, 6) as usize + u16_at(packet, 8) as usize + u16_at(packet, 10) as usize;
+    let records =
+        u16_at(packet, 6) as usize + u16_at(packet, 8) as usize + u16_at(packet, 10) as usize;
     let mut edns = None;
     for _ in 0..records {
         let record = Record::read(packet, at).ok_or(())?;
@@ -301,7 +311,20 @@ mod tests {
 
     /// A query for `name` with type A; `edns` adds an OPT record (payload, DO).
     pub fn query(name: &str, edns: Option<(u16, bool)>) -> Vec<u8> {
-        let mut q = vec![0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
+        let mut q = vec![
+            0xAB,
+            0xCD,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            edns.is_some() as u8,
+        ];
         for label in name.split('.').filter(|l| !l.is_empty()) {
             q.push(label.len() as u8);
             q.extend_from_slice(label.as_bytes());
@@ -324,7 +347,14 @@ mod tests {
         assert_eq!(q.name(), b"\x03www\x06tiktok\x03com\x00");
         assert_eq!(&q.question()[1..4], b"WwW");
         assert_eq!((q.qtype, q.qclass), (TYPE_A, CLASS_IN));
-        assert_eq!(q.edns, Some(Edns { payload: 1232, version: 0, dnssec_ok: true }));
+        assert_eq!(
+            q.edns,
+            Some(Edns {
+                payload: 1232,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
         assert_eq!(q.udp_limit(), 1232);
         assert!(q.recursion_desired());
     }
@@ -334,12 +364,56 @@ mod tests {
         let good = query("a.example", None);
         let cases: Vec<(&str, Vec<u8>, Malformed)> = vec![
             ("short", good[..11].to_vec(), Malformed::Drop),
-            ("response", { let mut p = good.clone(); p[2] |= 0x80; p }, Malformed::Drop),
-            ("opcode", { let mut p = good.clone(); p[2] |= 2 << 3; p }, Malformed::Answer(Rcode::NotImp)),
-            ("two questions", { let mut p = good.clone(); p[5] = 2; p }, Malformed::Answer(Rcode::FormErr)),
-            ("cut question", good[..good.len() - 2].to_vec(), Malformed::Answer(Rcode::FormErr)),
-            ("pointer in qname", { let mut p = good.clone(); p[12] = 0xC0; p }, Malformed::Answer(Rcode::FormErr)),
-            ("arcount past end", { let mut p = good.clone(); p[11] = 1; p }, Malformed::Answer(Rcode::FormErr)),
+            (
+                "response",
+                {
+                    let mut p = good.clone();
+                    p[2] |= 0x80;
+                    p
+                },
+                Malformed::Drop,
+            ),
+            (
+                "opcode",
+                {
+                    let mut p = good.clone();
+                    p[2] |= 2 << 3;
+                    p
+                },
+                Malformed::Answer(Rcode::NotImp),
+            ),
+            (
+                "two questions",
+                {
+                    let mut p = good.clone();
+                    p[5] = 2;
+                    p
+                },
+                Malformed::Answer(Rcode::FormErr),
+            ),
+            (
+                "cut question",
+                good[..good.len() - 2].to_vec(),
+                Malformed::Answer(Rcode::FormErr),
+            ),
+            (
+                "pointer in qname",
+                {
+                    let mut p = good.clone();
+                    p[12] = 0xC0;
+                    p
+                },
+                Malformed::Answer(Rcode::FormErr),
+            ),
+            (
+                "arcount past end",
+                {
+                    let mut p = good.clone();
+                    p[11] = 1;
+                    p
+                },
+                Malformed::Answer(Rcode::FormErr),
+            ),
         ];
         for (what, packet, want) in cases {
             assert_eq!(Query::parse(&packet).err(), Some(want), "{what}");

@@ -30,12 +30,20 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
 fn render(problems: &[Problem]) -> String {
-    problems.iter().map(Problem::to_string).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The config text with its name, to turn byte spans into lines and columns.
@@ -52,7 +60,12 @@ impl Source<'_> {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = self.text[line_start..at].chars().count() + 1;
-        let problem = Problem { file: self.file.to_owned(), line, col, message: message.into() };
+        let problem = Problem {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        };
         (at, problem)
     }
 

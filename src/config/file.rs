@@ -47,7 +47,10 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { listen: default_listen(), unknown_clients: default_unknown_clients() }
+        ServerSection {
+            listen: default_listen(),
+            unknown_clients: default_unknown_clients(),
+        }
     }
 }
 
@@ -189,7 +192,9 @@ pub struct CacheSection {
 
 impl Default for CacheSection {
     fn default() -> Self {
-        CacheSection { max_entries: default_cache_entries() }
+        CacheSection {
+            max_entries: default_cache_entries(),
+        }
     }
 }
 
@@ -213,7 +218,10 @@ impl TryFrom<String> for Network {
             },
         };
         if net.trunc() != net {
-            return Err(format!("`{text}` has host bits set; the network is `{}`", net.trunc()));
+            return Err(format!(
+                "`{text}` has host bits set; the network is `{}`",
+                net.trunc()
+            ));
         }
         Ok(Network(net))
     }
@@ -227,9 +235,9 @@ pub struct ListenAddr(pub SocketAddr);
 impl TryFrom<String> for ListenAddr {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-            .map(ListenAddr)
-            .map_err(|_| format!("`{text}` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`"))
+        text.parse().map(ListenAddr).map_err(|_| {
+            format!("`{text}` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`")
+        })
     }
 }
 
@@ -258,6 +266,8 @@ pub struct Zone(pub Vec<u8>);
 impl TryFrom<String> for Zone {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
-        crate::name::from_text(&text).map(Zone).map_err(|err| format!("`{text}` is not a zone name: {err}"))
+        crate::name::from_text(&text)
+            .map(Zone)
+            .map_err(|err| format!("`{text}` is not a zone name: {err}"))
     }
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use error::Source;
 pub use error::{ConfigError, Problem};
 pub use file::BlockResponse;
-use error::Source;
 use file::ConfigFile;
 
 /// The annotated example config, also the default when no `--config` is given.
@@ -82,8 +82,10 @@ pub struct UpstreamConfig {
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&path.display().to_string(), &text)
     }
 
@@ -99,13 +101,18 @@ impl Config {
         let file: ConfigFile = toml::from_str(text).map_err(|err| ConfigError::Invalid {
             problems: vec![source.toml_problem(&err).1],
         })?;
-        let mut checks = Checks { source, problems: Vec::new() };
+        let mut checks = Checks {
+            source,
+            problems: Vec::new(),
+        };
         let config = checks.config(file, origin);
         if checks.problems.is_empty() {
             Ok(config)
         } else {
             checks.problems.sort_by_key(|(at, _)| *at);
-            Err(ConfigError::Invalid { problems: checks.problems.into_iter().map(|(_, p)| p).collect() })
+            Err(ConfigError::Invalid {
+                problems: checks.problems.into_iter().map(|(_, p)| p).collect(),
+            })
         }
     }
 }
@@ -123,8 +130,11 @@ impl Checks<'_> {
 
     fn config(&mut self, file: ConfigFile, origin: &str) -> Config {
         let lists = self.lists(&file.lists);
-        let list_ids: BTreeMap<&str, usize> =
-            lists.iter().enumerate().map(|(id, list)| (list.name.as_str(), id)).collect();
+        let list_ids: BTreeMap<&str, usize> = lists
+            .iter()
+            .enumerate()
+            .map(|(id, list)| (list.name.as_str(), id))
+            .collect();
         let segments = self.segments(&file.segment, &list_ids);
 
         let unknown = &file.server.unknown_clients;
@@ -148,18 +158,27 @@ impl Checks<'_> {
 
         let listen = &file.server.listen;
         if listen.get_ref().is_empty() {
-            self.report(listen, "server.listen is empty: portvakt would not answer anything");
+            self.report(
+                listen,
+                "server.listen is empty: portvakt would not answer anything",
+            );
         }
         let mut seen = HashMap::new();
         for addr in listen.get_ref() {
             if seen.insert(addr.get_ref().0, ()).is_some() {
-                self.report(addr, format!("listen address {} appears twice", addr.get_ref().0));
+                self.report(
+                    addr,
+                    format!("listen address {} appears twice", addr.get_ref().0),
+                );
             }
         }
 
         let block = &file.block;
         if *block.response.get_ref() == BlockResponse::Sinkhole && block.sinkhole.is_empty() {
-            self.report(&block.response, "block.response is \"sinkhole\" but block.sinkhole lists no addresses");
+            self.report(
+                &block.response,
+                "block.response is \"sinkhole\" but block.sinkhole lists no addresses",
+            );
         }
 
         Config {
@@ -184,29 +203,50 @@ impl Checks<'_> {
     fn lists(&mut self, lists: &BTreeMap<Spanned<String>, file::ListSection>) -> Vec<ListConfig> {
         if lists.len() > MAX_LISTS {
             let last = lists.keys().last().expect("more than 64 lists");
-            self.report(last, format!("{} lists are defined; portvakt supports at most {MAX_LISTS}", lists.len()));
+            self.report(
+                last,
+                format!(
+                    "{} lists are defined; portvakt supports at most {MAX_LISTS}",
+                    lists.len()
+                ),
+            );
         }
         let mut out = Vec::with_capacity(lists.len());
         for (name, list) in lists {
             if list.files.get_ref().is_empty() {
-                self.report(&list.files, format!("list \"{}\" has no files", name.get_ref()));
+                self.report(
+                    &list.files,
+                    format!("list \"{}\" has no files", name.get_ref()),
+                );
             }
             for path in list.files.get_ref() {
                 if let Err(err) = std::fs::metadata(path.get_ref()) {
                     let shown = path.get_ref().display();
-                    self.report(path, format!("list \"{}\": cannot read {shown}: {err}", name.get_ref()));
+                    self.report(
+                        path,
+                        format!("list \"{}\": cannot read {shown}: {err}", name.get_ref()),
+                    );
                 }
             }
             out.push(ListConfig {
                 name: name.get_ref().clone(),
-                files: list.files.get_ref().iter().map(|p| p.get_ref().clone()).collect(),
+                files: list
+                    .files
+                    .get_ref()
+                    .iter()
+                    .map(|p| p.get_ref().clone())
+                    .collect(),
                 message: list.message.clone(),
             });
         }
         out
     }
 
-    fn segments(&mut self, segments: &[file::SegmentSection], lists: &BTreeMap<&str, usize>) -> Vec<SegmentConfig> {
+    fn segments(
+        &mut self,
+        segments: &[file::SegmentSection],
+        lists: &BTreeMap<&str, usize>,
+    ) -> Vec<SegmentConfig> {
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut networks: HashMap<IpNet, &str> = HashMap::new();
         let mut out = Vec::with_capacity(segments.len());
@@ -214,7 +254,10 @@ impl Checks<'_> {
         for segment in segments {
             let name = segment.name.get_ref().as_str();
             if names.insert(name, ()).is_some() {
-                self.report(&segment.name, format!("segment \"{name}\" is defined twice"));
+                self.report(
+                    &segment.name,
+                    format!("segment \"{name}\" is defined twice"),
+                );
             }
             if segment.networks.is_empty() {
                 self.report(&segment.name, format!("segment \"{name}\" has no networks"));
@@ -262,12 +305,15 @@ impl Checks<'_> {
         match (defaults.next(), defaults.next()) {
             (None, _) => {
                 let at = groups.first().map_or(0..0, |g| g.span());
-                let (offset, problem) = self.source.problem(at, "no default [[upstream]] group (one without `zones`)");
+                let (offset, problem) = self
+                    .source
+                    .problem(at, "no default [[upstream]] group (one without `zones`)");
                 self.problems.push((offset, problem));
             }
-            (Some(_), Some(second)) => {
-                self.report(second, "a second [[upstream]] group without `zones`; only one default group is allowed")
-            }
+            (Some(_), Some(second)) => self.report(
+                second,
+                "a second [[upstream]] group without `zones`; only one default group is allowed",
+            ),
             _ => {}
         }
         let mut out = Vec::with_capacity(groups.len());
@@ -282,7 +328,10 @@ impl Checks<'_> {
             for zone in &g.zones {
                 if zones.insert(&zone.get_ref().0, ()).is_some() {
                     let text = crate::name::to_text(&zone.get_ref().0);
-                    self.report(zone, format!("zone {text} is forwarded by two upstream groups"));
+                    self.report(
+                        zone,
+                        format!("zone {text} is forwarded by two upstream groups"),
+                    );
                 }
             }
             out.push(UpstreamConfig {
@@ -303,7 +352,9 @@ mod tests {
     fn problems(text: &str) -> Vec<String> {
         match Config::parse("t.toml", text) {
             Ok(_) => Vec::new(),
-            Err(ConfigError::Invalid { problems }) => problems.iter().map(Problem::to_string).collect(),
+            Err(ConfigError::Invalid { problems }) => {
+                problems.iter().map(Problem::to_string).collect()
+            }
             Err(err) => vec![err.to_string()],
         }
     }
@@ -315,19 +366,40 @@ mod tests {
         let config = Config::load(Path::new("config/portvakt.toml")).unwrap();
         assert_eq!(config.listen, ["127.0.0.1:5353".parse().unwrap()]);
         let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
-        assert!(names.contains(&"staff") && names.contains(&"tiktok-devices"), "{names:?}");
+        assert!(
+            names.contains(&"staff") && names.contains(&"tiktok-devices"),
+            "{names:?}"
+        );
         assert!(Config::embedded_default().is_ok());
     }
 
     #[test]
     fn shape_errors_name_line_and_column() {
         let cases = [
-            ("[[segment]]\nname = \"s\"\nnetworks = [\"10.10.0.0/33\"]\n", "t.toml:3:12: `10.10.0.0/33` is not a network, e.g. `10.10.0.0/16`"),
-            ("[[segment]]\nname = \"s\"\nnetworks = [\"10.10.1.0/16\"]\n", "t.toml:3:12: `10.10.1.0/16` has host bits set; the network is `10.10.0.0/16`"),
-            ("[server]\nlisten = [\"localhost\"]\n", "t.toml:2:10: `localhost` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`"),
-            ("[server]\nlisten_on = 1\n", "t.toml:2:1: unknown field `listen_on`, expected `listen` or `unknown_clients`"),
-            ("[block]\nresponse = \"drop\"\n", "t.toml:2:12: unknown variant `drop`, expected one of `nxdomain`, `refused`, `nodata`, `zero-ip`, `sinkhole`"),
-            ("[[upstream]]\nservers = [\"dns.quad9\"]\n", "t.toml:2:11: `dns.quad9` is not a server address, e.g. `9.9.9.9:53`"),
+            (
+                "[[segment]]\nname = \"s\"\nnetworks = [\"10.10.0.0/33\"]\n",
+                "t.toml:3:12: `10.10.0.0/33` is not a network, e.g. `10.10.0.0/16`",
+            ),
+            (
+                "[[segment]]\nname = \"s\"\nnetworks = [\"10.10.1.0/16\"]\n",
+                "t.toml:3:12: `10.10.1.0/16` has host bits set; the network is `10.10.0.0/16`",
+            ),
+            (
+                "[server]\nlisten = [\"localhost\"]\n",
+                "t.toml:2:10: `localhost` is not an address with a port, e.g. `127.0.0.1:5353` or `[::]:53`",
+            ),
+            (
+                "[server]\nlisten_on = 1\n",
+                "t.toml:2:1: unknown field `listen_on`, expected `listen` or `unknown_clients`",
+            ),
+            (
+                "[block]\nresponse = \"drop\"\n",
+                "t.toml:2:12: unknown variant `drop`, expected one of `nxdomain`, `refused`, `nodata`, `zero-ip`, `sinkhole`",
+            ),
+            (
+                "[[upstream]]\nservers = [\"dns.quad9\"]\n",
+                "t.toml:2:11: `dns.quad9` is not a server address, e.g. `9.9.9.9:53`",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(problems(text), [want], "{text}");
@@ -352,25 +424,54 @@ networks = ["10.10.0.0/16"]
         );
         let got = problems(&text);
         assert_eq!(got.len(), 5, "{got:#?}");
-        assert_eq!(got[0], "t.toml:2:19: unknown_clients is \"guests\", which is neither \"refuse\" nor a segment (segments: staff, staff)");
-        assert!(got[1].starts_with("t.toml:4:10: list \"tiktok\": cannot read does/not/exist.txt: "), "{}", got[1]);
-        assert_eq!(got[2], "t.toml:8:10: segment \"staff\" blocks list \"tiktokk\", which is not defined (defined lists: tiktok)");
+        assert_eq!(
+            got[0],
+            "t.toml:2:19: unknown_clients is \"guests\", which is neither \"refuse\" nor a segment (segments: staff, staff)"
+        );
+        assert!(
+            got[1].starts_with("t.toml:4:10: list \"tiktok\": cannot read does/not/exist.txt: "),
+            "{}",
+            got[1]
+        );
+        assert_eq!(
+            got[2],
+            "t.toml:8:10: segment \"staff\" blocks list \"tiktokk\", which is not defined (defined lists: tiktok)"
+        );
         assert_eq!(got[3], "t.toml:10:8: segment \"staff\" is defined twice");
-        assert_eq!(got[4], "t.toml:11:13: network 10.10.0.0/16 is in segment \"staff\" already; a network belongs to one segment");
+        assert_eq!(
+            got[4],
+            "t.toml:11:13: network 10.10.0.0/16 is in segment \"staff\" already; a network belongs to one segment"
+        );
     }
 
     #[test]
     fn upstream_groups_need_exactly_one_default() {
-        assert_eq!(problems("")[0], "t.toml:1:1: no default [[upstream]] group (one without `zones`)");
+        assert_eq!(
+            problems("")[0],
+            "t.toml:1:1: no default [[upstream]] group (one without `zones`)"
+        );
         let two = format!("{UPSTREAM}{UPSTREAM}");
-        assert_eq!(problems(&two), ["t.toml:3:1: a second [[upstream]] group without `zones`; only one default group is allowed"]);
-        let zones = format!("{UPSTREAM}[[upstream]]\nzones = [\"Kommune.Local\"]\nservers = [\"10.0.0.10\"]\ntimeout_ms = 0\n");
-        assert_eq!(problems(&zones), ["t.toml:6:14: timeout_ms must be above 0"]);
+        assert_eq!(
+            problems(&two),
+            [
+                "t.toml:3:1: a second [[upstream]] group without `zones`; only one default group is allowed"
+            ]
+        );
+        let zones = format!(
+            "{UPSTREAM}[[upstream]]\nzones = [\"Kommune.Local\"]\nservers = [\"10.0.0.10\"]\ntimeout_ms = 0\n"
+        );
+        assert_eq!(
+            problems(&zones),
+            ["t.toml:6:14: timeout_ms must be above 0"]
+        );
     }
 
     #[test]
     fn sinkhole_needs_addresses() {
         let text = format!("[block]\nresponse = \"sinkhole\"\n{UPSTREAM}");
-        assert_eq!(problems(&text), ["t.toml:2:12: block.response is \"sinkhole\" but block.sinkhole lists no addresses"]);
+        assert_eq!(
+            problems(&text),
+            ["t.toml:2:12: block.response is \"sinkhole\" but block.sinkhole lists no addresses"]
+        );
     }
 }

@@ -26,7 +26,12 @@ impl Policy {
         let mut lists = Vec::with_capacity(config.lists.len());
         for (id, list) in config.lists.iter().enumerate() {
             let id = ListId(id as u8);
-            let mut loaded = List { name: list.name.clone(), files: list.files.clone(), entries: 0, rejected: Vec::new() };
+            let mut loaded = List {
+                name: list.name.clone(),
+                files: list.files.clone(),
+                entries: 0,
+                rejected: Vec::new(),
+            };
             for path in &list.files {
                 let file = lists::read(path)?;
                 for entry in &file.entries {
@@ -54,9 +59,14 @@ impl Policy {
             })
             .collect();
         let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
-            s.networks.iter().map(move |net| (*net, SegmentId(id as u16)))
+            s.networks
+                .iter()
+                .map(move |net| (*net, SegmentId(id as u16)))
         });
-        let table = SegmentTable::new(networks, config.unknown_clients.map(|id| SegmentId(id as u16)));
+        let table = SegmentTable::new(
+            networks,
+            config.unknown_clients.map(|id| SegmentId(id as u16)),
+        );
 
         Ok(Policy {
             segments,

@@ -117,7 +117,10 @@ impl SuffixIndex {
                 except |= stored.except;
             }
         }
-        Matches { lists: ListSet(block & !except), zone_at }
+        Matches {
+            lists: ListSet(block & !except),
+            zone_at,
+        }
     }
 
     /// Distinct stored names.
@@ -145,7 +148,10 @@ mod tests {
 
     #[test]
     fn a_name_matches_itself_and_every_name_below_it() {
-        let index = index(&[("tiktok.com", 0, EntryKind::Block), ("t.me", 1, EntryKind::Block)]);
+        let index = index(&[
+            ("tiktok.com", 0, EntryKind::Block),
+            ("t.me", 1, EntryKind::Block),
+        ]);
         let lists = |n: &str| index.lookup(&from_text(n).unwrap()).lists;
         assert_eq!(lists("tiktok.com"), ListSet(0b01));
         assert_eq!(lists("api16-normal-no1a.www.tiktok.com"), ListSet(0b01));
@@ -174,7 +180,81 @@ mod tests {
         ]);
         let name = from_text("a.www.tiktok.com").unwrap();
         let m = index.lookup(&name);
-        assert_eq!(&name[m.zone_at(ListId(0))..], from_text("www.tiktok.com").unwrap());
+        assert_eq!(
+            &name[m.zone_at(ListId(0))..],
+            from_text("www.tiktok.com").unwrap()
+        );
         assert_eq!(&name[m.zone_at(ListId(1))..], from_text("com").unwrap());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::name::from_text;
+
+    /// Reference: for each list, test every entry against the name as text, the slow way.
+    fn naive(entries: &[(String, u8, EntryKind)], name: &str) -> u64 {
+        let covers = |entry: &str| name == entry || name.ends_with(&format!(".{entry}"));
+        let mut block = 0u64;
+        let mut except = 0u64;
+        for (entry, list, kind) in entries {
+            if covers(entry) {
+                match kind {
+                    EntryKind::Block => block |= 1 << list,
+                    EntryKind::Exception => except |= 1 << list,
+                }
+            }
+        }
+        block & !except
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        // A tiny alphabet so random names often share suffixes with random entries.
+        prop::sample::select(vec!["a", "b", "ab", "com", "no", "tiktok", "x-y"])
+            .prop_map(str::to_owned)
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        prop::collection::vec(label(), 1..5).prop_map(|labels| labels.join("."))
+    }
+
+    fn entry() -> impl Strategy<Value = (String, u8, EntryKind)> {
+        let kind = prop_oneof![4 => Just(EntryKind::Block), 1 => Just(EntryKind::Exception)];
+        (domain(), 0u8..6, kind)
+    }
+
+    proptest! {
+        #[test]
+        fn index_agrees_with_the_naive_reference(
+            entries in prop::collection::vec(entry(), 0..40),
+            names in prop::collection::vec(domain(), 1..20),
+        ) {
+            let mut builder = IndexBuilder::default();
+            for (entry, list, kind) in &entries {
+                builder.insert(&from_text(entry).unwrap(), ListId(*list), *kind);
+            }
+            let index = builder.build();
+            for name in &names {
+                let wire = from_text(name).unwrap();
+                let matches = index.lookup(&wire);
+                prop_assert_eq!(matches.lists.0, naive(&entries, name), "name {}", name);
+                // The zone of each matched list is that list's most specific block entry.
+                let mut lists = matches.lists.0;
+                while lists != 0 {
+                    let list = lists.trailing_zeros() as u8;
+                    lists &= lists - 1;
+                    let zone = crate::name::to_text(&wire[matches.zone_at(ListId(list))..]);
+                    let best = entries
+                        .iter()
+                        .filter(|(e, l, k)| *l == list && *k == EntryKind::Block && (name == e || name.ends_with(&format!(".{e}"))))
+                        .map(|(e, _, _)| e.len())
+                        .max();
+                    prop_assert_eq!(Some(zone.len()), best, "zone of list {} for {}", list, name);
+                }
+            }
+        }
     }
 }

@@ -54,7 +54,10 @@ pub struct List {
 pub enum Decision {
     Allowed,
     /// `zone_at`: offset in the query name where the list's matched entry starts.
-    Blocked { list: ListId, zone_at: usize },
+    Blocked {
+        list: ListId,
+        zone_at: usize,
+    },
 }
 
 impl Policy {
@@ -74,10 +77,16 @@ impl Policy {
         let list = if blocked.0.is_power_of_two() {
             blocked.first()
         } else {
-            seg.block_order.iter().copied().find(|&l| blocked.contains(l))
+            seg.block_order
+                .iter()
+                .copied()
+                .find(|&l| blocked.contains(l))
         };
         match list {
-            Some(list) => Decision::Blocked { list, zone_at: matches.zone_at(list) },
+            Some(list) => Decision::Blocked {
+                list,
+                zone_at: matches.zone_at(list),
+            },
             None => Decision::Allowed,
         }
     }
@@ -86,17 +95,29 @@ impl Policy {
     pub fn explain(&self, client: IpAddr, text_name: &str) -> Result<Explanation, name::NameError> {
         let wire = name::from_text(text_name)?;
         let Some(segment) = self.classify(client) else {
-            return Ok(Explanation { name: name::to_text(&wire), segment: None, verdict: Verdict::Refused });
+            return Ok(Explanation {
+                name: name::to_text(&wire),
+                segment: None,
+                verdict: Verdict::Refused,
+            });
         };
         let seg = &self.segments[segment.0 as usize];
         let matches = self.index.lookup(&wire);
         let allowed_by = matches.lists.intersect(seg.allow).first();
         let verdict = match (allowed_by, self.decide(segment, &wire)) {
-            (Some(list), _) => Verdict::AllowedByList(self.locate(list, &wire[matches.zone_at(list)..])),
-            (None, Decision::Blocked { list, zone_at }) => Verdict::Blocked(self.locate(list, &wire[zone_at..])),
+            (Some(list), _) => {
+                Verdict::AllowedByList(self.locate(list, &wire[matches.zone_at(list)..]))
+            }
+            (None, Decision::Blocked { list, zone_at }) => {
+                Verdict::Blocked(self.locate(list, &wire[zone_at..]))
+            }
             (None, Decision::Allowed) => Verdict::Allowed,
         };
-        Ok(Explanation { name: name::to_text(&wire), segment: Some(seg.name.clone()), verdict })
+        Ok(Explanation {
+            name: name::to_text(&wire),
+            segment: Some(seg.name.clone()),
+            verdict,
+        })
     }
 
     /// Finds the entry for `zone` in `list`'s files (read again: the index keeps no origins).
@@ -104,10 +125,17 @@ impl Policy {
         let info = &self.lists[list.0 as usize];
         let found = info.files.iter().find_map(|path| {
             let file = lists::read(path).ok()?;
-            let entry = file.entries.iter().find(|e| e.name == zone && e.kind == EntryKind::Block)?;
+            let entry = file
+                .entries
+                .iter()
+                .find(|e| e.name == zone && e.kind == EntryKind::Block)?;
             Some((path.clone(), entry.line))
         });
-        Located { list: info.name.clone(), entry: name::to_text(zone), at: found }
+        Located {
+            list: info.name.clone(),
+            entry: name::to_text(zone),
+            at: found,
+        }
     }
 }
 

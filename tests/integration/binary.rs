@@ -31,7 +31,9 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
         .expect("portvakt starts");
     let mut child = Child(child);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let query = question("tiktok.com.", RecordType::A, true).to_vec().unwrap();
+    let query = question("tiktok.com.", RecordType::A, true)
+        .to_vec()
+        .unwrap();
     let mut answer = None;
     // Bounded: up to 50 tries, 100 ms apart, while the process starts.
     for _ in 0..50 {
@@ -40,7 +42,9 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
         }
         socket.send_to(&query, "127.0.0.1:5353").await.unwrap();
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((len, _))) = tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await {
+        if let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+        {
             answer = Some(Message::from_vec(&buf[..len]).unwrap());
             break;
         }
@@ -70,14 +74,27 @@ servers = ["9.9.9.9:53"]
 "#,
     )
     .unwrap();
-    let output = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("bad.toml:")).collect();
     assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(lines[0].contains("bad.toml:2:35: list \"tiktok\": cannot read blocklists/nope.txt"), "{stderr}");
-    assert!(lines[1].contains("bad.toml:6:10: segment \"staff\" blocks list \"tiktokk\""), "{stderr}");
-    assert!(lines[2].contains("bad.toml:9:13: network 10.10.0.0/16 is in segment \"staff\" already"), "{stderr}");
+    assert!(
+        lines[0].contains("bad.toml:2:35: list \"tiktok\": cannot read blocklists/nope.txt"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("bad.toml:6:10: segment \"staff\" blocks list \"tiktokk\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains("bad.toml:9:13: network 10.10.0.0/16 is in segment \"staff\" already"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -94,24 +111,55 @@ fn check_strict_fails_on_rejected_lines_and_explain_names_the_entry() {
         ),
     )
     .unwrap();
-    let check = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    let check = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(check.status.code(), Some(0));
     let stdout = String::from_utf8(check.stdout).unwrap();
-    assert!(stdout.contains("list tiktok: 1 entries, 1 rejected lines"), "{stdout}");
-    assert!(stdout.contains("list.txt:3: wildcards inside a name are not supported"), "{stdout}");
-    let strict = Command::new(BIN).args(["check", "--strict", "--config"]).arg(&config).output().unwrap();
+    assert!(
+        stdout.contains("list tiktok: 1 entries, 1 rejected lines"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("list.txt:3: wildcards inside a name are not supported"),
+        "{stdout}"
+    );
+    let strict = Command::new(BIN)
+        .args(["check", "--strict", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(strict.status.code(), Some(1));
 
     let explain = Command::new(BIN)
-        .args(["explain", "--client", "127.0.0.7", "www.TikTok.com", "--config"])
+        .args([
+            "explain",
+            "--client",
+            "127.0.0.7",
+            "www.TikTok.com",
+            "--config",
+        ])
         .arg(&config)
         .output()
         .unwrap();
     assert_eq!(explain.status.code(), Some(0));
     let stdout = String::from_utf8(explain.stdout).unwrap();
     assert!(stdout.contains("segment: \"staff\""), "{stdout}");
-    assert!(stdout.contains("blocked by list \"tiktok\" (entry `tiktok.com` at"), "{stdout}");
+    assert!(
+        stdout.contains("blocked by list \"tiktok\" (entry `tiktok.com` at"),
+        "{stdout}"
+    );
     assert!(stdout.contains("list.txt:2)"), "{stdout}");
-    let refused = Command::new(BIN).args(["explain", "--client", "192.0.2.1", "tiktok.com", "--config"]).arg(&config).output().unwrap();
-    assert!(String::from_utf8(refused.stdout).unwrap().contains("verdict: refused"));
+    let refused = Command::new(BIN)
+        .args(["explain", "--client", "192.0.2.1", "tiktok.com", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(refused.stdout)
+            .unwrap()
+            .contains("verdict: refused")
+    );
 }

@@ -51,7 +51,9 @@ pub struct RunningUpstream {
 
 impl FakeUpstream {
     pub fn new() -> Self {
-        FakeUpstream { state: Arc::default() }
+        FakeUpstream {
+            state: Arc::default(),
+        }
     }
 
     pub fn with(self, name: &str, canned: Canned) -> Self {
@@ -72,7 +74,9 @@ impl FakeUpstream {
         let udp_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
-                let Ok((len, from)) = udp.recv_from(&mut buf).await else { continue };
+                let Ok((len, from)) = udp.recv_from(&mut buf).await else {
+                    continue;
+                };
                 if let Some(reply) = respond(&udp_state, &buf[..len], true) {
                     let _ = udp.send_to(&reply, from).await;
                 }
@@ -81,7 +85,9 @@ impl FakeUpstream {
         let tcp_state = state.clone();
         let tcp_task = tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = tcp.accept().await else { continue };
+                let Ok((mut stream, _)) = tcp.accept().await else {
+                    continue;
+                };
                 let state = tcp_state.clone();
                 tokio::spawn(async move {
                     let mut len = [0u8; 2];
@@ -99,14 +105,24 @@ impl FakeUpstream {
                 });
             }
         });
-        RunningUpstream { addr, state, tasks: vec![udp_task, tcp_task] }
+        RunningUpstream {
+            addr,
+            state,
+            tasks: vec![udp_task, tcp_task],
+        }
     }
 }
 
 impl RunningUpstream {
     /// Queries the upstream received for `name` (any type, UDP and TCP).
     pub fn queries_for(&self, name: &str) -> usize {
-        self.state.lock().unwrap().queries.get(&key(name)).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .queries
+            .get(&key(name))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -121,7 +137,15 @@ fn key(name: &str) -> String {
 }
 
 fn soa(zone: &Name) -> Record {
-    let soa = SOA::new(Name::from_str("ns.upstream.test.").unwrap(), Name::from_str("hostmaster.upstream.test.").unwrap(), 1, 3600, 600, 86400, 60);
+    let soa = SOA::new(
+        Name::from_str("ns.upstream.test.").unwrap(),
+        Name::from_str("hostmaster.upstream.test.").unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    );
     Record::from_rdata(zone.clone(), 120, RData::SOA(soa))
 }
 
@@ -155,7 +179,11 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
             }
             Canned::Cname(target, then) => {
                 let target = Name::from_str(&target).unwrap();
-                response.add_answer(Record::from_rdata(owner.clone(), 300, RData::CNAME(CNAME(target.clone()))));
+                response.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    300,
+                    RData::CNAME(CNAME(target.clone())),
+                ));
                 owner = target;
                 canned = *then;
             }
@@ -167,7 +195,11 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
             Canned::Txt(count) => {
                 for i in 0..count {
                     let text = format!("{i:03}-{}", "x".repeat(200));
-                    response.add_answer(Record::from_rdata(owner.clone(), 300, RData::TXT(TXT::new(vec![text]))));
+                    response.add_answer(Record::from_rdata(
+                        owner.clone(),
+                        300,
+                        RData::TXT(TXT::new(vec![text])),
+                    ));
                 }
                 break;
             }
@@ -179,7 +211,10 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
         }
     }
     let mut wire = response.to_vec().ok()?;
-    let limit = request.edns.as_ref().map_or(512, |e| e.max_payload().max(512)) as usize;
+    let limit = request
+        .edns
+        .as_ref()
+        .map_or(512, |e| e.max_payload().max(512)) as usize;
     if udp && wire.len() > limit {
         let mut truncated = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
         truncated.metadata.truncation = true;
@@ -203,7 +238,10 @@ impl TestGateway {
 
     /// As `start`, with several upstream groups: the first is the default, the others
     /// get their zones.
-    pub async fn start_with_upstreams(upstreams: &[(&RunningUpstream, &[&str])], policy: &str) -> TestGateway {
+    pub async fn start_with_upstreams(
+        upstreams: &[(&RunningUpstream, &[&str])],
+        policy: &str,
+    ) -> TestGateway {
         let mut text = format!("server.listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n{policy}\n");
         for (upstream, zones) in upstreams {
             let zones: Vec<String> = zones.iter().map(|z| format!("\"{z}\"")).collect();
@@ -213,7 +251,8 @@ impl TestGateway {
                 zones.join(", ")
             ));
         }
-        let config = Config::parse("test.toml", &text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
+        let config =
+            Config::parse("test.toml", &text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
         let running = portvakt::start(config).await.expect("gateway starts");
         TestGateway { running }
     }
@@ -227,7 +266,13 @@ impl TestGateway {
         let source: IpAddr = source.parse().unwrap();
         let server = match source {
             IpAddr::V4(_) => self.addr(),
-            IpAddr::V6(_) => self.running.udp_addrs().iter().copied().find(SocketAddr::is_ipv6).expect("an IPv6 listener"),
+            IpAddr::V6(_) => self
+                .running
+                .udp_addrs()
+                .iter()
+                .copied()
+                .find(SocketAddr::is_ipv6)
+                .expect("an IPv6 listener"),
         };
         Client { source, server }
     }
@@ -249,7 +294,8 @@ pub fn question(name: &str, qtype: RecordType, edns: bool) -> Message {
     message.metadata.id = rand_id(name);
     message.metadata.recursion_desired = true;
     // from_labels keeps the case as given (from_str lowercases).
-    let mut qname = Name::from_labels(name.split('.').filter(|l| !l.is_empty()).map(str::as_bytes)).unwrap();
+    let mut qname =
+        Name::from_labels(name.split('.').filter(|l| !l.is_empty()).map(str::as_bytes)).unwrap();
     qname.set_fqdn(true);
     message.add_query(Query::query(qname, qtype));
     if edns {
@@ -276,15 +322,21 @@ pub fn encode(query: &Message) -> Vec<u8> {
 }
 
 fn rand_id(name: &str) -> u16 {
-    name.bytes().fold(0x5a5a_u16, |h, b| h.rotate_left(5) ^ b as u16)
+    name.bytes()
+        .fold(0x5a5a_u16, |h, b| h.rotate_left(5) ^ b as u16)
 }
 
 impl Client {
     pub async fn udp_raw(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let socket = UdpSocket::bind(SocketAddr::new(self.source, 0)).await.unwrap();
+        let socket = UdpSocket::bind(SocketAddr::new(self.source, 0))
+            .await
+            .unwrap();
         socket.send_to(packet, self.server).await.unwrap();
         let mut buf = vec![0u8; 65_535];
-        let (len, _) = tokio::time::timeout(ANSWER_DEADLINE, socket.recv_from(&mut buf)).await.ok()?.unwrap();
+        let (len, _) = tokio::time::timeout(ANSWER_DEADLINE, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
         buf.truncate(len);
         Some(buf)
     }
@@ -311,13 +363,20 @@ impl Client {
                 stream.read_exact(&mut reply).await.unwrap();
                 reply
             };
-            replies.push(tokio::time::timeout(ANSWER_DEADLINE, read).await.expect("tcp answer in time"));
+            replies.push(
+                tokio::time::timeout(ANSWER_DEADLINE, read)
+                    .await
+                    .expect("tcp answer in time"),
+            );
         }
         replies
     }
 
     pub async fn udp(&self, query: &Message) -> Message {
-        let reply = self.udp_raw(&encode(query)).await.expect("udp answer in time");
+        let reply = self
+            .udp_raw(&encode(query))
+            .await
+            .expect("udp answer in time");
         Message::from_vec(&reply).unwrap()
     }
 
@@ -358,13 +417,18 @@ impl Answered for Message {
     }
 
     fn ede(&self) -> Vec<(u16, String)> {
-        let Some(edns) = &self.edns else { return Vec::new() };
+        let Some(edns) = &self.edns else {
+            return Vec::new();
+        };
         edns.options()
             .options
             .iter()
             .filter_map(|(_, option)| match option {
                 hickory_proto::rr::rdata::opt::EdnsOption::Unknown(15, data) if data.len() >= 2 => {
-                    Some((u16::from_be_bytes([data[0], data[1]]), String::from_utf8_lossy(&data[2..]).into_owned()))
+                    Some((
+                        u16::from_be_bytes([data[0], data[1]]),
+                        String::from_utf8_lossy(&data[2..]).into_owned(),
+                    ))
                 }
                 _ => None,
             })
@@ -372,6 +436,9 @@ impl Answered for Message {
     }
 
     fn soa_owner(&self) -> Option<String> {
-        self.authorities.iter().find(|r| r.record_type() == RecordType::SOA).map(|r| r.name.to_string())
+        self.authorities
+            .iter()
+            .find(|r| r.record_type() == RecordType::SOA)
+            .map(|r| r.name.to_string())
     }
 }

@@ -25,7 +25,10 @@ fn read(rel: &str) -> ListFile {
 }
 
 fn names(file: &ListFile) -> BTreeSet<String> {
-    file.entries.iter().map(|e| name::to_text(&e.name)).collect()
+    file.entries
+        .iter()
+        .map(|e| name::to_text(&e.name))
+        .collect()
 }
 
 /// Independent of the reader: a line that is a plain name, optionally in hosts, AdBlock or
@@ -38,12 +41,18 @@ fn is_plain_entry(text: &str) -> bool {
     for prefix in ["@@", "0.0.0.0 ", "127.0.0.1 ", "||", "|", "*."] {
         t = t.strip_prefix(prefix).unwrap_or(t).trim();
     }
-    let t = t.trim_end_matches('|').trim_end_matches('^').trim_end_matches('.');
+    let t = t
+        .trim_end_matches('|')
+        .trim_end_matches('^')
+        .trim_end_matches('.');
     let labels: Vec<&str> = t.split('.').collect();
     !t.is_empty()
         && labels.len() > 1
-        && labels.iter().all(|l| !l.is_empty() && l.len() < 64 && !l.starts_with('-') && !l.ends_with('-'))
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.len() < 64 && !l.starts_with('-') && !l.ends_with('-'))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         && !labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()))
 }
 
@@ -52,21 +61,37 @@ fn every_shared_list_reads_without_rejecting_readable_lines() {
     let Some(dir) = data_dir() else { return };
     let mut files = 0;
     for sub in ["blocklists", "services"] {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join(sub)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         paths.sort();
         for path in paths {
             let file = lists::read(&path).unwrap();
             files += 1;
             let yaml = path.extension().is_some_and(|e| e == "yml");
             if yaml {
-                assert_eq!(file.entries.len(), 0, "{}: YAML is not a list format", path.display());
+                assert_eq!(
+                    file.entries.len(),
+                    0,
+                    "{}: YAML is not a list format",
+                    path.display()
+                );
             } else {
                 assert!(!file.entries.is_empty(), "{}", path.display());
-                assert!(file.rejected.len() < file.entries.len(), "{}: {} rejected", path.display(), file.rejected.len());
+                assert!(
+                    file.rejected.len() < file.entries.len(),
+                    "{}: {} rejected",
+                    path.display(),
+                    file.rejected.len()
+                );
             }
             for rejected in &file.rejected {
                 assert!(!rejected.reason.is_empty());
-                assert!(!is_plain_entry(&rejected.text), "{rejected} is a readable entry");
+                assert!(
+                    !is_plain_entry(&rejected.text),
+                    "{rejected} is a readable entry"
+                );
             }
         }
     }
@@ -93,8 +118,14 @@ fn clean_lists_yield_the_entry_counts_their_sources_state() {
         ("blocklists/hagezi-personal.hosts.txt", 12_274),
         ("blocklists/hagezi-personal.unbound.conf", 9_642),
         ("blocklists/perflyst-smarttv.domains.txt", 245),
-        ("blocklists/stevenblack-src.fademind-add.2o7net.hosts.txt", 2_030),
-        ("blocklists/stevenblack-src.fademind-add.risk.hosts.txt", 2_189),
+        (
+            "blocklists/stevenblack-src.fademind-add.2o7net.hosts.txt",
+            2_030,
+        ),
+        (
+            "blocklists/stevenblack-src.fademind-add.risk.hosts.txt",
+            2_189,
+        ),
         ("services/doh-vpn-proxy-bypass.hagezi.adblock.txt", 714),
         ("services/doh-vpn-proxy-bypass.hagezi.domains.txt", 1_205),
         ("services/telegram.cframe1337.domains.txt", 63),
@@ -104,7 +135,11 @@ fn clean_lists_yield_the_entry_counts_their_sources_state() {
     ];
     for (rel, entries) in cases {
         let file = read(rel);
-        assert_eq!((file.entries.len(), file.rejected.len()), (entries, 0), "{rel}");
+        assert_eq!(
+            (file.entries.len(), file.rejected.len()),
+            (entries, 0),
+            "{rel}"
+        );
     }
     // adaway: 6,542 entries, of which `127.0.0.1 localhost` and `::1 localhost` are no rules.
     let adaway = read("blocklists/adaway.hosts.txt");
@@ -124,14 +159,25 @@ fn one_list_in_different_syntaxes_gives_the_same_names() {
             "services/tiktok.blocklistproject.adguard.txt",
             "services/tiktok.blocklistproject.dnsmasq.txt",
         ],
-        &["blocklists/hagezi-light.adblock.txt", "blocklists/hagezi-light.wildcard.txt", "blocklists/hagezi-light.dnsmasq.txt"],
-        &["blocklists/blocklistproject-tracking.domains.txt", "blocklists/blocklistproject-tracking.adguard.txt"],
+        &[
+            "blocklists/hagezi-light.adblock.txt",
+            "blocklists/hagezi-light.wildcard.txt",
+            "blocklists/hagezi-light.dnsmasq.txt",
+        ],
+        &[
+            "blocklists/blocklistproject-tracking.domains.txt",
+            "blocklists/blocklistproject-tracking.adguard.txt",
+        ],
     ];
     for group in groups {
         let first = names(&read(group[0]));
         assert!(!first.is_empty());
         for other in &group[1..] {
-            assert!(first == names(&read(other)), "{} and {other} differ", group[0]);
+            assert!(
+                first == names(&read(other)),
+                "{} and {other} differ",
+                group[0]
+            );
         }
     }
 }
@@ -143,5 +189,9 @@ fn exception_lists_are_read_as_exceptions() {
     }
     let file = read("blocklists/hagezi-whitelist-referral.adblock.txt");
     assert!(file.entries.len() > 400);
-    assert!(file.entries.iter().all(|e| e.kind == lists::EntryKind::Exception));
+    assert!(
+        file.entries
+            .iter()
+            .all(|e| e.kind == lists::EntryKind::Exception)
+    );
 }

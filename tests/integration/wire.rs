@@ -12,18 +12,36 @@ segment = [{ name = "staff", networks = ["127.0.0.2/32"], block = ["tiktok"] }]
 
 #[tokio::test]
 async fn id_and_question_case_are_echoed_as_sent() {
-    let upstream = FakeUpstream::new().with_a("mixed.example.org.", "192.0.2.5").start().await;
+    let upstream = FakeUpstream::new()
+        .with_a("mixed.example.org.", "192.0.2.5")
+        .start()
+        .await;
     let gateway = TestGateway::start(&upstream, POLICY).await;
     let staff = gateway.client_from("127.0.0.2");
     // Blocked, then forwarded (miss), then the same name again from the cache.
-    for name in ["wWw.TiKtOk.CoM.", "MiXeD.eXaMpLe.OrG.", "mIxEd.ExAmPlE.oRg."] {
+    for name in [
+        "wWw.TiKtOk.CoM.",
+        "MiXeD.eXaMpLe.OrG.",
+        "mIxEd.ExAmPlE.oRg.",
+    ] {
         let mut query = question(name, RecordType::A, true);
         query.metadata.id = 0xBEEF;
         let raw = encode(&query);
-        assert_eq!(&raw[13..16], &name.as_bytes()[..3], "the query itself carries mixed case");
-        for reply in [staff.udp_raw(&raw).await.unwrap(), staff.tcp_raw(&[raw.clone()]).await.remove(0)] {
+        assert_eq!(
+            &raw[13..16],
+            &name.as_bytes()[..3],
+            "the query itself carries mixed case"
+        );
+        for reply in [
+            staff.udp_raw(&raw).await.unwrap(),
+            staff.tcp_raw(std::slice::from_ref(&raw)).await.remove(0),
+        ] {
             assert_eq!(&reply[..2], &[0xBE, 0xEF]);
-            assert_eq!(&reply[12..12 + name.len() + 1 + 4], &raw[12..12 + name.len() + 1 + 4], "question bytes of {name}");
+            assert_eq!(
+                &reply[12..12 + name.len() + 1 + 4],
+                &raw[12..12 + name.len() + 1 + 4],
+                "question bytes of {name}"
+            );
         }
     }
     gateway.shutdown().await;
@@ -34,7 +52,9 @@ async fn malformed_packets_never_stop_the_server() {
     let upstream = FakeUpstream::new().start().await;
     let gateway = TestGateway::start(&upstream, POLICY).await;
     let staff = gateway.client_from("127.0.0.2");
-    let good = question("tiktok.com.", RecordType::A, false).to_vec().unwrap();
+    let good = question("tiktok.com.", RecordType::A, false)
+        .to_vec()
+        .unwrap();
 
     let mut two_questions = good.clone();
     two_questions[5] = 2;
@@ -66,10 +86,18 @@ async fn malformed_packets_never_stop_the_server() {
         socket.send_to(&packet, gateway.addr()).await.unwrap();
     }
     let tcp_garbage = staff.tcp_raw(&[vec![0xFF; 40], good.clone()]).await;
-    assert_eq!(tcp_garbage.len(), 2, "TCP connection survives a garbage message");
+    assert_eq!(
+        tcp_garbage.len(),
+        2,
+        "TCP connection survives a garbage message"
+    );
 
     let still = staff.udp_a("tiktok.com.").await;
-    assert_eq!(still.metadata.response_code, ResponseCode::NXDomain, "server still answers");
+    assert_eq!(
+        still.metadata.response_code,
+        ResponseCode::NXDomain,
+        "server still answers"
+    );
     gateway.shutdown().await;
 }
 
@@ -89,12 +117,18 @@ async fn edns_version_above_zero_gets_badvers() {
 
 #[tokio::test]
 async fn recursion_not_desired_is_served_from_cache_only() {
-    let upstream = FakeUpstream::new().with_a("rd.example.org.", "192.0.2.6").start().await;
+    let upstream = FakeUpstream::new()
+        .with_a("rd.example.org.", "192.0.2.6")
+        .start()
+        .await;
     let gateway = TestGateway::start(&upstream, POLICY).await;
     let staff = gateway.client_from("127.0.0.2");
     let mut no_rd = question("rd.example.org.", RecordType::A, true);
     no_rd.metadata.recursion_desired = false;
-    assert_eq!(staff.udp(&no_rd).await.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(
+        staff.udp(&no_rd).await.metadata.response_code,
+        ResponseCode::Refused
+    );
     assert_eq!(upstream.queries_for("rd.example.org."), 0);
     staff.udp_a("rd.example.org.").await;
     let cached = staff.udp(&no_rd).await;
@@ -105,12 +139,22 @@ async fn recursion_not_desired_is_served_from_cache_only() {
 
 #[tokio::test]
 async fn pipelined_tcp_queries_are_all_answered_in_order() {
-    let upstream = FakeUpstream::new().with_a("a.example.org.", "192.0.2.21").with_a("b.example.org.", "192.0.2.22").start().await;
+    let upstream = FakeUpstream::new()
+        .with_a("a.example.org.", "192.0.2.21")
+        .with_a("b.example.org.", "192.0.2.22")
+        .start()
+        .await;
     let gateway = TestGateway::start(&upstream, POLICY).await;
     let names = ["a.example.org.", "tiktok.com.", "b.example.org."];
-    let queries: Vec<Vec<u8>> = names.iter().map(|n| question(n, RecordType::A, true).to_vec().unwrap()).collect();
+    let queries: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| question(n, RecordType::A, true).to_vec().unwrap())
+        .collect();
     let replies = gateway.client_from("127.0.0.2").tcp_raw(&queries).await;
-    let replies: Vec<Message> = replies.iter().map(|r| Message::from_vec(r).unwrap()).collect();
+    let replies: Vec<Message> = replies
+        .iter()
+        .map(|r| Message::from_vec(r).unwrap())
+        .collect();
     assert_eq!(replies[0].addresses(), ["192.0.2.21"]);
     assert_eq!(replies[1].metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(replies[2].addresses(), ["192.0.2.22"]);

@@ -34,8 +34,10 @@ const SOA_RNAME: &[u8] = b"\x0Ahostmaster\x08portvakt\x07invalid\x00";
 pub struct BlockAnswers {
     response: BlockResponse,
     ttl: u32,
-    v4: Vec<[u8; 4]>,
-    v6: Vec<[u8; 16]>,
+    /// RDATA of the A / AAAA answers: the sinkhole addresses, `0.0.0.0` / `::` for zero-ip,
+    /// none for the other responses (which then answer NODATA for these types too).
+    v4: Vec<Box<[u8]>>,
+    v6: Vec<Box<[u8]>>,
     soa_rdata: Vec<u8>,
     /// EDE extra-text per list id.
     messages: Vec<Box<str>>,
@@ -50,29 +52,30 @@ impl BlockAnswers {
         for value in [1, 3600, 600, 86400, block.ttl] {
             soa_rdata.extend_from_slice(&value.to_be_bytes());
         }
+        let addresses = match block.response {
+            BlockResponse::ZeroIp => vec![IpAddr::from([0u8; 4]), IpAddr::from([0u8; 16])],
+            BlockResponse::Sinkhole => block.sinkhole.clone(),
+            _ => Vec::new(),
+        };
+        let rdata = |v4: bool| -> Vec<Box<[u8]>> {
+            addresses
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .map(|a| match a {
+                    IpAddr::V4(a) => a.octets().into(),
+                    IpAddr::V6(a) => a.octets().into(),
+                })
+                .collect()
+        };
         BlockAnswers {
             response: block.response,
             ttl: block.ttl,
-            v4: block
-                .sinkhole
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V4(a) => Some(a.octets()),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
-            v6: block
-                .sinkhole
-                .iter()
-                .filter_map(|a| match a {
-                    IpAddr::V6(a) => Some(a.octets()),
-                    IpAddr::V4(_) => None,
-                })
-                .collect(),
+            v4: rdata(true),
+            v6: rdata(false),
             soa_rdata,
             messages: lists
                 .iter()
-                .map(|l| l.message.as_deref().unwrap_or(&block.message).into())
+                .map(|l| ede_text(l.message.as_deref().unwrap_or(&block.message)).into())
                 .collect(),
         }
     }
@@ -80,6 +83,18 @@ impl BlockAnswers {
     pub fn message(&self, list: ListId) -> &str {
         &self.messages[list.0 as usize]
     }
+}
+
+/// EDE extra-text is kept short enough for any UDP answer: at most `MAX_EDE_TEXT` bytes,
+/// cut at a character boundary.
+const MAX_EDE_TEXT: usize = 300;
+
+fn ede_text(message: &str) -> &str {
+    let mut end = message.len().min(MAX_EDE_TEXT);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 /// The answer to a blocked name: the configured response, the SOA of the matched zone (at
@@ -92,14 +107,10 @@ pub fn blocked(
     out: &mut Vec<u8>,
 ) {
     let ede = Some((EdeCode::Blocked, answers.message(list)));
-    let addresses: Vec<&[u8]> = match (answers.response, query.qtype, query.qclass) {
-        (BlockResponse::ZeroIp, TYPE_A, CLASS_IN) => vec![&[0; 4]],
-        (BlockResponse::ZeroIp, TYPE_AAAA, CLASS_IN) => vec![&[0; 16]],
-        (BlockResponse::Sinkhole, TYPE_A, CLASS_IN) => answers.v4.iter().map(|a| &a[..]).collect(),
-        (BlockResponse::Sinkhole, TYPE_AAAA, CLASS_IN) => {
-            answers.v6.iter().map(|a| &a[..]).collect()
-        }
-        _ => Vec::new(),
+    let addresses: &[Box<[u8]>] = match (query.qtype, query.qclass) {
+        (TYPE_A, CLASS_IN) => &answers.v4,
+        (TYPE_AAAA, CLASS_IN) => &answers.v6,
+        _ => &[],
     };
     let rcode = match answers.response {
         BlockResponse::Nxdomain => Rcode::NxDomain,
@@ -114,7 +125,7 @@ pub fn blocked(
         out.extend_from_slice(&answers.soa_rdata);
         wire::set_u16(out, 8, 1);
     } else {
-        for address in &addresses {
+        for address in addresses {
             push_pointer(out, HEADER_LEN);
             push_record_fixed(out, query.qtype, answers.ttl, address.len());
             out.extend_from_slice(address);
@@ -187,7 +198,7 @@ pub fn push_opt(query: &Query, ext_rcode: u8, ede: Option<(EdeCode, &str)>, out:
     out.extend_from_slice(&[ext_rcode, 0, if edns.dnssec_ok { 0x80 } else { 0 }, 0]);
     match ede {
         Some((code, text)) => {
-            let text = &text.as_bytes()[..text.len().min(400)];
+            let text = text.as_bytes();
             out.extend_from_slice(&(4 + 2 + text.len() as u16).to_be_bytes());
             out.extend_from_slice(&EDE_OPTION.to_be_bytes());
             out.extend_from_slice(&(2 + text.len() as u16).to_be_bytes());
@@ -198,4 +209,23 @@ pub fn push_opt(query: &Query, ext_rcode: u8, ede: Option<(EdeCode, &str)>, out:
     }
     let arcount = wire::u16_at(out, 10) + 1;
     wire::set_u16(out, 10, arcount);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ede_text_is_cut_at_a_character_boundary() {
+        let message = "ø".repeat(200); // 400 bytes, 2 per character
+        let cut = ede_text(&message);
+        assert_eq!(cut.len(), MAX_EDE_TEXT);
+        assert!(cut.chars().all(|c| c == 'ø'));
+        let odd = format!("x{message}");
+        assert_eq!(
+            ede_text(&odd).len(),
+            MAX_EDE_TEXT - 1,
+            "never half a character"
+        );
+    }
 }

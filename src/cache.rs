@@ -123,10 +123,6 @@ impl Answer {
         &self.cname_targets
     }
 
-    pub fn rcode(&self) -> u8 {
-        self.wire[3] & 0x0F
-    }
-
     pub fn is_expired(&self, now: Instant) -> bool {
         now >= self.expires_at
     }

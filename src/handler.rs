@@ -74,10 +74,6 @@ impl Gateway {
         self.policy.store(Arc::new(policy));
     }
 
-    pub fn cache(&self) -> Option<&Cache> {
-        self.cache.as_ref()
-    }
-
     /// Answers what can be answered without an upstream; never awaits.
     pub fn answer_now(
         &self,

@@ -97,20 +97,21 @@ fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
     }
 }
 
-/// Prints an error with its chain of causes, once: `error: a: b: c`.
-fn report(err: &dyn Error) {
+/// Prints an error with its chain of causes, once: `error: a: b: c`. An invalid config
+/// prints each of its problems on a line of its own, `file:line:col: message`.
+fn report(err: &(dyn Error + 'static)) {
+    if let Some(ConfigError::Invalid { problems }) = err.downcast_ref::<ConfigError>() {
+        eprintln!("error: invalid config");
+        problems.iter().for_each(|problem| eprintln!("{problem}"));
+        return;
+    }
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    if let Some((first, rest)) = text.split_once('\n') {
-        // Config problems come one per line, each already `file:line:col: message`.
-        eprintln!("error: invalid config\n{first}\n{rest}");
-    } else {
-        eprintln!("error: {text}");
-    }
+    eprintln!("error: {text}");
 }
 
 /// Loads and compiles, or reports and gives the exit code.

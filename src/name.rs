@@ -117,11 +117,6 @@ pub fn suffixes(wire: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     })
 }
 
-/// Whether `name` is `zone` or a name below it (both wire format, lowercase).
-pub fn is_at_or_below(name: &[u8], zone: &[u8]) -> bool {
-    zone == [0] || suffixes(name).any(|(_, suffix)| suffix == zone)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +160,5 @@ mod tests {
         assert_eq!(got, ["a.bb.ccc", "bb.ccc", "ccc"]);
         let offsets: Vec<usize> = suffixes(&wire).map(|(o, _)| o).collect();
         assert_eq!(offsets, [0, 2, 5]);
-        assert!(is_at_or_below(&wire, &from_text("bb.ccc").unwrap()));
-        assert!(!is_at_or_below(&wire, &from_text("b.ccc").unwrap()));
     }
 }

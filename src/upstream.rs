@@ -107,11 +107,6 @@ impl Upstreams {
         &self.groups[conditional.copied().unwrap_or(0)]
     }
 
-    /// The group name that `name` is forwarded to.
-    pub fn group_name(&self, name: &[u8]) -> &str {
-        &self.group_for(name).name
-    }
-
     /// Asks the query's group and returns the upstream's answer as wire bytes (ID and OPT as
     /// the upstream sent them). The question goes upstream in lowercase, with RD, the
     /// client's CD and DO, and our UDP size.
@@ -139,7 +134,8 @@ impl Upstreams {
             source,
         };
         match answer {
-            Err(_) => Err(UpstreamError::Timeout {
+            // Our bound, or the pool's own per-server timeout: the same for the client.
+            Err(_) | Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
                 group: group.name.clone(),
                 timeout: group.timeout,
             }),
@@ -161,10 +157,6 @@ impl Upstreams {
             Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => Err(UpstreamError::Rcode {
                 group: group.name.clone(),
                 rcode,
-            }),
-            Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
-                group: group.name.clone(),
-                timeout: group.timeout,
             }),
             Ok(Err(err)) => Err(fail(err)),
         }

@@ -1,7 +1,8 @@
 //! The path of one query, transport-independent: wire bytes and client address in, wire bytes
 //! out. `answer_now` does everything that needs no upstream (malformed, refused, blocked,
 //! cache hit) without awaiting; a miss comes back as `Step::Forward`, which `forward`
-//! finishes. Each stage lives in its own module; their order lives here.
+//! finishes. Each stage lives in its own module; their order lives here, and so does the
+//! one place where a reply is counted (`finish`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::cache::{Answer, Cache};
-use crate::policy::{Decision, Policy};
+use crate::metrics::{DecisionLabel, Metrics};
+use crate::policy::{Decision, ListId, Policy};
 use crate::reply::{self, EdeCode};
 use crate::segment::SegmentId;
 use crate::upstream::UpstreamError;
@@ -45,22 +47,38 @@ pub struct Pending {
     segment: SegmentId,
     packet: Vec<u8>,
     transport: Transport,
+    started: std::time::Instant,
     _permit: OwnedSemaphorePermit,
 }
 
-/// The gateway core: the current policy, the answer cache and the in-flight bound.
+/// What decided a reply, for the metrics.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Refused,
+    Blocked(ListId),
+    Allowed,
+}
+
+/// The gateway core: the current policy, the answer cache, the in-flight bound, the metrics.
 pub struct Gateway {
     policy: ArcSwap<Policy>,
     cache: Option<Cache>,
     in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    pub fn new(policy: Policy) -> Gateway {
+    /// `policy` must have been compiled with `metrics`.
+    pub fn new(mut policy: Policy, metrics: Arc<Metrics>) -> Gateway {
+        policy.generation = 1;
+        metrics
+            .last_reload_success
+            .set(unix_seconds(policy.loaded_at));
         Gateway {
             cache: Cache::new(policy.config.cache_max_entries),
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            metrics,
         }
     }
 
@@ -70,8 +88,21 @@ impl Gateway {
     }
 
     /// Puts `policy` in force for every query that starts from now on.
-    pub fn swap(&self, policy: Policy) {
+    pub fn swap(&self, mut policy: Policy) {
+        policy.generation = self.policy.load().generation + 1;
+        self.metrics
+            .last_reload_success
+            .set(unix_seconds(policy.loaded_at));
         self.policy.store(Arc::new(policy));
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers in the cache now.
+    pub fn cache_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::len)
     }
 
     /// Answers what can be answered without an upstream; never awaits.
@@ -82,11 +113,13 @@ impl Gateway {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Step {
+        let started = std::time::Instant::now();
         let query = match Query::parse(packet) {
             Ok(query) => query,
             Err(Malformed::Drop) => return Step::Drop,
             Err(Malformed::Answer(rcode)) => {
                 wire::write_header_only(packet, rcode, out);
+                self.metrics.query.response(rcode as u8).inc();
                 return Step::Reply;
             }
         };
@@ -94,48 +127,72 @@ impl Gateway {
         let Some(segment) = policy.classify(client) else {
             debug!(%client, "refused: client in no segment");
             reply::refused(&query, out);
-            return fit(&query, transport, out);
+            return self.finish(
+                &policy,
+                None,
+                Outcome::Refused,
+                &query,
+                transport,
+                started,
+                out,
+            );
         };
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
-            return fit(&query, transport, out);
+            self.metrics.query.responses_badvers.inc();
+            fit(&query, transport, out);
+            return Step::Reply;
         }
-        match policy.decide(segment, query.name()) {
+        let outcome = match policy.decide(segment, query.name()) {
             // Answered here and never forwarded: forwarding would leak the lookup.
             Decision::Blocked { list, zone_at } => {
                 debug!(segment = %policy.segments[segment.0 as usize].name, list = %policy.lists[list.0 as usize].name, "blocked");
                 reply::blocked(&query, &policy.block, list, zone_at, out);
+                Outcome::Blocked(list)
             }
             Decision::Allowed => {
-                let cached = self
-                    .cache
-                    .as_ref()
-                    .and_then(|c| c.get(&query, Instant::now()));
+                let cached = self.cache.as_ref().and_then(|cache| {
+                    let hit = cache.get(&query, Instant::now());
+                    let counter = if hit.is_some() {
+                        &self.metrics.query.cache_hits
+                    } else {
+                        &self.metrics.query.cache_misses
+                    };
+                    counter.inc();
+                    hit
+                });
                 if let Some(answer) = cached {
-                    serve(&policy, segment, &query, &answer, out);
+                    serve(&policy, segment, &query, &answer, out)
                 } else if !query.recursion_desired() {
                     // RD=0 asks for what we hold; we never forward it.
                     reply::error(&query, Rcode::Refused, None, out);
+                    Outcome::Allowed
                 } else if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
                     return Step::Forward(Pending {
                         policy: arc_swap::Guard::into_inner(policy),
                         segment,
                         packet: packet.to_vec(),
                         transport,
+                        started,
                         _permit: permit,
                     });
                 } else {
                     debug!("servfail: too many upstream queries in flight");
-                    reply::error(
-                        &query,
-                        Rcode::ServFail,
-                        Some((EdeCode::NetworkError, "too many queries in flight")),
-                        out,
-                    );
+                    let ede = (EdeCode::NetworkError, "too many queries in flight");
+                    reply::error(&query, Rcode::ServFail, Some(ede), out);
+                    Outcome::Allowed
                 }
             }
-        }
-        fit(&query, transport, out)
+        };
+        self.finish(
+            &policy,
+            Some(segment),
+            outcome,
+            &query,
+            transport,
+            started,
+            out,
+        )
     }
 
     /// Forwards a miss, caches the answer, and writes the reply to `out`. The policy is the
@@ -143,29 +200,27 @@ impl Gateway {
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
         let policy = &pending.policy;
-        match policy.upstreams.forward(&query).await {
+        let outcome = match policy.upstreams.forward(&query).await {
             Ok(message) => match Answer::from_upstream(&query, message, Instant::now()) {
                 Ok(answer) => {
                     let answer = Arc::new(answer);
                     if let Some(cache) = &self.cache {
                         cache.insert(&query, answer.clone());
                     }
-                    serve(policy, pending.segment, &query, &answer, out);
+                    serve(policy, pending.segment, &query, &answer, out)
                 }
                 Err(err) => {
                     debug!(%err, "servfail: unusable upstream answer");
-                    reply::error(
-                        &query,
-                        Rcode::ServFail,
-                        Some((EdeCode::NetworkError, "unusable upstream answer")),
-                        out,
-                    );
+                    let ede = (EdeCode::NetworkError, "unusable upstream answer");
+                    reply::error(&query, Rcode::ServFail, Some(ede), out);
+                    Outcome::Allowed
                 }
             },
             Err(UpstreamError::Rcode { rcode, .. })
                 if u16::from(rcode) == Rcode::Refused as u16 =>
             {
                 reply::error(&query, Rcode::Refused, None, out);
+                Outcome::Allowed
             }
             Err(err) => {
                 debug!(%err, "servfail: upstream failed");
@@ -176,9 +231,19 @@ impl Gateway {
                     _ => (EdeCode::NetworkError, "upstream failed"),
                 };
                 reply::error(&query, Rcode::ServFail, Some(ede), out);
+                Outcome::Allowed
             }
-        }
-        fit(&query, pending.transport, out);
+        };
+        let segment = Some(pending.segment);
+        self.finish(
+            policy,
+            segment,
+            outcome,
+            &query,
+            pending.transport,
+            pending.started,
+            out,
+        );
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).
@@ -198,27 +263,72 @@ impl Gateway {
             }
         }
     }
+
+    /// Fits the reply to the transport and counts it: decision, deciding list, RCODE and time.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        policy: &Policy,
+        segment: Option<SegmentId>,
+        outcome: Outcome,
+        query: &Query,
+        transport: Transport,
+        started: std::time::Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        fit(query, transport, out);
+        let handles = match segment {
+            Some(segment) => &policy.metrics.segments[segment.0 as usize],
+            None => &policy.metrics.no_segment,
+        };
+        let decision = match outcome {
+            Outcome::Refused => DecisionLabel::Refused,
+            Outcome::Allowed => DecisionLabel::Allowed,
+            Outcome::Blocked(list) => {
+                handles.blocked_by(list.0 as usize);
+                DecisionLabel::Blocked
+            }
+        };
+        handles.decided(decision);
+        let metrics = &self.metrics.query;
+        metrics.response(out[3]).inc();
+        metrics
+            .duration(decision)
+            .observe(started.elapsed().as_secs_f64());
+        Step::Reply
+    }
 }
 
 /// Writes an upstream answer, unless a CNAME target in it is blocked for this segment: the
 /// answer is shared by all segments, so the chain is re-decided on every serve.
-fn serve(policy: &Policy, segment: SegmentId, query: &Query, answer: &Answer, out: &mut Vec<u8>) {
+fn serve(
+    policy: &Policy,
+    segment: SegmentId,
+    query: &Query,
+    answer: &Answer,
+    out: &mut Vec<u8>,
+) -> Outcome {
     for target in answer.cname_targets() {
         if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
             debug!(list = %policy.lists[list.0 as usize].name, "blocked: CNAME target");
             // The SOA is owned by the question name: the blocked zone is not in the question.
             reply::blocked(query, &policy.block, list, 0, out);
-            return;
+            return Outcome::Blocked(list);
         }
     }
     answer.write(query, Instant::now(), out);
+    Outcome::Allowed
 }
 
 /// UDP replies larger than the client accepts become header + question with TC=1.
-fn fit(query: &Query, transport: Transport, out: &mut Vec<u8>) -> Step {
+fn fit(query: &Query, transport: Transport, out: &mut Vec<u8>) {
     if transport == Transport::Udp && out.len() > query.udp_limit() {
         let rcode = out[3] & 0x0F;
         reply::truncated(query, rcode, out);
     }
-    Step::Reply
+}
+
+fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

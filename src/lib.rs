@@ -11,14 +11,16 @@
 //!               ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
 //!               └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
 //!                                  └miss─► handler.rs forward ─► upstream.rs ─► cache.rs
-//! side: config/ ─► policy/compile.rs ─► Gateway::swap
+//! side: config/ ─► policy/compile.rs ─► Gateway::swap      metrics.rs ─► admin.rs ─► /metrics
 //! ```
 //! Start reading at `handler.rs`.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod handler;
 pub mod lists;
+pub mod metrics;
 pub mod name;
 pub mod policy;
 pub mod reply;
@@ -30,8 +32,10 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use admin::Admin;
 use config::Config;
 use handler::Gateway;
+use metrics::Metrics;
 use policy::Policy;
 use policy::compile::CompileError;
 use server::{Listeners, ServerError};
@@ -49,16 +53,29 @@ pub enum StartError {
 pub struct Running {
     gateway: Arc<Gateway>,
     listeners: Listeners,
+    admin: Option<Admin>,
 }
 
-/// Compiles the policy for `config`, then binds its listeners: no socket is bound before
-/// the config and every list file have been read.
+/// Compiles the policy for `config`, then binds the DNS listeners, then the admin listener:
+/// no socket is bound before the config and every list file have been read.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let policy = Policy::compile(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let policy = Policy::compile(config, &metrics)?;
     let listen = policy.config.listen.clone();
-    let gateway = Arc::new(Gateway::new(policy));
+    let admin_listen = policy.config.admin_listen;
+    let gateway = Arc::new(Gateway::new(policy, metrics));
     let listeners = Listeners::bind(&listen, gateway.clone()).await?;
-    Ok(Running { gateway, listeners })
+    let admin = match admin_listen {
+        Some(addr) => {
+            Some(Admin::start(addr, gateway.clone(), &listeners.udp, &listeners.tcp).await?)
+        }
+        None => None,
+    };
+    Ok(Running {
+        gateway,
+        listeners,
+        admin,
+    })
 }
 
 impl Running {
@@ -75,8 +92,20 @@ impl Running {
         &self.gateway
     }
 
-    /// Stops the listeners; in-flight queries get a short grace period.
+    /// The admin HTTP address as bound, if `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// Stops the DNS listeners (in-flight queries get a short grace period), then the admin
+    /// listener, which says "not ready" meanwhile.
     pub async fn shutdown(self) {
+        if let Some(admin) = &self.admin {
+            admin.set_not_ready();
+        }
         self.listeners.shutdown().await;
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
     }
 }

@@ -120,7 +120,7 @@ fn compile(arg: &ConfigArg) -> Result<Policy, ExitCode> {
         report(&err);
         ExitCode::from(2)
     })?;
-    Policy::compile(config).map_err(|err| {
+    Policy::compile(config, &portvakt::metrics::Metrics::new()).map_err(|err| {
         report(&err);
         ExitCode::from(2)
     })
@@ -157,6 +157,23 @@ async fn serve(args: ServeArgs) -> ExitCode {
     for (segment, config) in policy.segments.iter().zip(&policy.config.segments) {
         let networks: Vec<String> = config.networks.iter().map(ToString::to_string).collect();
         info!(segment = %segment.name, networks = %networks.join(","), "segment");
+    }
+    for group in &policy.config.upstreams {
+        let zones: Vec<String> = group
+            .zones
+            .iter()
+            .map(|z| portvakt::name::to_text(z))
+            .collect();
+        let servers: Vec<String> = group.servers.iter().map(ToString::to_string).collect();
+        let zones = if zones.is_empty() {
+            "(default)".to_owned()
+        } else {
+            zones.join(",")
+        };
+        info!(zones = %zones, servers = %servers.join(","), timeout_ms = group.timeout.as_millis() as u64, "upstream group");
+    }
+    if let Some(admin) = running.admin_addr() {
+        info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain");
     }
     wait_for_shutdown_signal().await;
     info!("shutting down");

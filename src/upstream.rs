@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -20,8 +21,10 @@ use hickory_resolver::proto::op::{
 use hickory_resolver::proto::rr::{DNSClass, Name, RecordType};
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 use rustc_hash::FxBuildHasher;
+use tracing::{info, warn};
 
 use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
 use crate::reply::OUR_UDP_PAYLOAD;
 use crate::wire::Query;
@@ -60,11 +63,15 @@ struct Group {
     name: String,
     pool: NameServerPool<TokioRuntimeProvider>,
     timeout: Duration,
+    metrics: UpstreamMetrics,
+    /// Set by a failure, cleared by an answer: failures are logged when they start and end,
+    /// not once per query.
+    failing: AtomicBool,
 }
 
 impl Upstreams {
     /// `configs` has the default group first (as `Config` orders them).
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, UpstreamError> {
+    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
         let mut groups = Vec::with_capacity(configs.len());
         let mut zones = HashMap::default();
         for (i, config) in configs.iter().enumerate() {
@@ -93,9 +100,11 @@ impl Upstreams {
             let pool =
                 NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
             groups.push(Group {
+                metrics: metrics.upstream(&name),
                 name,
                 pool,
                 timeout: config.timeout,
+                failing: AtomicBool::new(false),
             });
         }
         Ok(Upstreams { groups, zones })
@@ -112,54 +121,80 @@ impl Upstreams {
     /// client's CD and DO, and our UDP size.
     pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
         let group = self.group_for(query.name());
-        let question = question(query);
-        let mut message = Message::query();
-        message.metadata.recursion_desired = true;
-        message.metadata.checking_disabled = query.checking_disabled();
-        message.add_query(question.clone());
-        let mut edns = Edns::new();
-        edns.set_max_payload(OUR_UDP_PAYLOAD)
-            .set_dnssec_ok(query.dnssec_ok());
-        message.set_edns(edns);
-        let mut options = DnsRequestOptions::default();
-        options.use_edns = true;
-        options.edns_set_dnssec_ok = query.dnssec_ok();
-        options.recursion_desired = true;
-        let request = DnsRequest::new(message, options);
-
-        let answer =
-            tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
-        let fail = |source| UpstreamError::Failed {
-            group: group.name.clone(),
-            source,
+        let started = Instant::now();
+        let result = exchange(group, query).await;
+        group
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(_) => UpstreamResult::Ok,
+            Err(UpstreamError::Timeout { .. }) => UpstreamResult::Timeout,
+            Err(_) => UpstreamResult::Error,
         };
-        match answer {
-            // Our bound, or the pool's own per-server timeout: the same for the client.
-            Err(_) | Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
-                group: group.name.clone(),
-                timeout: group.timeout,
-            }),
-            Ok(Ok(response)) => Ok(response.into_buffer()),
-            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(negative)))) => {
-                let mut message = Message::response(0, OpCode::Query);
-                message.metadata.recursion_available = true;
-                message.metadata.response_code = negative.response_code;
-                message.add_query(*negative.query);
-                match (negative.authorities, negative.soa) {
-                    (Some(authorities), _) => message.insert_authorities(authorities.to_vec()),
-                    (None, Some(soa)) => {
-                        message.insert_authorities(vec![soa.into_record_of_rdata()])
-                    }
-                    (None, None) => {}
-                }
-                message.to_vec().map_err(|err| fail(NetError::from(err)))
+        group.metrics.result(label);
+        match &result {
+            Ok(_)
+                if group.failing.load(Ordering::Relaxed)
+                    && group.failing.swap(false, Ordering::Relaxed) =>
+            {
+                info!(group = %group.name, "upstream group answers again");
             }
-            Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => Err(UpstreamError::Rcode {
-                group: group.name.clone(),
-                rcode,
-            }),
-            Ok(Err(err)) => Err(fail(err)),
+            Err(err) if !group.failing.swap(true, Ordering::Relaxed) => {
+                warn!(group = %group.name, %err, "upstream group failing; further failures are counted, not logged");
+            }
+            _ => {}
         }
+        result
+    }
+}
+
+/// One exchange with the group, bounded by its timeout.
+async fn exchange(group: &Group, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+    let question = question(query);
+    let mut message = Message::query();
+    message.metadata.recursion_desired = true;
+    message.metadata.checking_disabled = query.checking_disabled();
+    message.add_query(question.clone());
+    let mut edns = Edns::new();
+    edns.set_max_payload(OUR_UDP_PAYLOAD)
+        .set_dnssec_ok(query.dnssec_ok());
+    message.set_edns(edns);
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = true;
+    options.edns_set_dnssec_ok = query.dnssec_ok();
+    options.recursion_desired = true;
+    let request = DnsRequest::new(message, options);
+
+    let answer = tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
+    let fail = |source| UpstreamError::Failed {
+        group: group.name.clone(),
+        source,
+    };
+    match answer {
+        // Our bound, or the pool's own per-server timeout: the same for the client.
+        Err(_) | Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
+            group: group.name.clone(),
+            timeout: group.timeout,
+        }),
+        Ok(Ok(response)) => Ok(response.into_buffer()),
+        Ok(Err(NetError::Dns(DnsError::NoRecordsFound(negative)))) => {
+            let mut message = Message::response(0, OpCode::Query);
+            message.metadata.recursion_available = true;
+            message.metadata.response_code = negative.response_code;
+            message.add_query(*negative.query);
+            match (negative.authorities, negative.soa) {
+                (Some(authorities), _) => message.insert_authorities(authorities.to_vec()),
+                (None, Some(soa)) => message.insert_authorities(vec![soa.into_record_of_rdata()]),
+                (None, None) => {}
+            }
+            message.to_vec().map_err(|err| fail(NetError::from(err)))
+        }
+        Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => Err(UpstreamError::Rcode {
+            group: group.name.clone(),
+            rcode,
+        }),
+        Ok(Err(err)) => Err(fail(err)),
     }
 }
 

@@ -259,6 +259,10 @@ impl Checks<'_> {
                     format!("segment \"{name}\" is defined twice"),
                 );
             }
+            if name == crate::metrics::NO_SEGMENT {
+                let message = "segment name \"none\" is reserved for clients in no segment";
+                self.report(&segment.name, message);
+            }
             if segment.networks.is_empty() {
                 self.report(&segment.name, format!("segment \"{name}\" has no networks"));
             }

@@ -2,10 +2,13 @@
 //! over all lists, the segment table, the prepared block answers and the upstream groups.
 //! Runs off the hot path; the running policy keeps serving until the new one is swapped in.
 
+use std::time::SystemTime;
+
 use crate::config::Config;
 use crate::lists::{self, ListError};
+use crate::metrics::{Metrics, NO_SEGMENT};
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
-use crate::policy::{List, Policy, Segment};
+use crate::policy::{List, Policy, PolicyMetrics, Segment};
 use crate::reply::BlockAnswers;
 use crate::segment::{SegmentId, SegmentTable};
 use crate::upstream::{UpstreamError, Upstreams};
@@ -20,8 +23,9 @@ pub enum CompileError {
 }
 
 impl Policy {
-    /// Builds the policy for `config`, reading its list files.
-    pub fn compile(config: Config) -> Result<Policy, CompileError> {
+    /// Builds the policy for `config`, reading its list files, and resolves its metric
+    /// handles in `metrics`.
+    pub fn compile(config: Config, metrics: &Metrics) -> Result<Policy, CompileError> {
         let mut index = IndexBuilder::default();
         let mut lists = Vec::with_capacity(config.lists.len());
         for (id, list) in config.lists.iter().enumerate() {
@@ -68,13 +72,36 @@ impl Policy {
             config.unknown_clients.map(|id| SegmentId(id as u16)),
         );
 
+        for list in &lists {
+            metrics.set_list_entries(&list.name, list.entries);
+        }
+        let segment_metrics = config
+            .segments
+            .iter()
+            .map(|s| {
+                let blocked: Vec<(usize, &str)> = s
+                    .block
+                    .iter()
+                    .map(|&id| (id, config.lists[id].name.as_str()))
+                    .collect();
+                metrics.segment(&s.name, &blocked, config.lists.len())
+            })
+            .collect();
+        let policy_metrics = PolicyMetrics {
+            segments: segment_metrics,
+            no_segment: metrics.segment(NO_SEGMENT, &[], config.lists.len()),
+        };
+
         Ok(Policy {
             segments,
             table,
             lists,
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
-            upstreams: Upstreams::new(&config.upstreams)?,
+            upstreams: Upstreams::new(&config.upstreams, metrics)?,
+            metrics: policy_metrics,
+            generation: 0,
+            loaded_at: SystemTime::now(),
             config,
         })
     }

@@ -7,9 +7,11 @@ pub mod index;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::lists::{self, EntryKind, Rejected};
+use crate::metrics::SegmentMetrics;
 use crate::name;
 use crate::reply::BlockAnswers;
 use crate::segment::{SegmentId, SegmentTable};
@@ -27,6 +29,18 @@ pub struct Policy {
     pub index: SuffixIndex,
     pub block: BlockAnswers,
     pub upstreams: Upstreams,
+    pub metrics: PolicyMetrics,
+    /// 1 for the policy loaded at start, one more for each reload; set by `Gateway`.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+}
+
+/// Metric handles resolved for this policy's segments and lists.
+pub struct PolicyMetrics {
+    /// Indexed by `SegmentId`.
+    pub segments: Vec<SegmentMetrics>,
+    /// Clients in no segment (`segment="none"`).
+    pub no_segment: SegmentMetrics,
 }
 
 /// A segment, with its lists as bitsets.

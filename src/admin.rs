@@ -1,0 +1,235 @@
+//! The admin HTTP listener (`[admin] listen`): `/metrics` in the Prometheus text format,
+//! `/healthz` (the process answers), `/readyz` (a policy is loaded and the DNS listeners are
+//! bound), `/api/v1/status` and `/api/v1/explain` as JSON. Read-only; what it reports is
+//! owned by `Gateway` and `Metrics`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::Gateway;
+use crate::name;
+use crate::policy::{Located, Verdict};
+use crate::server::ServerError;
+
+/// A running admin listener; dropping it does not stop it, `shutdown` does.
+pub struct Admin {
+    pub addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    gateway: Arc<Gateway>,
+    ready: Arc<AtomicBool>,
+    dns_udp: Arc<[SocketAddr]>,
+    dns_tcp: Arc<[SocketAddr]>,
+}
+
+impl Admin {
+    /// Binds `addr` and serves; call once the DNS listeners are bound (`ready` starts true).
+    pub async fn start(
+        addr: SocketAddr,
+        gateway: Arc<Gateway>,
+        dns_udp: &[SocketAddr],
+        dns_tcp: &[SocketAddr],
+    ) -> Result<Admin, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                proto: "HTTP",
+                addr,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| ServerError::Bind {
+            proto: "HTTP",
+            addr,
+            source,
+        })?;
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            gateway,
+            ready: ready.clone(),
+            dns_udp: dns_udp.into(),
+            dns_tcp: dns_tcp.into(),
+        };
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/api/v1/status", get(status))
+            .route("/api/v1/explain", get(explain))
+            .with_state(state);
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(err) = serve.await {
+                tracing::error!(%err, "admin listener failed");
+            }
+        });
+        Ok(Admin {
+            addr: bound,
+            ready,
+            token,
+            task,
+        })
+    }
+
+    /// `/readyz` says 503 from now on (the gateway is going away).
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let metrics = state.gateway.metrics();
+    metrics.cache_entries.set(state.gateway.cache_len() as i64);
+    match prometheus::TextEncoder::new().encode_to_string(&metrics.registry().gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to encode metrics: {err}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn status(State(state): State<AppState>) -> axum::Json<Value> {
+    let policy = state.gateway.policy();
+    let config = &policy.config;
+    let name_of = |id: &usize| config.lists[*id].name.clone();
+    let segments: Vec<Value> = config
+        .segments
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "block": s.block.iter().map(name_of).collect::<Vec<_>>(),
+                "allow": s.allow.iter().map(name_of).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let lists: Vec<Value> = policy
+        .lists
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "files": l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                "entries": l.entries,
+                "rejected_lines": l.rejected.len(),
+            })
+        })
+        .collect();
+    let upstreams: Vec<Value> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "zones": u.zones.iter().map(|z| name::to_text(z)).collect::<Vec<_>>(),
+                "servers": u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "timeout_ms": u.timeout.as_millis() as u64,
+            })
+        })
+        .collect();
+    let loaded_at = policy
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "config": config.origin,
+        "policy": { "generation": policy.generation, "loaded_at_unix": loaded_at },
+        "listeners": {
+            "udp": state.dns_udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "tcp": state.dns_tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "unknown_clients": config.unknown_clients.map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
+        "segments": segments,
+        "lists": lists,
+        "upstreams": upstreams,
+        "cache_entries": state.gateway.cache_len(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct ExplainParams {
+    client: String,
+    name: String,
+}
+
+async fn explain(State(state): State<AppState>, Query(params): Query<ExplainParams>) -> Response {
+    let bad = |message: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": message })),
+        )
+            .into_response()
+    };
+    let Ok(client) = params.client.parse::<IpAddr>() else {
+        return bad(format!("`{}` is not an IP address", params.client));
+    };
+    let policy = state.gateway.policy();
+    let explanation = match policy.explain(client, &params.name) {
+        Ok(explanation) => explanation,
+        Err(err) => return bad(format!("`{}` is not a domain name: {err}", params.name)),
+    };
+    let located = |l: &Located| {
+        json!({
+            "list": l.list,
+            "entry": l.entry,
+            "file": l.at.as_ref().map(|(path, _)| path.display().to_string()),
+            "line": l.at.as_ref().map(|(_, line)| line),
+        })
+    };
+    let (verdict, by) = match &explanation.verdict {
+        Verdict::Refused => ("refused", Value::Null),
+        Verdict::Allowed => ("allowed", Value::Null),
+        Verdict::AllowedByList(l) => ("allowed", located(l)),
+        Verdict::Blocked(l) => ("blocked", located(l)),
+    };
+    let answer = match explanation.verdict {
+        Verdict::Blocked(_) => policy.config.block.response.as_str(),
+        Verdict::Refused => "refused",
+        _ => "forwarded",
+    };
+    axum::Json(json!({
+        "client": client.to_string(),
+        "name": explanation.name,
+        "segment": explanation.segment,
+        "verdict": verdict,
+        "decided_by": by,
+        "answer": answer,
+    }))
+    .into_response()
+}

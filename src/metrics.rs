@@ -1,0 +1,338 @@
+//! `Metrics`, the owner of every Prometheus family portvakt exports, and the handles the hot
+//! path uses. Labelled handles are resolved once per policy build (`PolicyMetrics`) and per
+//! upstream group, so a query only increments atomics: no label hashing, no lock.
+//! Rendering `/metrics` is `admin.rs`'s.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::wire::Rcode;
+
+/// Histogram buckets for DNS times, in seconds: 25 µs (a blocked answer) to 2 s (a slow
+/// upstream at its timeout).
+const DNS_BUCKETS: [f64; 16] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.0,
+];
+
+/// The `segment` label of clients in no segment.
+pub const NO_SEGMENT: &str = "none";
+
+/// What happened to a query, as the `decision` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    Blocked,
+    Allowed,
+    Refused,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 3] = [
+        DecisionLabel::Blocked,
+        DecisionLabel::Allowed,
+        DecisionLabel::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Blocked => "blocked",
+            DecisionLabel::Allowed => "allowed",
+            DecisionLabel::Refused => "refused",
+        }
+    }
+}
+
+/// Result of one upstream exchange, as the `result` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    Ok,
+    Timeout,
+    Error,
+}
+
+impl UpstreamResult {
+    pub const ALL: [UpstreamResult; 3] = [
+        UpstreamResult::Ok,
+        UpstreamResult::Timeout,
+        UpstreamResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamResult::Ok => "ok",
+            UpstreamResult::Timeout => "timeout",
+            UpstreamResult::Error => "error",
+        }
+    }
+}
+
+/// Every family, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    queries: IntCounterVec,
+    blocked: IntCounterVec,
+    upstream_queries: IntCounterVec,
+    upstream_duration: HistogramVec,
+    list_entries: IntGaugeVec,
+    /// Handles that do not depend on the policy.
+    pub query: QueryMetrics,
+    pub cache_entries: IntGauge,
+    pub reloads_success: IntCounter,
+    pub reloads_failure: IntCounter,
+    pub last_reload_success: Gauge,
+}
+
+/// Per-query handles that do not depend on the policy.
+pub struct QueryMetrics {
+    /// Indexed by the 4-bit header RCODE; BADVERS has its own handle.
+    responses: Vec<IntCounter>,
+    pub responses_badvers: IntCounter,
+    /// Indexed by `DecisionLabel as usize`.
+    duration: Vec<Histogram>,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+}
+
+impl QueryMetrics {
+    pub fn response(&self, rcode: u8) -> &IntCounter {
+        &self.responses[(rcode & 0x0F) as usize]
+    }
+
+    pub fn duration(&self, decision: DecisionLabel) -> &Histogram {
+        &self.duration[decision as usize]
+    }
+}
+
+/// The label of a 4-bit RCODE (RFC 1035 §4.1.1, RFC 2136 §2.2).
+fn rcode_label(rcode: u8) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        _ => "OTHER",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(DNS_BUCKETS.to_vec());
+            let vec = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("metric registered once");
+            vec
+        };
+
+        let queries = counter(
+            "portvakt_queries_total",
+            "Queries by client segment and decision.",
+            &["segment", "decision"],
+        );
+        let blocked = counter(
+            "portvakt_blocked_total",
+            "Blocked queries by segment and deciding list.",
+            &["segment", "list"],
+        );
+        let responses = counter(
+            "portvakt_responses_total",
+            "Responses sent, by RCODE.",
+            &["rcode"],
+        );
+        let duration = histogram(
+            "portvakt_query_duration_seconds",
+            "Time from receiving a query to its answer being ready, by decision.",
+            &["decision"],
+        );
+        let cache = counter(
+            "portvakt_cache_lookups_total",
+            "Answer cache lookups for allowed queries.",
+            &["result"],
+        );
+        let upstream_queries = counter(
+            "portvakt_upstream_queries_total",
+            "Queries forwarded to upstream groups, by result.",
+            &["group", "result"],
+        );
+        let upstream_duration = histogram(
+            "portvakt_upstream_duration_seconds",
+            "Time an upstream group took to answer (or to time out).",
+            &["group"],
+        );
+        let list_entries = gauge(
+            "portvakt_list_entries",
+            "Entries in each list of the running policy.",
+            &["list"],
+        );
+        let reloads = counter(
+            "portvakt_reloads_total",
+            "Policy reloads, by result.",
+            &["result"],
+        );
+        let build_info = gauge(
+            "portvakt_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        let cache_entries =
+            IntGauge::new("portvakt_cache_entries", "Answers in the cache.").expect("valid metric");
+        registry
+            .register(Box::new(cache_entries.clone()))
+            .expect("metric registered once");
+        let last_reload_success = Gauge::new(
+            "portvakt_last_reload_success_timestamp_seconds",
+            "Unix time the running policy was loaded (at start, or by the last successful reload).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(last_reload_success.clone()))
+            .expect("metric registered once");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics registered once");
+
+        let query = QueryMetrics {
+            responses: (0..16)
+                .map(|r| responses.with_label_values(&[rcode_label(r)]))
+                .collect(),
+            responses_badvers: responses.with_label_values(&["BADVERS"]),
+            duration: DecisionLabel::ALL
+                .iter()
+                .map(|d| duration.with_label_values(&[d.as_str()]))
+                .collect(),
+            cache_hits: cache.with_label_values(&["hit"]),
+            cache_misses: cache.with_label_values(&["miss"]),
+        };
+        // Series a dashboard expects even before the first query.
+        for rcode in [
+            Rcode::NoError,
+            Rcode::ServFail,
+            Rcode::NxDomain,
+            Rcode::Refused,
+        ] {
+            query.response(rcode as u8);
+        }
+        Metrics {
+            registry,
+            queries,
+            blocked,
+            upstream_queries,
+            upstream_duration,
+            list_entries,
+            query,
+            cache_entries,
+            reloads_success: reloads.with_label_values(&["success"]),
+            reloads_failure: reloads.with_label_values(&["failure"]),
+            last_reload_success,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Handles for one segment: a counter per decision, and one per list it blocks (indexed
+    /// by list id; lists it does not block get none). Creating them makes the series exist
+    /// at 0, so dashboards show zeros, not gaps.
+    pub fn segment(
+        &self,
+        segment: &str,
+        blocked_lists: &[(usize, &str)],
+        lists: usize,
+    ) -> SegmentMetrics {
+        let decisions =
+            DecisionLabel::ALL.map(|d| self.queries.with_label_values(&[segment, d.as_str()]));
+        let mut blocked = vec![None; lists];
+        for &(id, list) in blocked_lists {
+            blocked[id] = Some(self.blocked.with_label_values(&[segment, list]));
+        }
+        SegmentMetrics { decisions, blocked }
+    }
+
+    /// Handles for one upstream group, indexed by `UpstreamResult as usize`.
+    pub fn upstream(&self, group: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            results: UpstreamResult::ALL.map(|r| {
+                self.upstream_queries
+                    .with_label_values(&[group, r.as_str()])
+            }),
+            duration: self.upstream_duration.with_label_values(&[group]),
+        }
+    }
+
+    pub fn set_list_entries(&self, list: &str, entries: usize) {
+        self.list_entries
+            .with_label_values(&[list])
+            .set(entries as i64);
+    }
+}
+
+/// One segment's handles.
+#[derive(Clone)]
+pub struct SegmentMetrics {
+    decisions: [IntCounter; 3],
+    blocked: Vec<Option<IntCounter>>,
+}
+
+impl SegmentMetrics {
+    pub fn decided(&self, decision: DecisionLabel) {
+        self.decisions[decision as usize].inc();
+    }
+
+    pub fn blocked_by(&self, list: usize) {
+        if let Some(counter) = &self.blocked[list] {
+            counter.inc();
+        }
+    }
+}
+
+/// One upstream group's handles.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    results: [IntCounter; 3],
+    pub duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    pub fn result(&self, result: UpstreamResult) {
+        self.results[result as usize].inc();
+    }
+}

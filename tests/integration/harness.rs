@@ -242,7 +242,9 @@ impl TestGateway {
         upstreams: &[(&RunningUpstream, &[&str])],
         policy: &str,
     ) -> TestGateway {
-        let mut text = format!("server.listen = [\"127.0.0.1:0\", \"[::1]:0\"]\n{policy}\n");
+        let mut text = format!(
+            "server.listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nadmin.listen = \"127.0.0.1:0\"\n{policy}\n"
+        );
         for (upstream, zones) in upstreams {
             let zones: Vec<String> = zones.iter().map(|z| format!("\"{z}\"")).collect();
             text.push_str(&format!(
@@ -279,6 +281,36 @@ impl TestGateway {
 
     pub async fn shutdown(self) {
         self.running.shutdown().await;
+    }
+
+    /// GET `path` from the admin listener: (status code, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.running.admin_addr().expect("admin listener");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(ANSWER_DEADLINE, stream.read_to_string(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_owned())
+    }
+
+    /// A real scrape of `/metrics`: every sample by its series, e.g.
+    /// `portvakt_queries_total{decision="blocked",segment="staff"}`.
+    pub async fn scrape(&self) -> HashMap<String, f64> {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200);
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_owned(), value.parse().unwrap())
+            })
+            .collect()
     }
 }
 

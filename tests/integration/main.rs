@@ -5,6 +5,7 @@ mod binary;
 mod forwarding;
 mod harness;
 mod list_data;
+mod metrics;
 mod responses;
 mod segments;
 mod wire;

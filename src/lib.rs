@@ -11,7 +11,7 @@
 //!               ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
 //!               └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
 //!                                  └miss─► handler.rs forward ─► upstream.rs ─► cache.rs
-//! side: config/ ─► policy/compile.rs ─► Gateway::swap      metrics.rs ─► admin.rs ─► /metrics
+//! side: config/ ─► policy/compile.rs ─► reload.rs ─► Gateway::swap      metrics.rs ─► admin.rs ─► /metrics
 //! ```
 //! Start reading at `handler.rs`.
 
@@ -23,6 +23,7 @@ pub mod lists;
 pub mod metrics;
 pub mod name;
 pub mod policy;
+pub mod reload;
 pub mod reply;
 pub mod segment;
 pub mod server;

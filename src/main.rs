@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portvakt::config::{Config, ConfigError};
+use portvakt::handler::Gateway;
 use portvakt::policy::compile::CompileError;
 use portvakt::policy::{Located, Policy, Verdict};
+use portvakt::reload::{ConfigSource, reload};
 use portvakt::{StartError, start};
 use tracing::{error, info};
 
@@ -175,24 +177,37 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(admin) = running.admin_addr() {
         info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain");
     }
-    wait_for_shutdown_signal().await;
+    let source = match &args.config.config {
+        Some(path) => ConfigSource::File(path.clone()),
+        None => ConfigSource::Embedded,
+    };
+    wait_for_shutdown_signal(running.gateway(), &source).await;
     info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
 }
 
+/// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy (a failed reload keeps the
+/// running one and is logged and counted by `reload`).
 #[cfg(unix)]
-async fn wait_for_shutdown_signal() {
+async fn wait_for_shutdown_signal(gateway: &Gateway, source: &ConfigSource) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                let _ = reload(gateway, source).await;
+            }
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_shutdown_signal() {
+async fn wait_for_shutdown_signal(_gateway: &Gateway, _source: &ConfigSource) {
     let _ = tokio::signal::ctrl_c().await;
 }
 

@@ -52,6 +52,57 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
     let answer = answer.expect("an answer within 5 s");
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(answer.ede()[0].0, 15);
+
+    // SIGHUP (systemd's ExecReload) reloads the policy and must never stop the server.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut reloaded = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if scrape_admin()
+            .await
+            .contains(r#"portvakt_reloads_total{result="success"} 1"#)
+        {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "SIGHUP reload counted within 5 s");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
+    socket.send_to(&query, "127.0.0.1:5353").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        Message::from_vec(&buf[..len])
+            .unwrap()
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+}
+
+/// GET /metrics from the shipped config's admin listener (127.0.0.1:9153).
+async fn scrape_admin() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect("127.0.0.1:9153").await else {
+        return String::new();
+    };
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut body)).await;
+    body
 }
 
 #[test]

@@ -227,6 +227,7 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
 /// The gateway under test.
 pub struct TestGateway {
     running: portvakt::Running,
+    text: String,
 }
 
 impl TestGateway {
@@ -256,7 +257,16 @@ impl TestGateway {
         let config =
             Config::parse("test.toml", &text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
         let running = portvakt::start(config).await.expect("gateway starts");
-        TestGateway { running }
+        TestGateway { running, text }
+    }
+
+    /// The whole config the gateway was started with.
+    pub fn config_text(&self) -> String {
+        self.text.clone()
+    }
+
+    pub fn gateway(&self) -> &portvakt::handler::Gateway {
+        self.running.gateway()
     }
 
     pub fn addr(&self) -> SocketAddr {

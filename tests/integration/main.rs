@@ -6,6 +6,7 @@ mod forwarding;
 mod harness;
 mod list_data;
 mod metrics;
+mod reload;
 mod responses;
 mod segments;
 mod wire;

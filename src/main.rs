@@ -2,15 +2,16 @@
 //! exit codes (0 ok, 1 failure or `check --strict` with rejected lines, 2 invalid config).
 
 use std::error::Error;
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use portvakt::config::{Config, ConfigError};
+use portvakt::config::ConfigError;
 use portvakt::handler::Gateway;
 use portvakt::policy::compile::CompileError;
-use portvakt::policy::{Located, Policy, Verdict};
+use portvakt::policy::{Explanation, Located, Policy, Verdict};
 use portvakt::reload::{ConfigSource, reload};
 use portvakt::{StartError, start};
 use tracing::{error, info};
@@ -92,10 +93,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
-    match &arg.config {
-        Some(path) => Config::load(path),
-        None => Config::embedded_default(),
+impl ConfigArg {
+    /// `--config FILE`, or the embedded default.
+    fn source(&self) -> ConfigSource {
+        match &self.config {
+            Some(path) => ConfigSource::File(path.clone()),
+            None => ConfigSource::Embedded,
+        }
     }
 }
 
@@ -118,7 +122,7 @@ fn report(err: &(dyn Error + 'static)) {
 
 /// Loads and compiles, or reports and gives the exit code.
 fn compile(arg: &ConfigArg) -> Result<Policy, ExitCode> {
-    let config = load(arg).map_err(|err| {
+    let config = arg.source().load().map_err(|err| {
         report(&err);
         ExitCode::from(2)
     })?;
@@ -130,7 +134,8 @@ fn compile(arg: &ConfigArg) -> Result<Policy, ExitCode> {
 
 async fn serve(args: ServeArgs) -> ExitCode {
     init_tracing(&args);
-    let config = match load(&args.config) {
+    let source = args.config.source();
+    let config = match source.load() {
         Ok(config) => config,
         Err(err) => {
             report(&err);
@@ -177,10 +182,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(admin) = running.admin_addr() {
         info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain");
     }
-    let source = match &args.config.config {
-        Some(path) => ConfigSource::File(path.clone()),
-        None => ConfigSource::Embedded,
-    };
     wait_for_shutdown_signal(running.gateway(), &source).await;
     info!("shutting down");
     running.shutdown().await;
@@ -238,29 +239,34 @@ async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
         Ok(policy) => policy,
         Err(code) => return code,
     };
-    println!("{}: ok", policy.config.origin);
-    let mut rejected = 0;
-    for list in &policy.lists {
-        let files: Vec<String> = list.files.iter().map(|f| f.display().to_string()).collect();
-        println!(
-            "list {}: {} entries, {} rejected lines ({})",
-            list.name,
-            list.entries,
-            list.rejected.len(),
-            files.join(", ")
-        );
-        rejected += list.rejected.len();
+    if let Err(code) = print_to_stdout(|out| write_check(out, &policy)) {
+        return code;
     }
-    for list in &policy.lists {
-        for line in &list.rejected {
-            println!("{line}");
-        }
-    }
+    let rejected: usize = policy.lists.iter().map(|l| l.rejected.len()).sum();
     if strict && rejected > 0 {
         eprintln!("error: {rejected} list lines were rejected (--strict)");
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Per-list entry counts, then every rejected line.
+fn write_check(out: &mut dyn Write, policy: &Policy) -> io::Result<()> {
+    writeln!(out, "{}: ok", policy.config.origin)?;
+    for list in &policy.lists {
+        let files: Vec<String> = list.files.iter().map(|f| f.display().to_string()).collect();
+        let (entries, rejected) = (list.entries, list.rejected.len());
+        writeln!(
+            out,
+            "list {}: {entries} entries, {rejected} rejected lines ({})",
+            list.name,
+            files.join(", ")
+        )?;
+    }
+    for line in policy.lists.iter().flat_map(|l| &l.rejected) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
@@ -275,40 +281,70 @@ async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match print_to_stdout(|out| write_explanation(out, &policy, client, &explanation)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn write_explanation(
+    out: &mut dyn Write,
+    policy: &Policy,
+    client: IpAddr,
+    explanation: &Explanation,
+) -> io::Result<()> {
     let segment = explanation
         .segment
         .as_deref()
         .map_or("none".to_owned(), |s| format!("\"{s}\""));
-    println!("client:  {client}");
-    println!("segment: {segment}");
-    println!("name:    {}", explanation.name);
+    writeln!(out, "client:  {client}")?;
+    writeln!(out, "segment: {segment}")?;
+    writeln!(out, "name:    {}", explanation.name)?;
     let entry = |located: &Located| match &located.at {
         Some((path, line)) => format!("entry `{}` at {}:{line}", located.entry, path.display()),
         None => format!("entry `{}`", located.entry),
     };
     match &explanation.verdict {
-        Verdict::Refused => {
-            println!("verdict: refused (client is in no segment; unknown_clients = \"refuse\")")
-        }
-        Verdict::Allowed => {
-            println!("verdict: allowed (no list of the segment contains the name): forwarded")
-        }
+        Verdict::Refused => writeln!(
+            out,
+            "verdict: refused (client is in no segment; unknown_clients = \"refuse\")"
+        ),
+        Verdict::Allowed => writeln!(
+            out,
+            "verdict: allowed (no list of the segment contains the name): forwarded"
+        ),
         Verdict::AllowedByList(located) => {
-            println!(
+            writeln!(
+                out,
                 "verdict: allowed by list \"{}\" ({}): forwarded",
                 located.list,
                 entry(located)
             )
         }
         Verdict::Blocked(located) => {
-            let response = policy.config.block.response.as_str();
-            println!(
+            writeln!(
+                out,
                 "verdict: blocked by list \"{}\" ({})",
                 located.list,
                 entry(located)
-            );
-            println!("answer:  {response}, ttl {}", policy.config.block.ttl);
+            )?;
+            let response = policy.config.block.response.as_str();
+            writeln!(out, "answer:  {response}, ttl {}", policy.config.block.ttl)
         }
     }
-    ExitCode::SUCCESS
+}
+
+/// Runs `write` on stdout. A closed pipe (`portvakt check | head`) ends the output quietly,
+/// as Unix tools do; any other write error is reported with exit code 1.
+fn print_to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), ExitCode> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => {
+            eprintln!("error: failed to write to stdout: {err}");
+            Err(ExitCode::from(1))
+        }
+    }
 }

@@ -133,26 +133,23 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(DNS_BUCKETS.to_vec());
-            let vec = HistogramVec::new(opts, labels).expect("valid metric");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            register(
+                &registry,
+                HistogramVec::new(opts, labels).expect("valid metric"),
+            )
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("metric registered once");
-            vec
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
 
         let queries = counter(
@@ -303,6 +300,14 @@ impl Metrics {
             .with_label_values(&[list])
             .set(entries as i64);
     }
+}
+
+/// Registers `metric` once and hands it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
 }
 
 /// One segment's handles.

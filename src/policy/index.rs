@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
 use crate::lists::EntryKind;
@@ -69,33 +72,111 @@ impl Matches {
     }
 }
 
-/// Immutable once built; see [`IndexBuilder`].
-#[derive(Debug, Default)]
+/// One stored name: where it starts in the arena, and its lists (while building, an index
+/// into the builder's per-name bits; once built, an index into the distinct patterns).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    offset: u32,
+    value: u32,
+}
+
+/// Immutable once built; see [`IndexBuilder`]. Every stored name lives once in `arena`
+/// (wire format, back to back); the table holds 8-byte slots, and the list bits are shared by
+/// all names with the same ones, so a name costs its wire bytes plus about ten.
+#[derive(Default)]
 pub struct SuffixIndex {
-    map: HashMap<Box<[u8]>, Stored, FxBuildHasher>,
+    arena: Vec<u8>,
+    table: HashTable<Slot>,
+    patterns: Vec<Stored>,
+}
+
+impl std::fmt::Debug for SuffixIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SuffixIndex")
+            .field("names", &self.table.len())
+            .field("bytes", &self.memory_bytes())
+            .finish()
+    }
 }
 
 /// Collects entries of all lists, then becomes a [`SuffixIndex`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct IndexBuilder {
-    map: HashMap<Box<[u8]>, Stored, FxBuildHasher>,
+    arena: Vec<u8>,
+    table: HashTable<Slot>,
+    stored: Vec<Stored>,
+}
+
+fn hash(name: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(name)
+}
+
+/// The wire name stored at `offset` (names are self-delimiting: 0 only ends them).
+fn stored_name(arena: &[u8], offset: u32) -> &[u8] {
+    let start = offset as usize;
+    let mut at = start;
+    while arena[at] != 0 {
+        at += 1 + arena[at] as usize;
+    }
+    &arena[start..=at]
+}
+
+/// Whether the name at `offset` is `name`: the bytes up to and including `name`'s final 0
+/// match, and a 0 can only be a name's end.
+fn is_stored_at(arena: &[u8], offset: u32, name: &[u8]) -> bool {
+    arena.get(offset as usize..offset as usize + name.len()) == Some(name)
 }
 
 impl IndexBuilder {
     pub fn insert(&mut self, name: &[u8], list: ListId, kind: EntryKind) {
-        let stored = match self.map.get_mut(name) {
-            Some(stored) => stored,
-            None => self.map.entry(name.into()).or_default(),
+        let IndexBuilder {
+            arena,
+            table,
+            stored,
+        } = self;
+        let hash = hash(name);
+        let index = match table.find(hash, |slot| is_stored_at(arena, slot.offset, name)) {
+            Some(slot) => slot.value as usize,
+            None => {
+                let offset = u32::try_from(arena.len()).expect("lists under 4 GiB of names");
+                arena.extend_from_slice(name);
+                stored.push(Stored::default());
+                let value = (stored.len() - 1) as u32;
+                table.insert_unique(hash, Slot { offset, value }, |slot| {
+                    self::hash(stored_name(arena, slot.offset))
+                });
+                value as usize
+            }
         };
         match kind {
-            EntryKind::Block => stored.block |= list.bit(),
-            EntryKind::Exception => stored.except |= list.bit(),
+            EntryKind::Block => stored[index].block |= list.bit(),
+            EntryKind::Exception => stored[index].except |= list.bit(),
         }
     }
 
-    pub fn build(mut self) -> SuffixIndex {
-        self.map.shrink_to_fit();
-        SuffixIndex { map: self.map }
+    pub fn build(self) -> SuffixIndex {
+        let IndexBuilder {
+            mut arena,
+            mut table,
+            stored,
+        } = self;
+        let mut patterns: Vec<Stored> = Vec::new();
+        let mut ids: HashMap<(u64, u64), u32, FxBuildHasher> = HashMap::default();
+        for slot in table.iter_mut() {
+            let bits = stored[slot.value as usize];
+            slot.value = *ids.entry((bits.block, bits.except)).or_insert_with(|| {
+                patterns.push(bits);
+                (patterns.len() - 1) as u32
+            });
+        }
+        drop(stored);
+        arena.shrink_to_fit();
+        table.shrink_to_fit(|slot| hash(stored_name(&arena, slot.offset)));
+        SuffixIndex {
+            arena,
+            table,
+            patterns,
+        }
     }
 }
 
@@ -107,7 +188,11 @@ impl SuffixIndex {
         let mut except = 0u64;
         let mut zone_at = [0u8; 64];
         for (offset, suffix) in name::suffixes(name) {
-            if let Some(stored) = self.map.get(suffix) {
+            let found = self.table.find(hash(suffix), |slot| {
+                is_stored_at(&self.arena, slot.offset, suffix)
+            });
+            if let Some(slot) = found {
+                let stored = &self.patterns[slot.value as usize];
                 let mut new = stored.block & !block;
                 while new != 0 {
                     zone_at[new.trailing_zeros() as usize] = offset as u8;
@@ -125,11 +210,18 @@ impl SuffixIndex {
 
     /// Distinct stored names.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
+    }
+
+    /// Heap bytes held: the name arena, the table (slots and control bytes), the patterns.
+    pub fn memory_bytes(&self) -> usize {
+        self.arena.capacity()
+            + self.table.capacity() * (std::mem::size_of::<Slot>() + 1)
+            + self.patterns.capacity() * std::mem::size_of::<Stored>()
     }
 }
 

@@ -127,6 +127,22 @@ impl Answer {
         now >= self.expires_at
     }
 
+    /// A SERVFAIL for `query`, kept `lifetime`: after an upstream failure, the same question
+    /// is answered at once instead of waiting out another timeout (RFC 2308 §7.1 allows
+    /// caching server failures, for at most five minutes).
+    pub fn failure(query: &Query, now: Instant, lifetime: Duration) -> Answer {
+        let mut wire = Vec::with_capacity(HEADER_LEN + query.question().len());
+        wire.extend_from_slice(&[0, 0, 0x80, 0x80 | 2, 0, 1, 0, 0, 0, 0, 0, 0]);
+        wire.extend_from_slice(&query.question().to_ascii_lowercase());
+        Answer {
+            wire: wire.into_boxed_slice(),
+            ttl_at: Box::new([]),
+            stored_at: now,
+            expires_at: now + lifetime,
+            cname_targets: Box::new([]),
+        }
+    }
+
     /// Whether it may be stored at all: answers with a TTL of 0 are served once, not kept.
     pub fn is_cacheable(&self) -> bool {
         self.expires_at > self.stored_at
@@ -219,14 +235,81 @@ mod tests {
 
     /// A query for `a.example` (type A), with EDNS when `edns`.
     fn query_bytes(id: u16, name: &[u8], edns: bool) -> Vec<u8> {
+        query_with_flags(id, name, edns, false, false)
+    }
+
+    /// A query with EDNS DO and header CD set as given.
+    fn query_with_flags(id: u16, name: &[u8], edns: bool, dnssec_ok: bool, cd: bool) -> Vec<u8> {
         let mut q = id.to_be_bytes().to_vec();
-        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns as u8]);
+        q.extend_from_slice(&[
+            0x01,
+            if cd { 0x10 } else { 0 },
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            edns as u8,
+        ]);
         q.extend_from_slice(name);
         q.extend_from_slice(&[0, 1, 0, 1]);
         if edns {
-            q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]);
+            let flags = if dnssec_ok { 0x80 } else { 0 };
+            q.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, flags, 0, 0, 0]);
         }
         q
+    }
+
+    #[test]
+    fn dnssec_ok_and_checking_disabled_are_part_of_the_key() {
+        let name = b"\x01a\x07example\x00";
+        let plain = query_bytes(1, name, true);
+        let plain = Query::parse(&plain).unwrap();
+        let cache = Cache::new(10).unwrap();
+        let answer = Answer::from_upstream(&plain, upstream_answer(300), Instant::now()).unwrap();
+        cache.insert(&plain, Arc::new(answer));
+        assert!(cache.get(&plain, Instant::now()).is_some());
+        for (dnssec_ok, cd) in [(true, false), (false, true), (true, true)] {
+            let other = query_with_flags(2, name, true, dnssec_ok, cd);
+            let other = Query::parse(&other).unwrap();
+            assert!(
+                cache.get(&other, Instant::now()).is_none(),
+                "DO={dnssec_ok} CD={cd} must not share DO=0 CD=0's answer"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_kept_briefly() {
+        let packet = query_bytes(9, b"\x01A\x07example\x00", false);
+        let query = Query::parse(&packet).unwrap();
+        let cache = Cache::new(10).unwrap();
+        cache.insert(
+            &query,
+            Arc::new(Answer::failure(
+                &query,
+                Instant::now(),
+                Duration::from_secs(2),
+            )),
+        );
+        let mut out = Vec::new();
+        cache
+            .get(&query, Instant::now())
+            .expect("kept")
+            .write(&query, Instant::now(), &mut out);
+        assert_eq!(
+            (out[3] & 0x0F, &out[..2]),
+            (2, &[0u8, 9][..]),
+            "SERVFAIL with the client's ID"
+        );
+        assert_eq!(&out[12..], &packet[12..], "the client's question");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            cache.get(&query, Instant::now()).is_none(),
+            "gone after its lifetime"
+        );
     }
 
     /// An upstream answer: A 192.0.2.1 with `ttl`, plus an upstream OPT at the end.

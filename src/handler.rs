@@ -20,6 +20,9 @@ use crate::segment::SegmentId;
 use crate::upstream::UpstreamError;
 use crate::wire::{self, Malformed, Query, Rcode};
 
+/// How long a SERVFAIL caused by an upstream failure is answered from the cache.
+pub const FAILURE_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Upstream queries in flight at once; past this, misses get SERVFAIL at once rather than
 /// queueing without bound behind a slow upstream.
 pub const MAX_IN_FLIGHT: usize = 4096;
@@ -230,6 +233,12 @@ impl Gateway {
                     }
                     _ => (EdeCode::NetworkError, "upstream failed"),
                 };
+                if let Some(cache) = &self.cache {
+                    cache.insert(
+                        &query,
+                        Arc::new(Answer::failure(&query, Instant::now(), FAILURE_CACHE)),
+                    );
+                }
                 reply::error(&query, Rcode::ServFail, Some(ede), out);
                 Outcome::Allowed
             }

@@ -1,7 +1,8 @@
 //! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
-//! UDP is our own receive loop (blocked and cached answers are sent from the loop itself;
-//! misses go to a task); TCP is hickory-server's, through an adapter that hands the core the
-//! raw query and re-emits its wire answer. Owns the shutdown token.
+//! UDP is our own receive loop, one per CPU on SO_REUSEPORT sockets: blocked and cached
+//! answers are sent from the loop itself, misses go to a task. TCP is hickory-server's,
+//! through an adapter that hands the core the raw query and re-emits its wire answer.
+//! Owns the shutdown token.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Message, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -60,19 +62,19 @@ impl Listeners {
         });
         let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
         for &addr in addrs {
-            let socket = UdpSocket::bind(addr)
-                .await
+            let sockets = bind_udp(addr, udp_workers()).map_err(|source| ServerError::Bind {
+                proto: "UDP",
+                addr,
+                source,
+            })?;
+            // Port 0 means "any": every socket and TCP take the port the first UDP socket got.
+            let bound = sockets[0]
+                .local_addr()
                 .map_err(|source| ServerError::Bind {
                     proto: "UDP",
                     addr,
                     source,
                 })?;
-            // Port 0 means "any": TCP then takes the port UDP got, so both serve one address.
-            let bound = socket.local_addr().map_err(|source| ServerError::Bind {
-                proto: "UDP",
-                addr,
-                source,
-            })?;
             let listener = TcpListener::bind(bound)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -82,12 +84,14 @@ impl Listeners {
                 })?;
             udp_addrs.push(bound);
             tcp_addrs.push(bound);
-            udp_tasks.spawn(serve_udp(
-                Arc::new(socket),
-                gateway.clone(),
-                token.clone(),
-                udp_tasks.clone(),
-            ));
+            for socket in sockets {
+                udp_tasks.spawn(serve_udp(
+                    Arc::new(socket),
+                    gateway.clone(),
+                    token.clone(),
+                    udp_tasks.clone(),
+                ));
+            }
             tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
         }
         Ok(Listeners {
@@ -106,6 +110,31 @@ impl Listeners {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.udp_tasks.wait()).await;
         let _ = self.tcp_server.shutdown_gracefully().await;
     }
+}
+
+/// UDP receive loops per listen address: one per CPU this process may run on, so that the
+/// kernel spreads clients over the runtime's worker threads.
+fn udp_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `count` UDP sockets on one address with SO_REUSEPORT (the kernel hashes each client's flow
+/// to one of them). A plain bind first checks the address is free and fixes the port: with
+/// SO_REUSEPORT alone, a second portvakt would silently share the port instead of failing.
+fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    let bound = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(bound), Type::DGRAM, Some(Protocol::UDP))?;
+        if bound.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        sockets.push(UdpSocket::from_std(socket.into())?);
+    }
+    Ok(sockets)
 }
 
 async fn serve_udp(

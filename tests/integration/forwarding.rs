@@ -223,3 +223,31 @@ async fn large_answers_are_truncated_on_udp_and_whole_on_tcp() {
     assert_eq!(tcp.answers.len(), 8);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn upstream_failures_are_answered_from_the_cache_briefly() {
+    let upstream = FakeUpstream::new()
+        .with("down.example.org.", Canned::Silent)
+        .start()
+        .await;
+    let gateway = TestGateway::start(&upstream, POLICY).await;
+    let staff = gateway.client_from("127.0.0.2");
+    assert_eq!(
+        staff
+            .udp_a("down.example.org.")
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::ServFail
+    );
+    let asked = upstream.queries_for("down.example.org.");
+    assert!(asked >= 1);
+    let again = staff.tcp_a("down.example.org.").await;
+    assert_eq!(again.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        upstream.queries_for("down.example.org."),
+        asked,
+        "no new upstream exchange within 2 s"
+    );
+    gateway.shutdown().await;
+}

@@ -71,31 +71,66 @@ pub struct ListError {
 
 /// Reads and parses one list file.
 pub fn read(path: &Path) -> Result<ListFile, ListError> {
-    let bytes = std::fs::read(path).map_err(|source| ListError {
-        path: path.to_owned(),
-        source,
+    let mut entries = Vec::new();
+    let rejected = read_with(path, |name, kind, line| {
+        entries.push(Entry {
+            name: name.to_vec(),
+            kind,
+            line,
+        })
     })?;
-    Ok(parse(path, &String::from_utf8_lossy(&bytes)))
+    Ok(ListFile { entries, rejected })
 }
 
 /// Parses the text of a list file; `path` only labels rejected lines.
 pub fn parse(path: &Path, text: &str) -> ListFile {
+    let mut entries = Vec::new();
+    let rejected = parse_with(path, text, |name, kind, line| {
+        entries.push(Entry {
+            name: name.to_vec(),
+            kind,
+            line,
+        })
+    });
+    ListFile { entries, rejected }
+}
+
+/// Reads one list file and hands each entry to `on_entry` (lowercase wire name, kind, line)
+/// as it is read, without keeping it: a million-line list costs no memory per line here.
+/// Returns the rejected lines.
+pub fn read_with(
+    path: &Path,
+    on_entry: impl FnMut(&[u8], EntryKind, u32),
+) -> Result<Vec<Rejected>, ListError> {
+    let bytes = std::fs::read(path).map_err(|source| ListError {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(parse_with(path, &String::from_utf8_lossy(&bytes), on_entry))
+}
+
+/// As [`read_with`], over text already read.
+pub fn parse_with(
+    path: &Path,
+    text: &str,
+    mut on_entry: impl FnMut(&[u8], EntryKind, u32),
+) -> Vec<Rejected> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut file = ListFile::default();
+    let mut rejected = Vec::new();
+    let mut wire = Vec::with_capacity(crate::name::MAX_WIRE_LEN);
     for (index, raw) in text.lines().enumerate() {
         let line = index as u32 + 1;
-        let mut push = |name: Vec<u8>, kind| file.entries.push(Entry { name, kind, line });
-        match parse_line(raw, &mut push) {
-            Ok(()) => {}
-            Err(reason) => file.rejected.push(Rejected {
+        let mut push = |name: &[u8], kind| on_entry(name, kind, line);
+        if let Err(reason) = parse_line(raw, &mut wire, &mut push) {
+            rejected.push(Rejected {
                 path: path.to_owned(),
                 line,
                 reason,
                 text: raw.trim().chars().take(200).collect(),
-            }),
+            });
         }
     }
-    file
+    rejected
 }
 
 /// Names that hosts files map for the machine itself; they are not blocklist entries.
@@ -111,7 +146,11 @@ const HOSTS_SELF_NAMES: [&str; 9] = [
     "ip6-allrouters",
 ];
 
-fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+fn parse_line(
+    raw: &str,
+    wire: &mut Vec<u8>,
+    push: &mut impl FnMut(&[u8], EntryKind),
+) -> Result<(), String> {
     let line = raw.trim();
     if line.is_empty() || line.starts_with(['#', '!', ';']) || line.starts_with("[Adblock") {
         return Ok(());
@@ -122,10 +161,10 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
         None => line,
     };
     if let Some(rule) = line.strip_prefix("@@") {
-        return push_name(adblock_name(rule)?, EntryKind::Exception, push);
+        return push_name(adblock_name(rule)?, EntryKind::Exception, wire, push);
     }
     if line.starts_with('|') {
-        return push_name(adblock_name(line)?, EntryKind::Block, push);
+        return push_name(adblock_name(line)?, EntryKind::Block, wire, push);
     }
     if line.ends_with('^') || line.contains("^$") {
         return Err("AdBlock rule without `||` also matches inside names; write `||name^`".into());
@@ -137,7 +176,7 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
         .iter()
         .find_map(|p| line.strip_prefix(p))
     {
-        return dnsmasq_names(rest, push);
+        return dnsmasq_names(rest, wire, push);
     }
     if let Some(rest) = line.strip_prefix("local-zone:") {
         let zone = rest
@@ -145,7 +184,7 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
             .next()
             .unwrap_or("")
             .trim_matches('"');
-        return push_name(zone, EntryKind::Block, push);
+        return push_name(zone, EntryKind::Block, wire, push);
     }
     if line == "server:" {
         return Ok(());
@@ -159,27 +198,32 @@ fn parse_line(raw: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<()
         }
         for host in names {
             if !HOSTS_SELF_NAMES.contains(&host) {
-                push_name(host, EntryKind::Block, push)?;
+                push_name(host, EntryKind::Block, wire, push)?;
             }
         }
         return Ok(());
     }
-    let rest: Vec<&str> = fields.collect();
-    match rest.as_slice() {
-        [] => push_name(
+    let Some(second) = fields.next() else {
+        return push_name(
             first.strip_prefix("*.").unwrap_or(first),
             EntryKind::Block,
+            wire,
             push,
-        ),
+        );
+    };
+    let rest: Vec<&str> = std::iter::once(second).chain(fields).collect();
+    match rest.as_slice() {
         // RPZ: `name CNAME .` (NXDOMAIN) or `name CNAME *.` (NODATA), optional TTL and class.
         [.., "CNAME", "." | "*."] => push_name(
             first.strip_prefix("*.").unwrap_or(first),
             EntryKind::Block,
+            wire,
             push,
         ),
         [.., "CNAME", "rpz-passthru."] => push_name(
             first.strip_prefix("*.").unwrap_or(first),
             EntryKind::Exception,
+            wire,
             push,
         ),
         _ => Err("not a domain name".into()),
@@ -210,12 +254,16 @@ fn adblock_name(rule: &str) -> Result<&str, String> {
 
 /// dnsmasq: `/a.example/b.example/target` after the option name; the last field is the
 /// answer or upstream, not a name.
-fn dnsmasq_names(rest: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Result<(), String> {
+fn dnsmasq_names(
+    rest: &str,
+    wire: &mut Vec<u8>,
+    push: &mut impl FnMut(&[u8], EntryKind),
+) -> Result<(), String> {
     let Some((names, _target)) = rest.rsplit_once('/') else {
         return Err("dnsmasq line without a closing /".into());
     };
     for host in names.split('/').filter(|h| !h.is_empty()) {
-        push_name(host, EntryKind::Block, push)?;
+        push_name(host, EntryKind::Block, wire, push)?;
     }
     Ok(())
 }
@@ -223,10 +271,11 @@ fn dnsmasq_names(rest: &str, push: &mut impl FnMut(Vec<u8>, EntryKind)) -> Resul
 fn push_name(
     text: &str,
     kind: EntryKind,
-    push: &mut impl FnMut(Vec<u8>, EntryKind),
+    wire: &mut Vec<u8>,
+    push: &mut impl FnMut(&[u8], EntryKind),
 ) -> Result<(), String> {
-    match name::from_text(text) {
-        Ok(wire) => {
+    match name::from_text_into(text, wire) {
+        Ok(()) => {
             push(wire, kind);
             Ok(())
         }

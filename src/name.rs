@@ -30,6 +30,15 @@ pub enum NameError {
 /// Parses a text name (`Www.Example.COM.`, `bücher.example`) into lowercase wire format.
 /// Unicode names become their IDNA (punycode) form; `_` is accepted as in real hostnames.
 pub fn from_text(text: &str) -> Result<Vec<u8>, NameError> {
+    let mut wire = Vec::with_capacity(text.len() + 2);
+    from_text_into(text, &mut wire)?;
+    Ok(wire)
+}
+
+/// As [`from_text`], into `wire` (cleared first), so a caller parsing many names can reuse
+/// one buffer.
+pub fn from_text_into(text: &str, wire: &mut Vec<u8>) -> Result<(), NameError> {
+    wire.clear();
     let text = text.strip_suffix('.').unwrap_or(text);
     if text.is_empty() {
         return Err(NameError::Empty);
@@ -47,7 +56,6 @@ pub fn from_text(text: &str) -> Result<Vec<u8>, NameError> {
     if text.len() > MAX_WIRE_LEN - 2 {
         return Err(NameError::TooLong);
     }
-    let mut wire = Vec::with_capacity(text.len() + 2);
     for label in text.split('.') {
         if label.is_empty() {
             return Err(NameError::EmptyLabel);
@@ -64,7 +72,7 @@ pub fn from_text(text: &str) -> Result<Vec<u8>, NameError> {
         }
     }
     wire.push(0);
-    Ok(wire)
+    Ok(())
 }
 
 /// Renders a wire name as dotted text without the final dot (`.` for the root).

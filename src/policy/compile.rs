@@ -37,12 +37,11 @@ impl Policy {
                 rejected: Vec::new(),
             };
             for path in &list.files {
-                let file = lists::read(path)?;
-                for entry in &file.entries {
-                    index.insert(&entry.name, id, entry.kind);
-                }
-                loaded.entries += file.entries.len();
-                loaded.rejected.extend(file.rejected);
+                let rejected = lists::read_with(path, |name, kind, _line| {
+                    index.insert(name, id, kind);
+                    loaded.entries += 1;
+                })?;
+                loaded.rejected.extend(rejected);
             }
             lists.push(loaded);
         }

@@ -27,7 +27,6 @@ pub mod reload;
 pub mod reply;
 pub mod segment;
 pub mod server;
-pub mod udp;
 pub mod upstream;
 pub mod wire;
 

@@ -14,13 +14,13 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Message, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::handler::{Gateway, Transport};
-use crate::udp;
+use crate::handler::{Gateway, Step, Transport};
 
 /// Idle time after which a TCP connection without a new query is closed (RFC 7766 §6.2.3).
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,6 @@ pub struct Listeners {
     pub tcp: Vec<SocketAddr>,
     token: CancellationToken,
     udp_tasks: TaskTracker,
-    udp_loops: Vec<udp::Loop>,
     tcp_server: Server<TcpAdapter>,
 }
 
@@ -61,9 +60,9 @@ impl Listeners {
         let mut tcp = Server::new(TcpAdapter {
             gateway: gateway.clone(),
         });
-        let (mut udp_addrs, mut tcp_addrs, mut udp_loops) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
         for &addr in addrs {
-            let sockets = udp::bind(addr, udp::workers()).map_err(|source| ServerError::Bind {
+            let sockets = bind_udp(addr, udp_workers()).map_err(|source| ServerError::Bind {
                 proto: "UDP",
                 addr,
                 source,
@@ -86,12 +85,12 @@ impl Listeners {
             udp_addrs.push(bound);
             tcp_addrs.push(bound);
             for socket in sockets {
-                let started = udp::serve(socket, gateway.clone(), token.clone(), udp_tasks.clone());
-                udp_loops.push(started.map_err(|source| ServerError::Bind {
-                    proto: "UDP",
-                    addr: bound,
-                    source,
-                })?);
+                udp_tasks.spawn(serve_udp(
+                    Arc::new(socket),
+                    gateway.clone(),
+                    token.clone(),
+                    udp_tasks.clone(),
+                ));
             }
             tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
         }
@@ -100,7 +99,6 @@ impl Listeners {
             tcp: tcp_addrs,
             token,
             udp_tasks,
-            udp_loops,
             tcp_server: tcp,
         })
     }
@@ -110,10 +108,73 @@ impl Listeners {
         self.token.cancel();
         self.udp_tasks.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.udp_tasks.wait()).await;
-        let loops = std::mem::take(&mut self.udp_loops);
-        let _ =
-            tokio::task::spawn_blocking(move || loops.into_iter().for_each(udp::Loop::stop)).await;
         let _ = self.tcp_server.shutdown_gracefully().await;
+    }
+}
+
+/// UDP receive loops per listen address: one per CPU this process may run on, so that the
+/// kernel spreads clients over the runtime's worker threads.
+fn udp_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `count` UDP sockets on one address with SO_REUSEPORT (the kernel hashes each client's flow
+/// to one of them). A plain bind first checks the address is free and fixes the port: with
+/// SO_REUSEPORT alone, a second portvakt would silently share the port instead of failing.
+fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    let bound = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(bound), Type::DGRAM, Some(Protocol::UDP))?;
+        if bound.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&bound.into())?;
+        sockets.push(UdpSocket::from_std(socket.into())?);
+    }
+    Ok(sockets)
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    gateway: Arc<Gateway>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut packet = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut packet) => received,
+            () = token.cancelled() => return,
+        };
+        let (len, client) = match received {
+            Ok(received) => received,
+            Err(err) => {
+                debug!(%err, "udp receive failed");
+                continue;
+            }
+        };
+        match gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out) {
+            Step::Reply => send(&socket, &out, client).await,
+            Step::Drop => {}
+            Step::Forward(pending) => {
+                let (socket, gateway) = (socket.clone(), gateway.clone());
+                tasks.spawn(async move {
+                    let mut out = Vec::with_capacity(512);
+                    gateway.forward(pending, &mut out).await;
+                    send(&socket, &out, client).await;
+                });
+            }
+        }
+    }
+}
+
+async fn send(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
+    if let Err(err) = socket.send_to(reply, client).await {
+        debug!(%err, %client, "udp send failed");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
-//! UDP is our own receive loop, one per CPU on SO_REUSEPORT sockets: blocked and cached
-//! answers are sent from the loop itself, misses go to a task. TCP is hickory-server's,
+//! UDP is our own receive loop, one per CPU on SO_REUSEPORT sockets, each on its own thread:
+//! blocked and cached answers are sent from the loop itself, misses go to a task on the main
+//! runtime. TCP is hickory-server's,
 //! through an adapter that hands the core the raw query and re-emits its wire answer.
 //! Owns the shutdown token.
 
@@ -44,9 +45,21 @@ pub struct Listeners {
     /// Actual addresses (port 0 in the config is resolved here).
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
-    token: CancellationToken,
-    udp_tasks: TaskTracker,
+    udp_stop: UdpStop,
     tcp_server: Server<TcpAdapter>,
+}
+
+/// What shutdown needs to stop the UDP loops and their forwarded queries.
+#[derive(Clone)]
+struct UdpStop {
+    /// Stop receiving.
+    receive: CancellationToken,
+    /// Grace period over: stop waiting for forwarded queries.
+    hard: CancellationToken,
+    /// Forwarded (cache-miss) queries, on the main runtime.
+    forwards: TaskTracker,
+    /// The receive loops' threads.
+    loops: TaskTracker,
 }
 
 impl Listeners {
@@ -55,26 +68,25 @@ impl Listeners {
         addrs: &[SocketAddr],
         gateway: Arc<Gateway>,
     ) -> Result<Listeners, ServerError> {
-        let token = CancellationToken::new();
-        let udp_tasks = TaskTracker::new();
+        let stop = UdpStop {
+            receive: CancellationToken::new(),
+            hard: CancellationToken::new(),
+            forwards: TaskTracker::new(),
+            loops: TaskTracker::new(),
+        };
         let mut tcp = Server::new(TcpAdapter {
             gateway: gateway.clone(),
         });
         let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
         for &addr in addrs {
-            let sockets = bind_udp(addr, udp_workers()).map_err(|source| ServerError::Bind {
+            let udp_error = |source| ServerError::Bind {
                 proto: "UDP",
                 addr,
                 source,
-            })?;
+            };
+            let sockets = bind_udp(addr, udp_workers()).map_err(udp_error)?;
             // Port 0 means "any": every socket and TCP take the port the first UDP socket got.
-            let bound = sockets[0]
-                .local_addr()
-                .map_err(|source| ServerError::Bind {
-                    proto: "UDP",
-                    addr,
-                    source,
-                })?;
+            let bound = sockets[0].local_addr().map_err(udp_error)?;
             let listener = TcpListener::bind(bound)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -85,35 +97,33 @@ impl Listeners {
             udp_addrs.push(bound);
             tcp_addrs.push(bound);
             for socket in sockets {
-                udp_tasks.spawn(serve_udp(
-                    Arc::new(socket),
-                    gateway.clone(),
-                    token.clone(),
-                    udp_tasks.clone(),
-                ));
+                spawn_udp_loop(socket, gateway.clone(), stop.clone()).map_err(udp_error)?;
             }
             tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
         }
         Ok(Listeners {
             udp: udp_addrs,
             tcp: tcp_addrs,
-            token,
-            udp_tasks,
+            udp_stop: stop,
             tcp_server: tcp,
         })
     }
 
     /// Stops accepting, gives in-flight UDP queries a grace period, and stops TCP.
     pub async fn shutdown(mut self) {
-        self.token.cancel();
-        self.udp_tasks.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.udp_tasks.wait()).await;
+        let stop = &self.udp_stop;
+        stop.receive.cancel();
+        stop.forwards.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop.forwards.wait()).await;
+        stop.hard.cancel();
+        stop.loops.close();
+        stop.loops.wait().await;
         let _ = self.tcp_server.shutdown_gracefully().await;
     }
 }
 
 /// UDP receive loops per listen address: one per CPU this process may run on, so that the
-/// kernel spreads clients over the runtime's worker threads.
+/// kernel spreads clients over the CPUs.
 fn udp_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -121,7 +131,7 @@ fn udp_workers() -> usize {
 /// `count` UDP sockets on one address with SO_REUSEPORT (the kernel hashes each client's flow
 /// to one of them). A plain bind first checks the address is free and fixes the port: with
 /// SO_REUSEPORT alone, a second portvakt would silently share the port instead of failing.
-fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
     let bound = std::net::UdpSocket::bind(addr)?.local_addr()?;
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
@@ -132,48 +142,100 @@ fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.bind(&bound.into())?;
-        sockets.push(UdpSocket::from_std(socket.into())?);
+        sockets.push(socket.into());
     }
     Ok(sockets)
 }
 
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
+/// Runs one socket's receive loop on its own thread, on a single-threaded runtime with only
+/// the I/O driver: no work-stealing scheduler, timer or signal driver on the per-packet path.
+/// Misses are forwarded on the main runtime, which sends their answers on the same socket.
+fn spawn_udp_loop(
+    socket: std::net::UdpSocket,
     gateway: Arc<Gateway>,
-    token: CancellationToken,
-    tasks: TaskTracker,
+    stop: UdpStop,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let socket = {
+        let _entered = runtime.enter();
+        Arc::new(UdpSocket::from_std(socket)?)
+    };
+    let main = tokio::runtime::Handle::current();
+    let done = stop.loops.token();
+    std::thread::Builder::new()
+        .name("portvakt-udp".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                serve_udp(&socket, &gateway, &stop, &main).await;
+                // Forwarded answers go out on this runtime's socket: keep it until they are done.
+                tokio::select! {
+                    () = stop.forwards.wait() => {}
+                    () = stop.hard.cancelled() => {}
+                }
+            });
+            drop(done);
+        })?;
+    Ok(())
+}
+
+async fn serve_udp(
+    socket: &Arc<UdpSocket>,
+    gateway: &Arc<Gateway>,
+    stop: &UdpStop,
+    main: &tokio::runtime::Handle,
 ) {
     let mut packet = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
+    let cancelled = stop.receive.cancelled();
+    tokio::pin!(cancelled);
     loop {
-        let received = tokio::select! {
-            received = socket.recv_from(&mut packet) => received,
-            () = token.cancelled() => return,
-        };
-        let (len, client) = match received {
+        let (len, client) = match socket.try_recv_from(&mut packet) {
             Ok(received) => received,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    () = &mut cancelled => return,
+                    ready = socket.readable() => {
+                        if let Err(err) = ready {
+                            debug!(%err, "udp socket failed");
+                            return;
+                        }
+                    }
+                }
+                continue;
+            }
             Err(err) => {
                 debug!(%err, "udp receive failed");
                 continue;
             }
         };
         match gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out) {
-            Step::Reply => send(&socket, &out, client).await,
+            Step::Reply => send(socket, &out, client).await,
             Step::Drop => {}
             Step::Forward(pending) => {
                 let (socket, gateway) = (socket.clone(), gateway.clone());
-                tasks.spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    gateway.forward(pending, &mut out).await;
-                    send(&socket, &out, client).await;
-                });
+                stop.forwards.spawn_on(
+                    async move {
+                        let mut out = Vec::with_capacity(512);
+                        gateway.forward(pending, &mut out).await;
+                        send(&socket, &out, client).await;
+                    },
+                    main,
+                );
             }
         }
     }
 }
 
+/// Sends at once when the socket has room, else waits for it.
 async fn send(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
-    if let Err(err) = socket.send_to(reply, client).await {
+    let sent = match socket.try_send_to(reply, client) {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => socket.send_to(reply, client).await,
+        sent => sent,
+    };
+    if let Err(err) = sent {
         debug!(%err, %client, "udp send failed");
     }
 }

@@ -1,7 +1,9 @@
 //! The admin HTTP listener (`[admin] listen`): `/metrics` in the Prometheus text format,
 //! `/healthz` (the process answers), `/readyz` (a policy is loaded and the DNS listeners are
-//! bound), `/api/v1/status` and `/api/v1/explain` as JSON. Read-only; what it reports is
-//! owned by `Gateway` and `Metrics`.
+//! bound), `/api/v1/status` and `/api/v1/explain` as JSON, all open; and `POST
+//! /api/v1/reload`, which needs the bearer token of `[admin] token_file` (without one, it is
+//! served only on a loopback listener). What it reports is owned by `Gateway`, `Metrics`
+//! and `Reloader`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,9 +12,9 @@ use std::time::UNIX_EPOCH;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
+use crate::reload::{Reloader, Trigger};
 use crate::server::ServerError;
 
 /// A running admin listener; dropping it does not stop it, `shutdown` does.
@@ -35,6 +38,9 @@ pub struct Admin {
 #[derive(Clone)]
 struct AppState {
     gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
+    /// The admin listener's own address: without a token, mutating needs it on loopback.
+    admin: SocketAddr,
     ready: Arc<AtomicBool>,
     dns_udp: Arc<[SocketAddr]>,
     dns_tcp: Arc<[SocketAddr]>,
@@ -44,7 +50,7 @@ impl Admin {
     /// Binds `addr` and serves; call once the DNS listeners are bound (`ready` starts true).
     pub async fn start(
         addr: SocketAddr,
-        gateway: Arc<Gateway>,
+        reloader: Arc<Reloader>,
         dns_udp: &[SocketAddr],
         dns_tcp: &[SocketAddr],
     ) -> Result<Admin, ServerError> {
@@ -62,7 +68,9 @@ impl Admin {
         })?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = AppState {
-            gateway,
+            gateway: reloader.gateway().clone(),
+            reloader,
+            admin: bound,
             ready: ready.clone(),
             dns_udp: dns_udp.into(),
             dns_tcp: dns_tcp.into(),
@@ -73,6 +81,7 @@ impl Admin {
             .route("/readyz", get(readyz))
             .route("/api/v1/status", get(status))
             .route("/api/v1/explain", get(explain))
+            .route("/api/v1/reload", post(reload))
             .with_state(state);
         let token = CancellationToken::new();
         let stop = token.clone();
@@ -146,6 +155,8 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             json!({
                 "name": l.name,
                 "files": l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                "urls": config.lists.iter().find(|c| c.name == l.name)
+                    .map(|c| c.remote.iter().map(|r| r.url.clone()).collect::<Vec<_>>()),
                 "entries": l.entries,
                 "rejected_lines": l.rejected.len(),
             })
@@ -179,7 +190,65 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
         "lists": lists,
         "upstreams": upstreams,
         "cache_entries": state.gateway.cache_len(),
+        "reload": state.reloader.status(),
     }))
+}
+
+/// Why a mutating request may not go ahead, if it may not.
+fn refuse_mutation(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let policy = state.gateway.policy();
+    let Some(token) = &policy.config.admin_token else {
+        if state.admin.ip().is_loopback() {
+            return None;
+        }
+        let message =
+            "mutating endpoints need [admin] token_file when the admin listener is not on loopback";
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({ "error": message })),
+            )
+                .into_response(),
+        );
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match offered {
+        Some(offered) if token.matches(offered.trim()) => None,
+        _ => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"portvakt\"")],
+                axum::Json(
+                    json!({ "error": "a valid `Authorization: Bearer <token>` is required" }),
+                ),
+            )
+                .into_response(),
+        ),
+    }
+}
+
+/// Reloads the config and lists now and says how it went.
+async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_mutation(&state, &headers) {
+        return refused;
+    }
+    match state.reloader.reload(Trigger::Api).await {
+        Ok(generation) => {
+            axum::Json(json!({ "result": "success", "generation": generation })).into_response()
+        }
+        Err(error) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "result": "failure",
+                "error": error,
+                "running_generation": state.gateway.policy().generation,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Deserialize)]

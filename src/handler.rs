@@ -90,13 +90,14 @@ impl Gateway {
         self.policy.load_full()
     }
 
-    /// Puts `policy` in force for every query that starts from now on.
-    pub fn swap(&self, mut policy: Policy) {
+    /// Puts `policy` in force for every query that starts from now on, and hands back the
+    /// one it replaces (queries in flight still hold it).
+    pub fn swap(&self, mut policy: Policy) -> Arc<Policy> {
         policy.generation = self.policy.load().generation + 1;
         self.metrics
             .last_reload_success
             .set(unix_seconds(policy.loaded_at));
-        self.policy.store(Arc::new(policy));
+        self.policy.swap(Arc::new(policy))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

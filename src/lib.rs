@@ -24,10 +24,12 @@ pub mod metrics;
 pub mod name;
 pub mod policy;
 pub mod reload;
+pub mod remote;
 pub mod reply;
 pub mod segment;
 pub mod server;
 pub mod upstream;
+pub mod watch;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -39,7 +41,10 @@ use handler::Gateway;
 use metrics::Metrics;
 use policy::Policy;
 use policy::compile::CompileError;
+use reload::{ConfigSource, Reloader};
+use remote::Fetcher;
 use server::{Listeners, ServerError};
+use tokio_util::sync::CancellationToken;
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +53,9 @@ pub enum StartError {
     Compile(#[from] CompileError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A list source has no copy yet and cannot be downloaded.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// A running gateway; `shutdown` stops it.
@@ -55,27 +63,40 @@ pub struct Running {
     gateway: Arc<Gateway>,
     listeners: Listeners,
     admin: Option<Admin>,
+    reloader: Arc<Reloader>,
+    stop: CancellationToken,
 }
 
-/// Compiles the policy for `config`, then binds the DNS listeners, then the admin listener:
-/// no socket is bound before the config and every list file have been read.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+/// Downloads list sources, compiles the policy for `config`, then binds the DNS listeners,
+/// then the admin listener: no socket is bound before the config and every list have been
+/// read. Reloads read the config again from `source`.
+pub async fn start(config: Config, source: ConfigSource) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let fetcher = Fetcher::new(metrics.clone());
+    fetcher
+        .prepare(&config, false)
+        .await
+        .map_err(StartError::Remote)?;
     let policy = Policy::compile(config, &metrics)?;
     let listen = policy.config.listen.clone();
     let admin_listen = policy.config.admin_listen;
     let gateway = Arc::new(Gateway::new(policy, metrics));
     let listeners = Listeners::bind(&listen, gateway.clone()).await?;
+    let reloader = Reloader::new(gateway.clone(), source, fetcher);
     let admin = match admin_listen {
         Some(addr) => {
-            Some(Admin::start(addr, gateway.clone(), &listeners.udp, &listeners.tcp).await?)
+            Some(Admin::start(addr, reloader.clone(), &listeners.udp, &listeners.tcp).await?)
         }
         None => None,
     };
+    let stop = CancellationToken::new();
+    reloader.start(&stop);
     Ok(Running {
         gateway,
         listeners,
         admin,
+        reloader,
+        stop,
     })
 }
 
@@ -93,6 +114,11 @@ impl Running {
         &self.gateway
     }
 
+    /// Reloads on request (SIGHUP, API) and on its own (file changes, list downloads).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
     /// The admin HTTP address as bound, if `[admin] listen` is set.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.addr)
@@ -104,6 +130,7 @@ impl Running {
         if let Some(admin) = &self.admin {
             admin.set_not_ready();
         }
+        self.stop.cancel();
         self.listeners.shutdown().await;
         if let Some(admin) = self.admin {
             admin.shutdown().await;

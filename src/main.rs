@@ -9,10 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portvakt::config::ConfigError;
-use portvakt::handler::Gateway;
 use portvakt::policy::compile::CompileError;
 use portvakt::policy::{Explanation, Located, Policy, Verdict};
-use portvakt::reload::{ConfigSource, reload};
+use portvakt::reload::{ConfigSource, Reloader, Trigger};
 use portvakt::{StartError, start};
 use tracing::{error, info};
 
@@ -143,7 +142,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let origin = config.origin.clone();
-    let running = match start(config).await {
+    let running = match start(config, source).await {
         Ok(running) => running,
         Err(err) => {
             report(&err);
@@ -182,7 +181,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(admin) = running.admin_addr() {
         info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain");
     }
-    wait_for_shutdown_signal(running.gateway(), &source).await;
+    wait_for_shutdown_signal(running.reloader()).await;
     info!("shutting down");
     running.shutdown().await;
     ExitCode::SUCCESS
@@ -191,7 +190,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 /// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy (a failed reload keeps the
 /// running one and is logged and counted by `reload`).
 #[cfg(unix)]
-async fn wait_for_shutdown_signal(gateway: &Gateway, source: &ConfigSource) {
+async fn wait_for_shutdown_signal(reloader: &Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
@@ -201,14 +200,14 @@ async fn wait_for_shutdown_signal(gateway: &Gateway, source: &ConfigSource) {
             _ = term.recv() => return,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                let _ = reload(gateway, source).await;
+                reloader.request(Trigger::Signal);
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_shutdown_signal(_gateway: &Gateway, _source: &ConfigSource) {
+async fn wait_for_shutdown_signal(_reloader: &Reloader) {
     let _ = tokio::signal::ctrl_c().await;
 }
 

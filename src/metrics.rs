@@ -17,6 +17,9 @@ const DNS_BUCKETS: [f64; 16] = [
     0.25, 0.5, 1.0, 2.0,
 ];
 
+/// The `result` label values of `portvakt_list_updates_total`.
+pub const LIST_UPDATE_RESULTS: [&str; 4] = ["updated", "not_modified", "rejected", "failed"];
+
 /// The `segment` label of clients in no segment.
 pub const NO_SEGMENT: &str = "none";
 
@@ -76,6 +79,7 @@ pub struct Metrics {
     upstream_queries: IntCounterVec,
     upstream_duration: HistogramVec,
     list_entries: IntGaugeVec,
+    list_updates: IntCounterVec,
     /// Handles that do not depend on the policy.
     pub query: QueryMetrics,
     pub cache_entries: IntGauge,
@@ -192,6 +196,11 @@ impl Metrics {
             "Entries in each list of the running policy.",
             &["list"],
         );
+        let list_updates = counter(
+            "portvakt_list_updates_total",
+            "Downloads of lists with urls: updated, not_modified, rejected (shrink guard), failed.",
+            &["list", "result"],
+        );
         let reloads = counter(
             "portvakt_reloads_total",
             "Policy reloads, by result.",
@@ -254,6 +263,7 @@ impl Metrics {
             upstream_queries,
             upstream_duration,
             list_entries,
+            list_updates,
             query,
             cache_entries,
             reloads_success: reloads.with_label_values(&["success"]),
@@ -292,6 +302,18 @@ impl Metrics {
                     .with_label_values(&[group, r.as_str()])
             }),
             duration: self.upstream_duration.with_label_values(&[group]),
+        }
+    }
+
+    /// Counts one download of a list source; `result` is one of [`LIST_UPDATE_RESULTS`].
+    pub fn list_update(&self, list: &str, result: &str) {
+        self.list_updates.with_label_values(&[list, result]).inc();
+    }
+
+    /// Makes every result series of `list` exist at 0.
+    pub fn list_update_series(&self, list: &str) {
+        for result in LIST_UPDATE_RESULTS {
+            self.list_updates.with_label_values(&[list, result]);
         }
     }
 

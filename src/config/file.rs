@@ -43,6 +43,11 @@ pub struct ServerSection {
     /// `"refuse"`, or the name of the segment for clients in no segment.
     #[serde(default = "default_unknown_clients")]
     pub unknown_clients: Spanned<String>,
+    /// Reload when the config file or a list file changes.
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+    /// Where downloaded lists are kept (the last good copy of each URL).
+    pub state_dir: Option<Spanned<PathBuf>>,
 }
 
 impl Default for ServerSection {
@@ -50,8 +55,14 @@ impl Default for ServerSection {
         ServerSection {
             listen: default_listen(),
             unknown_clients: default_unknown_clients(),
+            watch: default_watch(),
+            state_dir: None,
         }
     }
+}
+
+fn default_watch() -> bool {
+    true
 }
 
 fn default_listen() -> Spanned<Vec<Spanned<ListenAddr>>> {
@@ -69,7 +80,7 @@ fn default_unknown_clients() -> Spanned<String> {
 pub struct AdminSection {
     pub listen: Option<ListenAddr>,
     /// File holding the bearer token that mutating endpoints require.
-    pub token_file: Option<PathBuf>,
+    pub token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[block]`: how blocked names are answered.
@@ -145,7 +156,15 @@ impl BlockResponse {
 #[serde(deny_unknown_fields)]
 pub struct ListSection {
     /// List files; relative paths are taken from the working directory.
-    pub files: Spanned<Vec<Spanned<PathBuf>>>,
+    #[serde(default)]
+    pub files: Vec<Spanned<PathBuf>>,
+    /// Lists downloaded over HTTP(S); the last good copy lives in `server.state_dir`.
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    /// How often `urls` are fetched again, e.g. `"24h"`.
+    pub refresh: Option<Spanned<String>>,
+    /// An update that loses more than this share of a source's entries is rejected.
+    pub max_shrink: Option<Spanned<f64>>,
     /// EDE extra-text for names this list blocks.
     pub message: Option<String>,
 }

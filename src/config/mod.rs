@@ -36,6 +36,11 @@ pub struct Config {
     pub unknown_clients: Option<usize>,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
+    /// The bearer token read from `token_file`.
+    pub admin_token: Option<AdminToken>,
+    /// Reload on changes to the config and list files.
+    pub watch: bool,
+    pub state_dir: Option<PathBuf>,
     pub block: BlockSettings,
     /// In name order; a list's index here is its id.
     pub lists: Vec<ListConfig>,
@@ -59,8 +64,52 @@ pub struct BlockSettings {
 pub struct ListConfig {
     pub name: String,
     pub files: Vec<PathBuf>,
+    /// Downloaded sources, read from their copy in the state directory.
+    pub remote: Vec<RemoteSource>,
+    pub refresh: Duration,
+    /// Share of a source's entries an update may lose (0.5: half).
+    pub max_shrink: f64,
     pub message: Option<String>,
 }
+
+impl ListConfig {
+    /// Every file the list is read from: its own files, then the copies of its URLs.
+    pub fn sources(&self) -> impl Iterator<Item = &Path> {
+        let copies = self.remote.iter().map(|r| r.copy.as_path());
+        self.files.iter().map(PathBuf::as_path).chain(copies)
+    }
+}
+
+/// A list source fetched over HTTP(S).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSource {
+    pub url: String,
+    /// The last good download, in `state_dir/lists/`.
+    pub copy: PathBuf,
+}
+
+/// The admin API token; compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether `offered` is the token, in time independent of where they differ.
+    pub fn matches(&self, offered: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(offered.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// Default `refresh` of lists with `urls`.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Default `max_shrink`.
+pub const DEFAULT_MAX_SHRINK: f64 = 0.5;
 
 /// One `[[segment]]`, with lists as indexes into `Config::lists`.
 #[derive(Debug, Clone)]
@@ -129,7 +178,8 @@ impl Checks<'_> {
     }
 
     fn config(&mut self, file: ConfigFile, origin: &str) -> Config {
-        let lists = self.lists(&file.lists);
+        let state_dir = file.server.state_dir.as_ref();
+        let lists = self.lists(&file.lists, state_dir);
         let list_ids: BTreeMap<&str, usize> = lists
             .iter()
             .enumerate()
@@ -186,7 +236,10 @@ impl Checks<'_> {
             listen: listen.get_ref().iter().map(|a| a.get_ref().0).collect(),
             unknown_clients,
             admin_listen: file.admin.listen.map(|a| a.0),
-            admin_token_file: file.admin.token_file,
+            admin_token: file.admin.token_file.as_ref().and_then(|f| self.token(f)),
+            admin_token_file: file.admin.token_file.map(Spanned::into_inner),
+            watch: file.server.watch,
+            state_dir: file.server.state_dir.map(Spanned::into_inner),
             block: BlockSettings {
                 response: *block.response.get_ref(),
                 ttl: block.ttl,
@@ -200,7 +253,11 @@ impl Checks<'_> {
         }
     }
 
-    fn lists(&mut self, lists: &BTreeMap<Spanned<String>, file::ListSection>) -> Vec<ListConfig> {
+    fn lists(
+        &mut self,
+        lists: &BTreeMap<Spanned<String>, file::ListSection>,
+        state_dir: Option<&Spanned<PathBuf>>,
+    ) -> Vec<ListConfig> {
         if lists.len() > MAX_LISTS {
             let last = lists.keys().last().expect("more than 64 lists");
             self.report(
@@ -213,33 +270,102 @@ impl Checks<'_> {
         }
         let mut out = Vec::with_capacity(lists.len());
         for (name, list) in lists {
-            if list.files.get_ref().is_empty() {
+            let list_name = name.get_ref();
+            if list.files.is_empty() && list.urls.is_empty() {
                 self.report(
-                    &list.files,
-                    format!("list \"{}\" has no files", name.get_ref()),
+                    name,
+                    format!("list \"{list_name}\" has no files and no urls"),
                 );
             }
-            for path in list.files.get_ref() {
+            for path in &list.files {
                 if let Err(err) = std::fs::metadata(path.get_ref()) {
                     let shown = path.get_ref().display();
                     self.report(
                         path,
-                        format!("list \"{}\": cannot read {shown}: {err}", name.get_ref()),
+                        format!("list \"{list_name}\": cannot read {shown}: {err}"),
                     );
                 }
             }
+            let mut remote = Vec::with_capacity(list.urls.len());
+            for url in &list.urls {
+                let text = url.get_ref();
+                match reqwest::Url::parse(text) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                    _ => self.report(
+                        url,
+                        format!("list \"{list_name}\": `{text}` is not an http:// or https:// URL"),
+                    ),
+                }
+                match state_dir {
+                    Some(dir) => remote.push(RemoteSource {
+                        url: text.clone(),
+                        copy: crate::remote::copy_path(dir.get_ref(), list_name, text),
+                    }),
+                    None => self.report(
+                        url,
+                        format!(
+                            "list \"{list_name}\" has urls, which need [server] state_dir for their last good copies"
+                        ),
+                    ),
+                }
+            }
+            let refresh = match &list.refresh {
+                None => DEFAULT_REFRESH,
+                Some(text) => match humantime::parse_duration(text.get_ref()) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => {
+                        self.report(text, "refresh must be at least 1s");
+                        DEFAULT_REFRESH
+                    }
+                    Err(err) => {
+                        self.report(
+                            text,
+                            format!(
+                                "`{}` is not a duration, e.g. \"24h\": {err}",
+                                text.get_ref()
+                            ),
+                        );
+                        DEFAULT_REFRESH
+                    }
+                },
+            };
+            let max_shrink = match &list.max_shrink {
+                None => DEFAULT_MAX_SHRINK,
+                Some(share) if (0.0..=1.0).contains(share.get_ref()) => *share.get_ref(),
+                Some(share) => {
+                    self.report(share, "max_shrink is a share between 0.0 and 1.0, e.g. 0.5");
+                    DEFAULT_MAX_SHRINK
+                }
+            };
             out.push(ListConfig {
-                name: name.get_ref().clone(),
-                files: list
-                    .files
-                    .get_ref()
-                    .iter()
-                    .map(|p| p.get_ref().clone())
-                    .collect(),
+                name: list_name.clone(),
+                files: list.files.iter().map(|p| p.get_ref().clone()).collect(),
+                remote,
+                refresh,
+                max_shrink,
                 message: list.message.clone(),
             });
         }
         out
+    }
+
+    /// Reads the admin token: the file's first line, which must not be empty.
+    fn token(&mut self, file: &Spanned<PathBuf>) -> Option<AdminToken> {
+        let shown = file.get_ref().display();
+        match std::fs::read_to_string(file.get_ref()) {
+            Ok(text) => {
+                let token = text.lines().next().unwrap_or("").trim();
+                if token.is_empty() {
+                    self.report(file, format!("admin token file {shown} is empty"));
+                    return None;
+                }
+                Some(AdminToken(token.to_owned()))
+            }
+            Err(err) => {
+                self.report(file, format!("cannot read admin token file {shown}: {err}"));
+                None
+            }
+        }
     }
 
     fn segments(
@@ -394,7 +520,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected `listen` or `unknown_clients`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

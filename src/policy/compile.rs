@@ -20,6 +20,10 @@ pub enum CompileError {
     List(#[from] ListError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(
+        "list \"{list}\": no downloaded copy of {url} yet (`portvakt serve` downloads it at start)"
+    )]
+    NoCopy { list: String, url: String },
 }
 
 impl Policy {
@@ -30,13 +34,19 @@ impl Policy {
         let mut lists = Vec::with_capacity(config.lists.len());
         for (id, list) in config.lists.iter().enumerate() {
             let id = ListId(id as u8);
+            if let Some(missing) = list.remote.iter().find(|r| !r.copy.exists()) {
+                return Err(CompileError::NoCopy {
+                    list: list.name.clone(),
+                    url: missing.url.clone(),
+                });
+            }
             let mut loaded = List {
                 name: list.name.clone(),
-                files: list.files.clone(),
+                files: list.sources().map(ToOwned::to_owned).collect(),
                 entries: 0,
                 rejected: Vec::new(),
             };
-            for path in &list.files {
+            for path in list.sources() {
                 let rejected = lists::read_with(path, |name, kind, _line| {
                     index.insert(name, id, kind);
                     loaded.entries += 1;

@@ -227,7 +227,8 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
 /// The gateway under test.
 pub struct TestGateway {
     running: portvakt::Running,
-    text: String,
+    /// Holds `config_path`.
+    dir: tempfile::TempDir,
 }
 
 impl TestGateway {
@@ -254,15 +255,34 @@ impl TestGateway {
                 zones.join(", ")
             ));
         }
-        let config =
-            Config::parse("test.toml", &text).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
-        let running = portvakt::start(config).await.expect("gateway starts");
-        TestGateway { running, text }
+        Self::start_text(text).await
     }
 
-    /// The whole config the gateway was started with.
-    pub fn config_text(&self) -> String {
-        self.text.clone()
+    /// Starts the gateway on a whole config, written to `config_path()` so that reloads
+    /// read it again.
+    pub async fn start_text(text: String) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portvakt.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
+        let source = portvakt::reload::ConfigSource::File(path);
+        let running = portvakt::start(config, source)
+            .await
+            .expect("gateway starts");
+        TestGateway { running, dir }
+    }
+
+    /// The config file the gateway reads at every reload.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("portvakt.toml")
+    }
+
+    pub fn reloader(&self) -> &portvakt::reload::Reloader {
+        self.running.reloader()
+    }
+
+    pub fn running_reloader(&self) -> Arc<portvakt::reload::Reloader> {
+        self.running.reloader().clone()
     }
 
     pub fn gateway(&self) -> &portvakt::handler::Gateway {
@@ -295,9 +315,20 @@ impl TestGateway {
 
     /// GET `path` from the admin listener: (status code, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_request("GET", path, &[]).await
+    }
+
+    /// Any request to the admin listener, with extra header lines: (status code, body).
+    pub async fn admin_request(&self, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
         let addr = self.running.admin_addr().expect("admin listener");
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let mut request =
+            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n");
+        for line in headers {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         tokio::time::timeout(ANSWER_DEADLINE, stream.read_to_string(&mut response))

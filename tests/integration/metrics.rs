@@ -183,7 +183,10 @@ async fn health_status_and_explain_answer_as_json() {
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["policy"]["generation"], 1);
-    assert_eq!(status["config"], "test.toml");
+    assert_eq!(
+        status["config"],
+        gateway.config_path().display().to_string()
+    );
     assert_eq!(status["segments"][0]["name"], "staff");
     assert_eq!(
         status["segments"][0]["block"],

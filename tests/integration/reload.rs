@@ -1,65 +1,329 @@
-//! The reload path: a good edit is in force for the next query, a broken one is rejected
-//! while the running policy keeps blocking, and both are counted.
+//! The reload path: edits to watched files apply within a second or two without losing a
+//! query, broken edits are rejected while the running policy keeps blocking (visible in
+//! metrics and status), the API needs its token, requests coalesce, and at most two
+//! policies are alive at once.
 
-use hickory_proto::op::ResponseCode;
-use portvakt::config::Config;
-use portvakt::reload::{ConfigSource, reload};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::harness::{Answered, FakeUpstream, TestGateway};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use portvakt::reload::Trigger;
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
 
-#[tokio::test]
-async fn good_edits_apply_and_broken_ones_keep_the_running_policy() {
-    let upstream = FakeUpstream::new()
+use crate::harness::{Answered, FakeUpstream, RunningUpstream, TestGateway, encode, question};
+
+/// How soon an edit must be in force.
+const EDIT_DEADLINE: Duration = Duration::from_secs(2);
+
+fn staff_config(list: &Path, extra: &str) -> String {
+    format!(
+        "{extra}\n[lists.blocked]\nfiles = [{:?}]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"blocked\"]\n",
+        list.display().to_string()
+    )
+}
+
+async fn upstream() -> RunningUpstream {
+    FakeUpstream::new()
         .with_a("www.example.org.", "192.0.2.1")
+        .with_a("stable.example.net.", "192.0.2.2")
         .start()
-        .await;
+        .await
+}
+
+/// Waits until `check` holds, polling; fails the test after `deadline`.
+pub async fn eventually<F: AsyncFnMut() -> bool>(deadline: Duration, what: &str, mut check: F) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_list_edits_under_steady_load_lose_no_query() {
+    let upstream = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("blocked.txt");
     std::fs::write(&list, "tiktok.com\n").unwrap();
-    let config_text = format!(
-        "[lists.blocked]\nfiles = [{:?}]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"blocked\"]\n",
-        list.display().to_string()
+    let gateway = TestGateway::start(&upstream, &staff_config(&list, "")).await;
+    let server = gateway.addr();
+
+    // The stream: one staff client asking three names in turn, each answer awaited (1 s).
+    #[derive(Default)]
+    struct Seen {
+        sent: usize,
+        lost: usize,
+        servfail: usize,
+        /// (sent at, blocked?) of the last answer for the name the edits toggle.
+        toggled: Option<(Instant, bool)>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+            let names = ["www.example.org.", "tiktok.com.", "stable.example.net."];
+            let mut buf = vec![0u8; 4096];
+            for i in 0..200_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let name = names[i % names.len()];
+                let mut query = question(name, RecordType::A, true);
+                query.metadata.id = i as u16;
+                let sent_at = Instant::now();
+                socket.send_to(&encode(&query), server).await.unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(1), async {
+                    loop {
+                        let (len, _) = socket.recv_from(&mut buf).await.unwrap();
+                        let reply = Message::from_vec(&buf[..len]).unwrap();
+                        if reply.metadata.id == i as u16 {
+                            return reply;
+                        }
+                    }
+                })
+                .await;
+                let mut seen = seen.lock().await;
+                seen.sent += 1;
+                match answer {
+                    Err(_) => seen.lost += 1,
+                    Ok(reply) => {
+                        let rcode = reply.metadata.response_code;
+                        if rcode == ResponseCode::ServFail {
+                            seen.servfail += 1;
+                        }
+                        if i % names.len() == 0 {
+                            seen.toggled = Some((sent_at, rcode == ResponseCode::NXDomain));
+                        }
+                    }
+                }
+                drop(seen);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    let mut slowest = Duration::ZERO;
+    for edit in 0..20 {
+        let block = edit % 2 == 0;
+        let text = if block {
+            "tiktok.com\nexample.org\n"
+        } else {
+            "tiktok.com\n"
+        };
+        // Half the edits replace the file by rename (editors, git), half rewrite it in place.
+        if edit % 4 < 2 {
+            let tmp = dir.path().join(".blocked.txt.new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &list).unwrap();
+        } else {
+            std::fs::write(&list, text).unwrap();
+        }
+        let edited = Instant::now();
+        eventually(
+            EDIT_DEADLINE,
+            &format!("edit {edit} (block={block})"),
+            async || {
+                matches!(seen.lock().await.toggled, Some((at, b)) if at > edited && b == block)
+            },
+        )
+        .await;
+        slowest = slowest.max(edited.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+
+    let seen = seen.lock().await;
+    assert!(seen.sent > 100, "the stream ran: {} queries", seen.sent);
+    assert_eq!(seen.lost, 0, "queries lost out of {}", seen.sent);
+    assert_eq!(seen.servfail, 0, "SERVFAIL answers out of {}", seen.sent);
+    let scrape = gateway.scrape().await;
+    assert!(
+        scrape[r#"portvakt_reloads_total{result="success"}"#] >= 20.0,
+        "every edit reloaded"
     );
-    let gateway = TestGateway::start(&upstream, &config_text).await;
+    assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 0.0);
+    eprintln!(
+        "20 edits, {} queries, slowest edit in force after {slowest:?}",
+        seen.sent
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_edits_keep_the_running_policy_and_show_everywhere() {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let gateway = TestGateway::start(&upstream, &staff_config(&list, "server.watch = false")).await;
     let staff = gateway.client_from("127.0.0.2");
     assert_eq!(
         staff.udp_a("www.example.org.").await.addresses(),
         ["192.0.2.1"]
     );
 
-    // The reload reads the file the harness would have written: the same text, as a file.
-    let config_path = dir.path().join("portvakt.toml");
-    let full = gateway.config_text();
-    std::fs::write(&config_path, &full).unwrap();
-    Config::load(&config_path).expect("the harness config is valid as a file");
-    let source = ConfigSource::File(config_path.clone());
-
+    // A good edit, applied by the API.
     std::fs::write(&list, "tiktok.com\nexample.org\n").unwrap();
-    assert_eq!(reload(gateway.gateway(), &source).await.unwrap(), 2);
-    let blocked = staff.udp_a("www.example.org.").await;
+    let (code, body) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""generation":2"#), "{body}");
     assert_eq!(
-        blocked.metadata.response_code,
+        staff.udp_a("www.example.org.").await.metadata.response_code,
         ResponseCode::NXDomain,
         "the edit is in force"
     );
 
+    // A broken config edit: rejected with file:line, the old policy keeps blocking.
+    let config = gateway.config_path();
+    let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
-        &config_path,
-        full.replace("[[segment]]", "[[segment]]\nnetwork = \"typo\""),
+        &config,
+        good.replace("[[segment]]", "[[segment]]\nnetwork = \"typo\""),
     )
     .unwrap();
-    let err = reload(gateway.gateway(), &source).await.unwrap_err();
-    assert!(err.to_string().contains("portvakt.toml:"), "{err}");
+    let (code, body) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("portvakt.toml:"), "names file:line: {body}");
     assert_eq!(
         staff.udp_a("www.example.org.").await.metadata.response_code,
         ResponseCode::NXDomain,
         "old policy keeps blocking"
     );
+    let (_, status) = gateway.admin_get("/api/v1/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let error = status["reload"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("unknown field `network`"), "{status}");
+    assert_eq!(status["policy"]["generation"], 2);
 
+    // A missing list file is rejected the same way, also through the in-process trigger.
+    std::fs::write(&config, &good).unwrap();
+    std::fs::remove_file(&list).unwrap();
+    let err = gateway
+        .reloader()
+        .reload(Trigger::Signal)
+        .await
+        .unwrap_err();
+    assert!(err.contains("blocked.txt"), "{err}");
+    assert_eq!(
+        staff.udp_a("www.example.org.").await.metadata.response_code,
+        ResponseCode::NXDomain,
+        "old policy keeps blocking"
+    );
     let scrape = gateway.scrape().await;
     assert_eq!(scrape[r#"portvakt_reloads_total{result="success"}"#], 1.0);
-    assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 1.0);
+    assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 2.0);
+
+    // Fixed: the error clears.
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    assert_eq!(gateway.reloader().reload(Trigger::Signal).await, Ok(3));
     let (_, status) = gateway.admin_get("/api/v1/status").await;
-    assert!(status.contains(r#""generation":2"#), "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["reload"]["last_error"].is_null(), "{status}");
+    assert_eq!(
+        staff.udp_a("www.example.org.").await.addresses(),
+        ["192.0.2.1"]
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_reload_needs_the_token_when_one_is_set() {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let extra = format!(
+        "admin.token_file = {:?}\nserver.watch = false",
+        token.display().to_string()
+    );
+    let gateway = TestGateway::start(&upstream, &staff_config(&list, &extra)).await;
+
+    for headers in [
+        &[][..],
+        &["Authorization: Bearer wrong-token"][..],
+        &["Authorization: Basic czNjcmV0LXRva2Vu"][..],
+        &["Authorization: Bearer s3cret-toke"][..],
+    ] {
+        let (code, body) = gateway
+            .admin_request("POST", "/api/v1/reload", headers)
+            .await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+    }
+    let (code, body) = gateway
+        .admin_request(
+            "POST",
+            "/api/v1/reload",
+            &["Authorization: Bearer s3cret-token"],
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // Read-only endpoints stay open.
+    assert_eq!(gateway.admin_get("/api/v1/status").await.0, 200);
+    let scrape = gateway.scrape().await;
+    assert_eq!(scrape[r#"portvakt_reloads_total{result="success"}"#], 1.0);
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_coalesce_and_at_most_two_policies_live() {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let gateway = TestGateway::start(&upstream, &staff_config(&list, "server.watch = false")).await;
+    let reloader = gateway.running_reloader();
+
+    // A query still holding the running policy: the next reload may swap it out, but the
+    // one after must wait until it is gone, or three policies would be alive.
+    let held = gateway.gateway().policy();
+    let generation = reloader.reload(Trigger::Api).await.unwrap();
+    assert_eq!(generation, held.generation + 1);
+    let before = reloader.status();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let spawn_request = || {
+        let (reloader, finished) = (reloader.clone(), finished.clone());
+        tokio::spawn(async move {
+            let result = reloader.reload(Trigger::Api).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+            result
+        })
+    };
+    let mut requests = vec![spawn_request()];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "a third policy was built while two were alive"
+    );
+    // Nine more arrive while that build waits: they share the next one.
+    requests.extend((0..9).map(|_| spawn_request()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+    drop(held);
+    for request in requests {
+        let result = tokio::time::timeout(Duration::from_secs(2), request)
+            .await
+            .expect("the builds go ahead once the old policy is gone")
+            .unwrap();
+        assert!(result.unwrap() > generation);
+    }
+    let after = reloader.status();
+    assert_eq!(after.requests - before.requests, 10);
+    assert!(
+        after.builds - before.builds <= 2,
+        "ten requests, {} builds",
+        after.builds - before.builds
+    );
     gateway.shutdown().await;
 }

@@ -1,0 +1,253 @@
+//! Lists downloaded over HTTP(S) (`urls` of a list). Each URL's last good download is kept in
+//! `state_dir/lists/` with its validators (ETag, Last-Modified), so a refresh is a conditional
+//! GET and a start with the source down still has the list. The policy reads those copies
+//! like any list file; this module only decides whether a download may replace one.
+//!
+//! The shrink guard: a download that loses more than `max_shrink` of the copy's entries is
+//! rejected, since a truncated download must not unblock most of a list.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{Config, ListConfig, RemoteSource};
+use crate::lists;
+use crate::metrics::Metrics;
+
+/// One request's limit, so a stalled source cannot hold a refresh or the start forever.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// A list larger than this is refused (a 1M-name list is about 30 MB).
+const MAX_BODY: usize = 256 << 20;
+
+/// Where the copy of `url` in list `list` lives: stable across restarts, one file per URL.
+pub fn copy_path(state_dir: &Path, list: &str, url: &str) -> PathBuf {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let safe: String = list
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir
+        .join("lists")
+        .join(format!("{safe}-{hash:016x}.txt"))
+}
+
+/// What is known about a copy, kept beside it as `<copy>.meta.json`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Meta {
+    url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    entries: usize,
+}
+
+fn meta_path(copy: &Path) -> PathBuf {
+    let mut path = copy.as_os_str().to_owned();
+    path.push(".meta.json");
+    PathBuf::from(path)
+}
+
+fn read_meta(copy: &Path) -> Option<Meta> {
+    let text = std::fs::read_to_string(meta_path(copy)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// What one download did to one source's copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A new copy with this many entries.
+    Updated {
+        entries: usize,
+    },
+    NotModified,
+    /// The shrink guard kept the old copy.
+    Rejected {
+        old: usize,
+        new: usize,
+    },
+    Failed(String),
+}
+
+impl Update {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Update::Updated { .. } => "updated",
+            Update::NotModified => "not_modified",
+            Update::Rejected { .. } => "rejected",
+            Update::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Downloads list sources and keeps their copies.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Fetcher {
+    pub fn new(metrics: Arc<Metrics>) -> Fetcher {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .expect("an HTTP client with the built-in TLS settings");
+        Fetcher { client, metrics }
+    }
+
+    /// Fetches every source of every list; `only_missing` skips sources that have a copy.
+    /// Fails if a source is left without any copy: the list would silently be empty.
+    pub async fn prepare(&self, config: &Config, only_missing: bool) -> Result<bool, String> {
+        let mut changed = false;
+        for list in &config.lists {
+            self.metrics.list_update_series(&list.name);
+            for source in &list.remote {
+                if only_missing && source.copy.exists() {
+                    continue;
+                }
+                let update = self.update(list, source).await;
+                changed |= matches!(update, Update::Updated { .. });
+                if !source.copy.exists() {
+                    let why = match update {
+                        Update::Failed(why) => why,
+                        other => format!("{other:?}"),
+                    };
+                    return Err(format!(
+                        "list \"{}\": no copy of {} yet and the download failed: {why}",
+                        list.name, source.url
+                    ));
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// One conditional GET of `source`; replaces its copy if the download passes the guard.
+    pub async fn update(&self, list: &ListConfig, source: &RemoteSource) -> Update {
+        let update = self.try_update(list, source).await;
+        self.metrics.list_update(&list.name, update.label());
+        match &update {
+            Update::Updated { entries } => {
+                info!(list = %list.name, url = %source.url, entries, "list downloaded")
+            }
+            Update::NotModified => {}
+            Update::Rejected { old, new } => warn!(
+                list = %list.name, url = %source.url, old, new,
+                "list download rejected: it loses more than max_shrink of the entries; keeping the last good copy"
+            ),
+            Update::Failed(why) => {
+                warn!(list = %list.name, url = %source.url, error = %why, "list download failed; keeping the last good copy")
+            }
+        }
+        update
+    }
+
+    async fn try_update(&self, list: &ListConfig, source: &RemoteSource) -> Update {
+        let old = if source.copy.exists() {
+            read_meta(&source.copy)
+        } else {
+            None
+        };
+        let mut request = self.client.get(&source.url);
+        if let Some(meta) = &old {
+            if let Some(etag) = &meta.etag {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            if let Some(date) = &meta.last_modified {
+                request = request.header(IF_MODIFIED_SINCE, date);
+            }
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Update::Failed(error_chain(&err)),
+        };
+        if response.status() == StatusCode::NOT_MODIFIED && old.is_some() {
+            return Update::NotModified;
+        }
+        if !response.status().is_success() {
+            return Update::Failed(format!("HTTP {}", response.status()));
+        }
+        if response.content_length().unwrap_or(0) > MAX_BODY as u64 {
+            return Update::Failed(format!("larger than {MAX_BODY} bytes"));
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
+        let body = match response.bytes().await {
+            Ok(body) if body.len() <= MAX_BODY => body,
+            Ok(_) => return Update::Failed(format!("larger than {MAX_BODY} bytes")),
+            Err(err) => return Update::Failed(error_chain(&err)),
+        };
+        let copy = source.copy.clone();
+        let max_shrink = list.max_shrink;
+        let meta = Meta {
+            url: source.url.clone(),
+            etag,
+            last_modified,
+            entries: 0,
+        };
+        let old_entries = old.map(|m| m.entries);
+        tokio::task::spawn_blocking(move || store(&copy, &body, meta, old_entries, max_shrink))
+            .await
+            .unwrap_or_else(|err| Update::Failed(err.to_string()))
+    }
+}
+
+/// Counts the download's entries, applies the shrink guard, and replaces the copy atomically.
+fn store(copy: &Path, body: &[u8], mut meta: Meta, old: Option<usize>, max_shrink: f64) -> Update {
+    let text = String::from_utf8_lossy(body);
+    let mut entries = 0usize;
+    lists::parse_with(copy, &text, |_, _, _| entries += 1);
+    if let Some(old) = old {
+        let kept = entries as f64 / old.max(1) as f64;
+        if old > 0 && kept < 1.0 - max_shrink {
+            return Update::Rejected { old, new: entries };
+        }
+    }
+    meta.entries = entries;
+    let write = || -> std::io::Result<()> {
+        let dir = copy.parent().expect("copies live in state_dir/lists");
+        std::fs::create_dir_all(dir)?;
+        let tmp = copy.with_extension("tmp");
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, copy)?;
+        let meta_tmp = copy.with_extension("meta.tmp");
+        std::fs::write(&meta_tmp, serde_json::to_vec(&meta)?)?;
+        std::fs::rename(&meta_tmp, meta_path(copy))
+    };
+    match write() {
+        Ok(()) => Update::Updated { entries },
+        Err(err) => Update::Failed(format!("cannot write {}: {err}", copy.display())),
+    }
+}
+
+/// An error with its causes, e.g. "error sending request: connection refused".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

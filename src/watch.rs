@@ -1,0 +1,73 @@
+//! Reload when the config file or a list file changes. The watch is on each file's directory,
+//! so edits that write a new file and rename it over the old one (editors, `git checkout`,
+//! config management) are seen as well as edits in place. Events are debounced: a burst of
+//! writes is one reload.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::{self, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tracing::{debug, warn};
+
+use crate::reload::{Reloader, Trigger};
+
+/// Quiet time after the last event before the reload starts.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Watches a set of files; a change to any of them requests a reload.
+pub struct Watcher {
+    debouncer: Debouncer<RecommendedWatcher>,
+    files: Arc<Mutex<HashSet<PathBuf>>>,
+    dirs: HashSet<PathBuf>,
+}
+
+impl Watcher {
+    pub fn new(reloader: Weak<Reloader>) -> notify::Result<Watcher> {
+        let files: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let watched = files.clone();
+        let handler = move |result: DebounceEventResult| match result {
+            Ok(events) => {
+                let files = watched.lock().expect("watch set lock");
+                if let Some(event) = events.iter().find(|e| files.contains(&e.path)) {
+                    debug!(path = %event.path.display(), "watched file changed");
+                    if let Some(reloader) = reloader.upgrade() {
+                        reloader.request(Trigger::FileChange);
+                    }
+                }
+            }
+            Err(err) => warn!(%err, "file watch error"),
+        };
+        Ok(Watcher {
+            debouncer: new_debouncer(DEBOUNCE, handler)?,
+            files,
+            dirs: HashSet::new(),
+        })
+    }
+
+    /// Watches exactly `files` from now on (the set changes when the config does).
+    pub fn set_files(&mut self, files: Vec<PathBuf>) {
+        let files: HashSet<PathBuf> = files.iter().filter_map(|f| absolute(f)).collect();
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_owned))
+            .collect();
+        let watcher = self.debouncer.watcher();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = watcher.unwatch(gone);
+        }
+        for new in dirs.difference(&self.dirs) {
+            if let Err(err) = watcher.watch(new, RecursiveMode::NonRecursive) {
+                warn!(dir = %new.display(), %err, "cannot watch directory");
+            }
+        }
+        self.dirs = dirs;
+        *self.files.lock().expect("watch set lock") = files;
+    }
+}
+
+fn absolute(path: &Path) -> Option<PathBuf> {
+    std::path::absolute(path).ok()
+}

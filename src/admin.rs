@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AdminToken;
 use crate::handler::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
@@ -197,36 +198,58 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
 /// Why a mutating request may not go ahead, if it may not.
 fn refuse_mutation(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let policy = state.gateway.policy();
-    let Some(token) = &policy.config.admin_token else {
-        if state.admin.ip().is_loopback() {
-            return None;
-        }
-        let message =
-            "mutating endpoints need [admin] token_file when the admin listener is not on loopback";
-        return Some(
-            (
-                StatusCode::FORBIDDEN,
-                axum::Json(json!({ "error": message })),
-            )
-                .into_response(),
-        );
-    };
-    let offered = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match offered {
+        .and_then(|v| v.to_str().ok());
+    let refusal = mutation_refused(
+        policy.config.admin_token.as_ref(),
+        state.admin.ip(),
+        authorization,
+    )?;
+    let body = axum::Json(json!({ "error": refusal.message() }));
+    Some(match refusal {
+        Refusal::NoTokenOffLoopback => (StatusCode::FORBIDDEN, body).into_response(),
+        Refusal::BadToken => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"portvakt\"")],
+            body,
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// 403: no token file, and the listener is reachable from other hosts.
+    NoTokenOffLoopback,
+    /// 401: a token is set and the request does not carry it.
+    BadToken,
+}
+
+impl Refusal {
+    fn message(&self) -> &'static str {
+        match self {
+            Refusal::NoTokenOffLoopback => {
+                "mutating endpoints need [admin] token_file when the admin listener is not on loopback"
+            }
+            Refusal::BadToken => "a valid `Authorization: Bearer <token>` header is required",
+        }
+    }
+}
+
+/// The rule for mutating endpoints: with a token, the request must carry it; without one,
+/// only a loopback listener serves them.
+fn mutation_refused(
+    token: Option<&AdminToken>,
+    listener: IpAddr,
+    authorization: Option<&str>,
+) -> Option<Refusal> {
+    let Some(token) = token else {
+        return (!listener.is_loopback()).then_some(Refusal::NoTokenOffLoopback);
+    };
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
         Some(offered) if token.matches(offered.trim()) => None,
-        _ => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer realm=\"portvakt\"")],
-                axum::Json(
-                    json!({ "error": "a valid `Authorization: Bearer <token>` is required" }),
-                ),
-            )
-                .into_response(),
-        ),
+        _ => Some(Refusal::BadToken),
     }
 }
 
@@ -301,4 +324,33 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         "answer": answer,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_need_the_token_or_a_loopback_listener() {
+        let token = AdminToken::new("s3cret");
+        let (lo, any): (IpAddr, IpAddr) =
+            ("127.0.0.1".parse().unwrap(), "0.0.0.0".parse().unwrap());
+        assert_eq!(mutation_refused(None, lo, None), None);
+        assert_eq!(mutation_refused(None, "::1".parse().unwrap(), None), None);
+        assert_eq!(
+            mutation_refused(None, any, Some("Bearer s3cret")),
+            Some(Refusal::NoTokenOffLoopback)
+        );
+        for (listener, header) in [(lo, None), (any, Some("Bearer nope")), (lo, Some("s3cret"))] {
+            assert_eq!(
+                mutation_refused(Some(&token), listener, header),
+                Some(Refusal::BadToken),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            mutation_refused(Some(&token), any, Some("Bearer s3cret")),
+            None
+        );
+    }
 }

@@ -93,6 +93,10 @@ pub struct RemoteSource {
 pub struct AdminToken(String);
 
 impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken(token.to_owned())
+    }
+
     /// Whether `offered` is the token, in time independent of where they differ.
     pub fn matches(&self, offered: &str) -> bool {
         use subtle::ConstantTimeEq;

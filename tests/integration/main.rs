@@ -7,6 +7,7 @@ mod harness;
 mod list_data;
 mod metrics;
 mod reload;
+mod remote;
 mod responses;
 mod segments;
 mod wire;

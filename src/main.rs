@@ -179,8 +179,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         info!(zones = %zones, servers = %servers.join(","), timeout_ms = group.timeout.as_millis() as u64, "upstream group");
     }
     if let Some(admin) = running.admin_addr() {
-        info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain");
+        info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain /api/v1/reload");
     }
+    // A reload waits until nothing holds the policy it replaced.
+    drop(policy);
     wait_for_shutdown_signal(running.reloader()).await;
     info!("shutting down");
     running.shutdown().await;

@@ -184,8 +184,10 @@ impl Reloader {
             let seq = self.requested.load(Ordering::SeqCst);
             let trigger = self.trigger.lock().expect("trigger lock").take();
             wait_retired(&retired).await;
+            let mut generation_changed = false;
             let result = match self.build().await {
                 Ok(policy) => {
+                    generation_changed = true;
                     let listeners = restart_required(&self.initial, &policy.config);
                     let files = self.watched_files(&policy);
                     let old = self.gateway.swap(policy);
@@ -222,6 +224,11 @@ impl Reloader {
                 status.builds += 1;
             }
             self.done.send_replace(Completed { seq, result });
+            // Once the replaced policy is gone, give its memory back to the system.
+            if generation_changed {
+                wait_retired(&retired).await;
+                release_freed_memory();
+            }
         }
     }
 
@@ -302,6 +309,16 @@ async fn wait_retired(retired: &Weak<Policy>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// glibc keeps freed heap memory for reuse; a reload frees a whole policy (tens of MB for a
+/// big list), so hand it back to the system.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

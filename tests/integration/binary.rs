@@ -93,17 +93,145 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
 
 /// GET /metrics from the shipped config's admin listener (127.0.0.1:9153).
 async fn scrape_admin() -> String {
+    http_get("127.0.0.1:9153", "/metrics").await
+}
+
+/// The whole HTTP/1.0 response to a GET, or "" if nothing listens.
+async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect("127.0.0.1:9153").await else {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
         return String::new();
     };
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut body = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut body)).await;
     body
+}
+
+/// A port free for UDP and TCP on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The rcode of an A query for `name` from 127.0.0.1, or None after 300 ms.
+async fn rcode_of(server: &str, name: &str) -> Option<ResponseCode> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let query = question(name, RecordType::A, true).to_vec().unwrap();
+    socket.send_to(&query, server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let received =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await;
+    let (len, _) = received.ok()?.unwrap();
+    Some(
+        Message::from_vec(&buf[..len])
+            .unwrap()
+            .metadata
+            .response_code,
+    )
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_edit_and_keeps_the_policy_on_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let (dns, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let config = dir.path().join("portvakt.toml");
+    let good = format!(
+        "[server]\nlisten = [\"{dns}\"]\nwatch = false\n[admin]\nlisten = \"{admin}\"\n[lists.blocked]\nfiles = [{:?}]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\nblock = [\"blocked\"]\n[[upstream]]\nservers = [\"127.0.0.1:9\"]\n",
+        list.display().to_string()
+    );
+    std::fs::write(&config, &good).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("portvakt starts");
+    let mut child = Child(child);
+    let hup = |child: &Child| {
+        let pid = child.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // Bounded polls: 40 x (up to 300 ms + 50 ms).
+    async fn within(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        for _ in 0..40 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within the deadline");
+    }
+    within("started", async || {
+        rcode_of(&dns, "tiktok.com.").await == Some(ResponseCode::NXDomain)
+    })
+    .await;
+    let explain = "/api/v1/explain?client=127.0.0.1&name=example.org";
+    assert!(
+        http_get(&admin, explain)
+            .await
+            .contains(r#""verdict":"allowed""#)
+    );
+
+    std::fs::write(&list, "tiktok.com\nexample.org\n").unwrap();
+    hup(&child);
+    within("the edit in force", async || {
+        rcode_of(&dns, "www.example.org.").await == Some(ResponseCode::NXDomain)
+    })
+    .await;
+
+    std::fs::write(
+        &config,
+        good.replace("[[segment]]", "[[segment]]\nnetwork = \"typo\""),
+    )
+    .unwrap();
+    hup(&child);
+    within("the failure counted", async || {
+        http_get(&admin, "/metrics")
+            .await
+            .contains(r#"portvakt_reloads_total{result="failure"} 1"#)
+    })
+    .await;
+    assert_eq!(
+        rcode_of(&dns, "www.example.org.").await,
+        Some(ResponseCode::NXDomain),
+        "old policy blocks"
+    );
+    let status = http_get(&admin, "/api/v1/status").await;
+    assert!(status.contains("unknown field `network`"), "{status}");
+
+    let _ = child.0.kill();
+    let output = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let rejected = log
+        .lines()
+        .find(|l| l.contains("reload rejected"))
+        .unwrap_or_else(|| panic!("no rejection in the log:\n{log}"));
+    let at = format!("{}:", config.display());
+    assert!(
+        rejected.contains(&at) && rejected.contains("\"level\":\"ERROR\""),
+        "{rejected}"
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ load() { # seconds of load in the background; sets DP
 }
 completed() { awk '/Queries completed/ { print $3 }' "$RUN/dp.out"; }
 
-for peer in portvakt unbound; do
+for peer in ${PEERS:-portvakt unbound}; do
   start "$peer"
   # Counting: the middle SECS seconds of a SECS+4 s run; queries counted over the same window.
   load $(( SECS + 4 )); sleep 2
@@ -64,6 +64,6 @@ for peer in portvakt unbound; do
   calls=$(perf report -i "$RUN/perf.data" --children --sort sym -g none 2>/dev/null |
     awk '$NF ~ /^(__x64_sys_sendto|__x64_sys_recvfrom|__x64_sys_epoll_wait|handle_softirqs)$/ { printf "%s %s, ", $NF, $1 }')
   echo "$peer  cycles: user code ${user}%, kernel: ${calls%, } (softirq: the reply's delivery to the client, inside sendto)"
-  report sym | grep -v '\[k\]' | head -8 | sed "s/^/$peer    /"
+  report sym | grep -v "\[k\]" | head -${TOP:-8} | sed "s/^/$peer    /"
   kill "$PID"; wait "$PID" 2>/dev/null || true
 done

@@ -7,7 +7,7 @@
 //! rejected, since a truncated download must not unblock most of a list.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -95,18 +95,28 @@ impl Update {
 /// Downloads list sources and keeps their copies.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// Built on first use: loading the root certificates costs time and memory that a
+    /// config without `urls` does not need.
+    client: Arc<OnceLock<reqwest::Client>>,
     metrics: Arc<Metrics>,
 }
 
 impl Fetcher {
     pub fn new(metrics: Arc<Metrics>) -> Fetcher {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .expect("an HTTP client with the built-in TLS settings");
-        Fetcher { client, metrics }
+        Fetcher {
+            client: Arc::default(),
+            metrics,
+        }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
+                .timeout(FETCH_TIMEOUT)
+                .build()
+                .expect("an HTTP client with the built-in TLS settings")
+        })
     }
 
     /// Fetches every source of every list; `only_missing` skips sources that have a copy.
@@ -162,7 +172,7 @@ impl Fetcher {
         } else {
             None
         };
-        let mut request = self.client.get(&source.url);
+        let mut request = self.client().get(&source.url);
         if let Some(meta) = &old {
             if let Some(etag) = &meta.etag {
                 request = request.header(IF_NONE_MATCH, etag);

@@ -2,10 +2,12 @@
 //! segment's networks. IPv4-mapped IPv6 sources (`::ffff:a.b.c.d`, from dual-stack sockets)
 //! are matched as the IPv4 address they carry.
 
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::ops::BitAnd;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use prefix_trie::PrefixMap;
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 
 /// A segment's index in the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,10 +16,44 @@ pub struct SegmentId(pub u16);
 /// Networks to segments; built once per policy.
 #[derive(Debug, Clone, Default)]
 pub struct SegmentTable {
-    v4: PrefixMap<Ipv4Net, SegmentId>,
-    v6: PrefixMap<Ipv6Net, SegmentId>,
+    v4: Prefixes<u32>,
+    v6: Prefixes<u128>,
     /// Where clients in no segment go; `None` refuses them.
     unknown: Option<SegmentId>,
+}
+
+/// One exact-match map per prefix length in use, longest first: a lookup masks the address
+/// once per length (a config has a handful) and stops at the first hit.
+#[derive(Debug, Clone)]
+struct Prefixes<K> {
+    by_length: Vec<(u8, K, FxHashMap<K, SegmentId>)>,
+}
+
+impl<K> Default for Prefixes<K> {
+    fn default() -> Self {
+        Prefixes {
+            by_length: Vec::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash + BitAnd<Output = K>> Prefixes<K> {
+    fn insert(&mut self, len: u8, mask: K, network: K, id: SegmentId) {
+        let at = match self.by_length.binary_search_by(|(l, _, _)| len.cmp(l)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.by_length.insert(at, (len, mask, FxHashMap::default()));
+                at
+            }
+        };
+        self.by_length[at].2.insert(network & mask, id);
+    }
+
+    fn longest(&self, addr: K) -> Option<SegmentId> {
+        self.by_length
+            .iter()
+            .find_map(|(_, mask, map)| map.get(&(addr & *mask)).copied())
+    }
 }
 
 impl SegmentTable {
@@ -32,9 +68,19 @@ impl SegmentTable {
         };
         for (net, id) in networks {
             match net {
-                IpNet::V4(net) => table.v4.insert(net, id),
-                IpNet::V6(net) => table.v6.insert(net, id),
-            };
+                IpNet::V4(net) => table.v4.insert(
+                    net.prefix_len(),
+                    u32::from(net.netmask()),
+                    u32::from(net.network()),
+                    id,
+                ),
+                IpNet::V6(net) => table.v6.insert(
+                    net.prefix_len(),
+                    u128::from(net.netmask()),
+                    u128::from(net.network()),
+                    id,
+                ),
+            }
         }
         table
     }
@@ -43,8 +89,8 @@ impl SegmentTable {
     /// segment, else `None` (refused).
     pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
         let found = match client.to_canonical() {
-            IpAddr::V4(addr) => self.v4.get_lpm(&Ipv4Net::from(addr)).map(|(_, id)| *id),
-            IpAddr::V6(addr) => self.v6.get_lpm(&Ipv6Net::from(addr)).map(|(_, id)| *id),
+            IpAddr::V4(addr) => self.v4.longest(u32::from(addr)),
+            IpAddr::V6(addr) => self.v6.longest(u128::from(addr)),
         };
         found.or(self.unknown)
     }
@@ -61,6 +107,8 @@ mod tests {
             ("10.0.0.0/8", 2),
             ("fd00:10::/48", 0),
             ("::1/128", 1),
+            ("10.20.0.0/16", 3),
+            ("10.20.30.0/24", 4),
         ];
         SegmentTable::new(
             nets.iter()
@@ -78,6 +126,9 @@ mod tests {
             ("::ffff:127.0.0.3", Some(1)),
             ("::ffff:127.0.0.9", Some(0)),
             ("10.200.1.1", Some(2)),
+            ("10.20.1.1", Some(3)),
+            ("10.20.30.40", Some(4)),
+            ("10.21.30.40", Some(2)),
             ("fd00:10::42", Some(0)),
             ("::1", Some(1)),
             ("192.0.2.1", None),
@@ -87,6 +138,23 @@ mod tests {
             assert_eq!(
                 table.classify(addr.parse().unwrap()),
                 want.map(SegmentId),
+                "{addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_routes_match_everything_else() {
+        let nets = [("0.0.0.0/0", 0), ("10.0.0.0/8", 1), ("::/0", 2)];
+        let table = SegmentTable::new(
+            nets.iter()
+                .map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
+            None,
+        );
+        for (addr, want) in [("192.0.2.1", 0), ("10.1.1.1", 1), ("2001:db8::1", 2)] {
+            assert_eq!(
+                table.classify(addr.parse().unwrap()),
+                Some(SegmentId(want)),
                 "{addr}"
             );
         }

@@ -8,6 +8,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hickory_server::Server;
@@ -16,7 +17,7 @@ use hickory_server::proto::op::{Header, HeaderCounts, Message, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -147,29 +148,39 @@ fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
     Ok(sockets)
 }
 
-/// Runs one socket's receive loop on its own thread, on a single-threaded runtime with only
-/// the I/O driver: no work-stealing scheduler, timer or signal driver on the per-packet path.
-/// Misses are forwarded on the main runtime, which sends their answers on the same socket.
+/// How often a blocked receive looks at the stop flag if nothing wakes it.
+const RECEIVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Tries for a forwarded answer while the socket's send buffer is full.
+const SEND_RETRIES: u32 = 20;
+
+/// Runs one socket's receive loop on its own thread, blocking in `recvfrom`: per query one
+/// receive and one send, with no poller or async scheduler on the path. Misses are forwarded
+/// on the main runtime, which sends their answers on the same socket without blocking.
 fn spawn_udp_loop(
     socket: std::net::UdpSocket,
     gateway: Arc<Gateway>,
     stop: UdpStop,
 ) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let socket = {
-        let _entered = runtime.enter();
-        Arc::new(UdpSocket::from_std(socket)?)
-    };
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
+    let socket = Arc::new(socket);
     let main = tokio::runtime::Handle::current();
     let done = stop.loops.token();
+    // Shutdown raises the flag the loop reads, and wakes a blocked receive by shutting the
+    // socket's read side.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (waker, flag, stopping) = (socket.clone(), stopped.clone(), stop.receive.clone());
+    main.spawn(async move {
+        stopping.cancelled().await;
+        flag.store(true, Ordering::Relaxed);
+        let _ = socket2::SockRef::from(&*waker).shutdown(std::net::Shutdown::Read);
+    });
     std::thread::Builder::new()
         .name("portvakt-udp".into())
         .spawn(move || {
-            runtime.block_on(async {
-                serve_udp(&socket, &gateway, &stop, &main).await;
-                // Forwarded answers go out on this runtime's socket: keep it until they are done.
+            serve_udp(&socket, &gateway, &stopped, &stop.forwards, &main);
+            // Forwarded answers go out on this socket: keep it until they are done.
+            main.block_on(async {
                 tokio::select! {
                     () = stop.forwards.wait() => {}
                     () = stop.hard.cancelled() => {}
@@ -180,47 +191,44 @@ fn spawn_udp_loop(
     Ok(())
 }
 
-async fn serve_udp(
-    socket: &Arc<UdpSocket>,
+fn serve_udp(
+    socket: &Arc<std::net::UdpSocket>,
     gateway: &Arc<Gateway>,
-    stop: &UdpStop,
+    stopped: &AtomicBool,
+    forwards: &TaskTracker,
     main: &tokio::runtime::Handle,
 ) {
     let mut packet = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
-    let cancelled = stop.receive.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        let (len, client) = match socket.try_recv_from(&mut packet) {
+    while !stopped.load(Ordering::Relaxed) {
+        let (len, client) = match socket.recv_from(&mut packet) {
             Ok(received) => received,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    biased;
-                    () = &mut cancelled => return,
-                    ready = socket.readable() => {
-                        if let Err(err) = ready {
-                            debug!(%err, "udp socket failed");
-                            return;
-                        }
-                    }
-                }
-                continue;
-            }
             Err(err) => {
-                debug!(%err, "udp receive failed");
+                if !matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    debug!(%err, "udp receive failed");
+                }
                 continue;
             }
         };
         match gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out) {
-            Step::Reply => send(socket, &out, client).await,
+            Step::Reply => {
+                if let Err(err) = socket.send_to(&out, client) {
+                    debug!(%err, %client, "udp send failed");
+                }
+            }
             Step::Drop => {}
             Step::Forward(pending) => {
                 let (socket, gateway) = (socket.clone(), gateway.clone());
-                stop.forwards.spawn_on(
+                forwards.spawn_on(
                     async move {
                         let mut out = Vec::with_capacity(512);
                         gateway.forward(pending, &mut out).await;
-                        send(&socket, &out, client).await;
+                        send_later(&socket, &out, client).await;
                     },
                     main,
                 );
@@ -229,15 +237,24 @@ async fn serve_udp(
     }
 }
 
-/// Sends at once when the socket has room, else waits for it.
-async fn send(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
-    let sent = match socket.try_send_to(reply, client) {
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => socket.send_to(reply, client).await,
-        sent => sent,
-    };
-    if let Err(err) = sent {
-        debug!(%err, %client, "udp send failed");
+/// Sends without blocking the runtime: if the send buffer is full, waits a little and tries
+/// again, then gives up (the client retries, as with any lost datagram).
+async fn send_later(socket: &std::net::UdpSocket, reply: &[u8], client: SocketAddr) {
+    let socket = socket2::SockRef::from(socket);
+    let client = socket2::SockAddr::from(client);
+    for _ in 0..SEND_RETRIES {
+        match socket.send_to_with_flags(reply, &client, libc::MSG_DONTWAIT) {
+            Ok(_) => return,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(err) => {
+                debug!(%err, "udp send failed");
+                return;
+            }
+        }
     }
+    debug!("udp send buffer full; answer dropped");
 }
 
 /// hickory-server's TCP path into the gateway core. hickory sends only what it encodes, so

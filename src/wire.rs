@@ -70,27 +70,24 @@ impl<'a> Query<'a> {
             return Err(Malformed::Answer(Rcode::FormErr));
         }
         let formerr = Malformed::Answer(Rcode::FormErr);
-        let mut lower = [0u8; MAX_WIRE_LEN];
         let mut at = HEADER_LEN;
         loop {
             let len = *packet.get(at).ok_or(formerr)? as usize;
             if len & 0xC0 != 0 {
                 return Err(formerr);
             }
-            let end = at + 1 + len;
-            let name_len = end - HEADER_LEN;
-            if name_len > MAX_WIRE_LEN || end > packet.len() {
+            at += 1 + len;
+            if at - HEADER_LEN > MAX_WIRE_LEN || at > packet.len() {
                 return Err(formerr);
             }
-            lower[at - HEADER_LEN] = len as u8;
-            for i in at + 1..end {
-                lower[i - HEADER_LEN] = packet[i].to_ascii_lowercase();
-            }
-            at = end;
             if len == 0 {
                 break;
             }
         }
+        // Length bytes are at most 63, below b'A', so lowercasing the whole name leaves them be.
+        let mut lower = [0u8; MAX_WIRE_LEN];
+        lower[..at - HEADER_LEN].copy_from_slice(&packet[HEADER_LEN..at]);
+        lower[..at - HEADER_LEN].make_ascii_lowercase();
         let lower_len = at - HEADER_LEN;
         if packet.len() < at + 4 {
             return Err(formerr);

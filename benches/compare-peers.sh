@@ -3,6 +3,7 @@
 # side in one run (compare.sh alternates A B A B), then a markdown table.
 #   benches/compare-peers.sh                       # every workload, both peers, and the 1M-name startup
 #   WORKLOADS="blocked cached" REFS=unbound BIG=0 benches/compare-peers.sh
+#   PIN=0 BIG=0 benches/compare-peers.sh            # unpinned: the whole box (compare.sh pins by default)
 # Needs root (private network namespace) and the harness's tools: ../shared/bench/install.sh,
 # then ../shared/bench/gen-data.sh. Builds portvakt --release first. Loopback only.
 set -euo pipefail
@@ -31,10 +32,10 @@ fi
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 echo
-echo "| workload | peer | portvakt qps | peer qps | qps ratio | portvakt CPU µs/q | peer CPU µs/q | CPU ratio | ratio per round |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+echo "| workload | peer | portvakt qps | peer qps | qps ratio | portvakt CPU µs/q | peer CPU µs/q | CPU ratio | ratio per round | portvakt p99 ms | peer p99 ms | portvakt RSS kB | peer RSS kB |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
 grep '^compare ' "$out" | while read -r line; do
-  echo "| $(field workload "$line") | $(field ref "$line") | $(field cand_qps "$line") | $(field ref_qps "$line") | $(field qps_ratio "$line") | $(field cand_cpu_us_per_q "$line") | $(field ref_cpu_us_per_q "$line") | $(field cpu_ratio "$line") | $(field cpu_ratio_rounds "$line") |"
+  echo "| $(field workload "$line") | $(field ref "$line") | $(field cand_qps "$line") | $(field ref_qps "$line") | $(field qps_ratio "$line") | $(field cand_cpu_us_per_q "$line") | $(field ref_cpu_us_per_q "$line") | $(field cpu_ratio "$line") | $(field cpu_ratio_rounds "$line") | $(field cand_p99_ms "$line") | $(field ref_p99_ms "$line") | $(field cand_rss_kb "$line") | $(field ref_rss_kb "$line") |"
 done
 if [[ -s "$out.startup" ]]; then
   echo

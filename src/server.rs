@@ -1,9 +1,8 @@
 //! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
-//! UDP is our own receive loop, one per CPU on SO_REUSEPORT sockets, each on its own thread:
-//! blocked and cached answers are sent from the loop itself, misses go to a task on the main
-//! runtime. TCP is hickory-server's,
-//! through an adapter that hands the core the raw query and re-emits its wire answer.
-//! Owns the shutdown token.
+//! UDP is our own receive loop, one per CPU on SO_REUSEPORT sockets, each a thread blocking
+//! in `recvfrom`: blocked and cached answers are sent from the loop itself, misses go to a task
+//! on the tokio runtime. TCP is hickory-server's, through an adapter that hands the core the
+//! raw query and re-emits its wire answer. Owns the shutdown of both.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

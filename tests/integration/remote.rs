@@ -21,7 +21,11 @@ struct Served {
     etag: String,
     requests: usize,
     conditional: usize,
+    /// Requests that carried the Last-Modified date back.
+    since: usize,
 }
+
+const LAST_MODIFIED: &str = "Sun, 22 Nov 2026 08:00:00 GMT";
 
 async fn list(State(served): State<Arc<Mutex<Served>>>, headers: HeaderMap) -> Response {
     let mut served = served.lock().unwrap();
@@ -32,10 +36,18 @@ async fn list(State(served): State<Arc<Mutex<Served>>>, headers: HeaderMap) -> R
     if offered.is_some() {
         served.conditional += 1;
     }
+    let since = headers.get(header::IF_MODIFIED_SINCE);
+    if since.and_then(|v| v.to_str().ok()) == Some(LAST_MODIFIED) {
+        served.since += 1;
+    }
     if offered == Some(served.etag.as_str()) {
         return StatusCode::NOT_MODIFIED.into_response();
     }
-    ([(header::ETAG, served.etag.clone())], served.body.clone()).into_response()
+    let headers = [
+        (header::ETAG, served.etag.clone()),
+        (header::LAST_MODIFIED, LAST_MODIFIED.to_owned()),
+    ];
+    (headers, served.body.clone()).into_response()
 }
 
 fn serve(served: &Arc<Mutex<Served>>, body: &str, etag: &str) {
@@ -76,7 +88,8 @@ async fn remote_lists_refresh_guard_against_shrinking_and_survive_the_source_goi
 
     // The refresh asks with the ETag it has, and the server says 304.
     eventually(Duration::from_secs(4), "a conditional GET", async || {
-        served.lock().unwrap().conditional > 0
+        let served = served.lock().unwrap();
+        served.conditional > 0 && served.since > 0
     })
     .await;
     eventually(Duration::from_secs(2), "not_modified counted", async || {

@@ -19,12 +19,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::handler::{Gateway, Step, Transport};
 
 /// Idle time after which a TCP connection without a new query is closed (RFC 7766 §6.2.3).
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ports tried for a listen address with port 0 (UDP and TCP must share one).
+const PORT_ATTEMPTS: u32 = 20;
 /// In-flight queries get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,16 +86,25 @@ impl Listeners {
                 addr,
                 source,
             };
-            let sockets = bind_udp(addr, udp_workers()).map_err(udp_error)?;
             // Port 0 means "any": every socket and TCP take the port the first UDP socket got.
-            let bound = sockets[0].local_addr().map_err(udp_error)?;
-            let listener = TcpListener::bind(bound)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    proto: "TCP",
-                    addr: bound,
-                    source,
-                })?;
+            // That port may be taken for TCP; then another is tried.
+            let mut attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+            let (sockets, bound, listener) = loop {
+                let sockets = bind_udp(addr, udp_workers()).map_err(udp_error)?;
+                let bound = sockets[0].local_addr().map_err(udp_error)?;
+                attempts -= 1;
+                match TcpListener::bind(bound).await {
+                    Ok(listener) => break (sockets, bound, listener),
+                    Err(err) if err.kind() == io::ErrorKind::AddrInUse && attempts > 0 => {}
+                    Err(source) => {
+                        return Err(ServerError::Bind {
+                            proto: "TCP",
+                            addr: bound,
+                            source,
+                        });
+                    }
+                }
+            };
             udp_addrs.push(bound);
             tcp_addrs.push(bound);
             for socket in sockets {
@@ -129,10 +140,19 @@ fn udp_workers() -> usize {
 }
 
 /// `count` UDP sockets on one address with SO_REUSEPORT (the kernel hashes each client's flow
-/// to one of them). A plain bind first checks the address is free and fixes the port: with
-/// SO_REUSEPORT alone, a second portvakt would silently share the port instead of failing.
+/// to one of them). A plain bind first checks the address is free: with SO_REUSEPORT alone, a
+/// second portvakt would silently share the port instead of failing. Port 0 gets one socket.
 fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let bound = std::net::UdpSocket::bind(addr)?.local_addr()?;
+    let probe = std::net::UdpSocket::bind(addr)?;
+    if addr.port() == 0 {
+        // A port picked by the kernel could be picked again, between the probe and the
+        // SO_REUSEPORT binds, by another listener of this user: which would then share our
+        // traffic. So an "any port" listener keeps its one exclusive socket.
+        probe.set_nonblocking(true)?;
+        return Ok(vec![probe]);
+    }
+    let bound = probe.local_addr()?;
+    drop(probe);
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(bound), Type::DGRAM, Some(Protocol::UDP))?;
@@ -200,8 +220,10 @@ fn serve_udp(
     let mut packet = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
     while !stopped.load(Ordering::Relaxed) {
-        let (len, client) = match socket.recv_from(&mut packet) {
-            Ok(received) => received,
+        let (len, client) = match receive(socket, &mut packet) {
+            Ok((len, Some(client))) => (len, client),
+            // Woken by shutdown: no datagram, no sender.
+            Ok((_, None)) => continue,
             Err(err) => {
                 if !matches!(
                     err.kind(),
@@ -214,7 +236,15 @@ fn serve_udp(
                 continue;
             }
         };
-        match gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out) {
+        // A bug must not take a receive loop, and its share of clients, down with it.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out)
+        }));
+        let Ok(step) = step else {
+            error!(%client, "panic while answering a UDP query; the loop goes on");
+            continue;
+        };
+        match step {
             Step::Reply => {
                 if let Err(err) = socket.send_to(&out, client) {
                     debug!(%err, %client, "udp send failed");
@@ -234,6 +264,19 @@ fn serve_udp(
             }
         }
     }
+}
+
+/// One datagram and its sender; `None` for the sender when shutdown woke the receive. (std's
+/// `recv_from` asserts on the empty address that wake-up returns.)
+fn receive(
+    socket: &std::net::UdpSocket,
+    packet: &mut [u8],
+) -> io::Result<(usize, Option<SocketAddr>)> {
+    // SAFETY: an initialized buffer viewed as maybe-uninitialized: recv only writes bytes
+    // into it, never de-initializes them.
+    let buffer = unsafe { &mut *(packet as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    let (len, from) = socket2::SockRef::from(socket).recv_from(buffer)?;
+    Ok((len, from.as_socket()))
 }
 
 /// Sends without blocking the runtime: if the send buffer is full, waits a little and tries

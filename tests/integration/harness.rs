@@ -66,9 +66,17 @@ impl FakeUpstream {
     }
 
     pub async fn start(self) -> RunningUpstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on one port: a free UDP port may be taken for TCP, so try a few.
+        let mut tries = 0;
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(_) if tries < 20 => tries += 1,
+                Err(err) => panic!("no port free for UDP and TCP: {err}"),
+            }
+        };
         let state = self.state;
         let udp_state = state.clone();
         let udp_task = tokio::spawn(async move {

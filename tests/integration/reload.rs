@@ -3,7 +3,7 @@
 //! metrics and status), the API needs its token, requests coalesce, and at most two
 //! policies are alive at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,12 +26,34 @@ fn staff_config(list: &Path, extra: &str) -> String {
     )
 }
 
-async fn upstream() -> RunningUpstream {
-    FakeUpstream::new()
+/// A gateway whose staff segment (127.0.0.2) blocks one list file, which starts as
+/// `tiktok.com`; www.example.org and stable.example.net resolve upstream. Bind `dir` and
+/// `_upstream` to names: they must live as long as the gateway.
+struct Staff {
+    gateway: TestGateway,
+    list: PathBuf,
+    dir: tempfile::TempDir,
+    _upstream: RunningUpstream,
+}
+
+/// `extra` gives top-level TOML keys; it may write files into the fixture's directory first.
+async fn staff(extra: impl FnOnce(&Path) -> String) -> Staff {
+    let upstream = FakeUpstream::new()
         .with_a("www.example.org.", "192.0.2.1")
         .with_a("stable.example.net.", "192.0.2.2")
         .start()
-        .await
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let config = staff_config(&list, &extra(dir.path()));
+    let gateway = TestGateway::start(&upstream, &config).await;
+    Staff {
+        gateway,
+        list,
+        dir,
+        _upstream: upstream,
+    }
 }
 
 /// Waits until `check` holds, polling; fails the test after `deadline`.
@@ -48,11 +70,12 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(deadline: Duration, what: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_list_edits_under_steady_load_lose_no_query() {
-    let upstream = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("blocked.txt");
-    std::fs::write(&list, "tiktok.com\n").unwrap();
-    let gateway = TestGateway::start(&upstream, &staff_config(&list, "")).await;
+    let Staff {
+        gateway,
+        list,
+        dir,
+        _upstream,
+    } = staff(|_| String::new()).await;
     let server = gateway.addr();
 
     // The stream: one staff client asking three names in turn, each answer awaited (1 s).
@@ -160,11 +183,12 @@ async fn twenty_list_edits_under_steady_load_lose_no_query() {
 
 #[tokio::test]
 async fn broken_edits_keep_the_running_policy_and_show_everywhere() {
-    let upstream = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("blocked.txt");
-    std::fs::write(&list, "tiktok.com\n").unwrap();
-    let gateway = TestGateway::start(&upstream, &staff_config(&list, "server.watch = false")).await;
+    let Staff {
+        gateway,
+        list,
+        dir: _dir,
+        _upstream,
+    } = staff(|_| "server.watch = false".to_owned()).await;
     let staff = gateway.client_from("127.0.0.2");
     assert_eq!(
         staff.udp_a("www.example.org.").await.addresses(),
@@ -237,17 +261,20 @@ async fn broken_edits_keep_the_running_policy_and_show_everywhere() {
 
 #[tokio::test]
 async fn api_reload_needs_the_token_when_one_is_set() {
-    let upstream = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("blocked.txt");
-    std::fs::write(&list, "tiktok.com\n").unwrap();
-    let token = dir.path().join("admin.token");
-    std::fs::write(&token, "s3cret-token\n").unwrap();
-    let extra = format!(
-        "admin.token_file = {:?}\nserver.watch = false",
-        token.display().to_string()
-    );
-    let gateway = TestGateway::start(&upstream, &staff_config(&list, &extra)).await;
+    let Staff {
+        gateway,
+        dir: _dir,
+        _upstream,
+        ..
+    } = staff(|dir| {
+        let token = dir.join("admin.token");
+        std::fs::write(&token, "s3cret-token\n").unwrap();
+        format!(
+            "admin.token_file = {:?}\nserver.watch = false",
+            token.display().to_string()
+        )
+    })
+    .await;
 
     for headers in [
         &[][..],
@@ -277,11 +304,12 @@ async fn api_reload_needs_the_token_when_one_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_coalesce_and_at_most_two_policies_live() {
-    let upstream = upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("blocked.txt");
-    std::fs::write(&list, "tiktok.com\n").unwrap();
-    let gateway = TestGateway::start(&upstream, &staff_config(&list, "server.watch = false")).await;
+    let Staff {
+        gateway,
+        dir: _dir,
+        _upstream,
+        ..
+    } = staff(|_| "server.watch = false".to_owned()).await;
     let reloader = gateway.running_reloader();
 
     // A query still holding the running policy: the next reload may swap it out, but the

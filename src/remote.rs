@@ -123,7 +123,7 @@ impl Fetcher {
     /// Fails if a source is left without any copy: the list would silently be empty.
     pub async fn prepare(&self, config: &Config, only_missing: bool) -> Result<bool, String> {
         let mut changed = false;
-        for list in &config.lists {
+        for list in config.lists.iter().filter(|l| !l.remote.is_empty()) {
             self.metrics.list_update_series(&list.name);
             for source in &list.remote {
                 if only_missing && source.copy.exists() {

@@ -96,17 +96,31 @@ pub fn parse(path: &Path, text: &str) -> ListFile {
 }
 
 /// Reads one list file and hands each entry to `on_entry` (lowercase wire name, kind, line)
-/// as it is read, without keeping it: a million-line list costs no memory per line here.
-/// Returns the rejected lines.
+/// as it is read, without keeping it: the file is streamed line by line, so a million-line
+/// list costs no memory here beyond one line. Returns the rejected lines.
 pub fn read_with(
     path: &Path,
-    on_entry: impl FnMut(&[u8], EntryKind, u32),
+    mut on_entry: impl FnMut(&[u8], EntryKind, u32),
 ) -> Result<Vec<Rejected>, ListError> {
-    let bytes = std::fs::read(path).map_err(|source| ListError {
+    use std::io::BufRead;
+    let failed = |source| ListError {
         path: path.to_owned(),
         source,
-    })?;
-    Ok(parse_with(path, &String::from_utf8_lossy(&bytes), on_entry))
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut lines = Lines::new(path);
+    let mut bytes = Vec::with_capacity(256);
+    loop {
+        bytes.clear();
+        if reader.read_until(b'\n', &mut bytes).map_err(failed)? == 0 {
+            break;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let raw = text.strip_suffix('\n').unwrap_or(&text);
+        lines.visit(raw.strip_suffix('\r').unwrap_or(raw), &mut on_entry);
+    }
+    Ok(lines.rejected)
 }
 
 /// As [`read_with`], over text already read.
@@ -115,22 +129,50 @@ pub fn parse_with(
     text: &str,
     mut on_entry: impl FnMut(&[u8], EntryKind, u32),
 ) -> Vec<Rejected> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut rejected = Vec::new();
-    let mut wire = Vec::with_capacity(crate::name::MAX_WIRE_LEN);
-    for (index, raw) in text.lines().enumerate() {
-        let line = index as u32 + 1;
+    let mut lines = Lines::new(path);
+    for raw in text.lines() {
+        lines.visit(raw, &mut on_entry);
+    }
+    lines.rejected
+}
+
+/// Line-by-line state of one file: the line number, a reused name buffer, what was rejected.
+struct Lines<'a> {
+    path: &'a Path,
+    line: u32,
+    wire: Vec<u8>,
+    rejected: Vec<Rejected>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(path: &'a Path) -> Self {
+        Lines {
+            path,
+            line: 0,
+            wire: Vec::with_capacity(crate::name::MAX_WIRE_LEN),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// One line, without its line ending.
+    fn visit(&mut self, raw: &str, on_entry: &mut impl FnMut(&[u8], EntryKind, u32)) {
+        self.line += 1;
+        let line = self.line;
+        let raw = if line == 1 {
+            raw.strip_prefix('\u{feff}').unwrap_or(raw)
+        } else {
+            raw
+        };
         let mut push = |name: &[u8], kind| on_entry(name, kind, line);
-        if let Err(reason) = parse_line(raw, &mut wire, &mut push) {
-            rejected.push(Rejected {
-                path: path.to_owned(),
+        if let Err(reason) = parse_line(raw, &mut self.wire, &mut push) {
+            self.rejected.push(Rejected {
+                path: self.path.to_owned(),
                 line,
                 reason,
                 text: raw.trim().chars().take(200).collect(),
             });
         }
     }
-    rejected
 }
 
 /// Names that hosts files map for the machine itself; they are not blocklist entries.

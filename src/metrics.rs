@@ -317,10 +317,45 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of segments, lists and upstream groups that the running config no
+    /// longer has (after a reload), so dashboards stop showing them.
+    pub fn retain(&self, segments: &[&str], lists: &[&str], groups: &[&str]) {
+        let stale = |name: &str, value: &str| match name {
+            "segment" => value != NO_SEGMENT && !segments.contains(&value),
+            "list" => !lists.contains(&value),
+            "group" => !groups.contains(&value),
+            _ => false,
+        };
+        prune(&self.queries, stale);
+        prune(&self.blocked, stale);
+        prune(&self.list_entries, stale);
+        prune(&self.list_updates, stale);
+        prune(&self.upstream_queries, stale);
+        prune(&self.upstream_duration, stale);
+    }
+
     pub fn set_list_entries(&self, list: &str, entries: usize) {
         self.list_entries
             .with_label_values(&[list])
             .set(entries as i64);
+    }
+}
+
+/// Removes every series of `vec` that has a label `stale` says is gone.
+fn prune<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    stale: impl Fn(&str, &str) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels.iter().any(|l| stale(l.name(), l.value())) {
+                let labels: std::collections::HashMap<&str, &str> =
+                    labels.iter().map(|l| (l.name(), l.value())).collect();
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

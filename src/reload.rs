@@ -191,6 +191,7 @@ impl Reloader {
                     let listeners = restart_required(&self.initial, &policy.config);
                     let files = self.watched_files(&policy);
                     let old = self.gateway.swap(policy);
+                    forget_removed(&self.gateway);
                     retired = Arc::downgrade(&old);
                     drop(old);
                     let generation = self.gateway.policy().generation;
@@ -298,6 +299,16 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Drops the metric series of segments, lists and upstream groups the new config removed.
+fn forget_removed(gateway: &Gateway) {
+    let policy = gateway.policy();
+    let config = &policy.config;
+    let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+    let lists: Vec<&str> = config.lists.iter().map(|l| l.name.as_str()).collect();
+    let groups: Vec<&str> = policy.upstreams.group_names().collect();
+    gateway.metrics().retain(&segments, &lists, &groups);
 }
 
 /// Waits until no query holds the policy the last reload replaced (bounded).

@@ -70,6 +70,11 @@ struct Group {
 }
 
 impl Upstreams {
+    /// The groups' labels in logs and metrics.
+    pub fn group_names(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().map(|g| g.name.as_str())
+    }
+
     /// `configs` has the default group first (as `Config` orders them).
     pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
         let mut groups = Vec::with_capacity(configs.len());

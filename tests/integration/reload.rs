@@ -355,3 +355,38 @@ async fn requests_coalesce_and_at_most_two_policies_live() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_drops_the_series_of_what_it_removed() {
+    let Staff {
+        gateway,
+        dir: _dir,
+        _upstream,
+        ..
+    } = staff(|_| "server.watch = false".to_owned()).await;
+    let staff_queries = r#"portvakt_queries_total{decision="blocked",segment="staff"}"#;
+    assert!(gateway.scrape().await.contains_key(staff_queries));
+
+    let config = gateway.config_path();
+    let renamed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"staff\"", "name = \"office\"")
+        .replace("[lists.blocked]", "[lists.apps]")
+        .replace("block = [\"blocked\"]", "block = [\"apps\"]");
+    std::fs::write(&config, renamed).unwrap();
+    assert_eq!(gateway.reloader().reload(Trigger::Api).await, Ok(2));
+
+    let scrape = gateway.scrape().await;
+    let stale: Vec<&String> = scrape
+        .keys()
+        .filter(|k| k.contains(r#"segment="staff""#) || k.contains(r#"list="blocked""#))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "series of removed names remain: {stale:?}"
+    );
+    assert!(scrape.contains_key(r#"portvakt_queries_total{decision="blocked",segment="office"}"#));
+    assert!(scrape.contains_key(r#"portvakt_list_entries{list="apps"}"#));
+    assert!(scrape.contains_key(r#"portvakt_queries_total{decision="refused",segment="none"}"#));
+    gateway.shutdown().await;
+}

@@ -149,18 +149,22 @@ impl Reloader {
 
     /// Asks for a reload and returns at once; the result shows in metrics, log and status.
     pub fn request(&self, trigger: Trigger) {
+        self.enqueue(trigger);
+    }
+
+    /// Records the request and wakes the worker; returns the request's number.
+    fn enqueue(&self, trigger: Trigger) -> u64 {
         *self.trigger.lock().expect("trigger lock") = Some(trigger);
-        self.requested.fetch_add(1, Ordering::SeqCst);
+        let seq = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.wake.notify_one();
+        seq
     }
 
     /// Asks for a reload and waits for a build that started after this call: the new
     /// generation, or why the running policy was kept.
     pub async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
         let mut done = self.done.subscribe();
-        *self.trigger.lock().expect("trigger lock") = Some(trigger);
-        let seq = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        self.wake.notify_one();
+        let seq = self.enqueue(trigger);
         let completed = done
             .wait_for(|c| c.seq >= seq)
             .await
@@ -184,10 +188,8 @@ impl Reloader {
             let seq = self.requested.load(Ordering::SeqCst);
             let trigger = self.trigger.lock().expect("trigger lock").take();
             wait_retired(&retired).await;
-            let mut generation_changed = false;
             let result = match self.build().await {
                 Ok(policy) => {
-                    generation_changed = true;
                     let listeners = restart_required(&self.initial, &policy.config);
                     let files = self.watched_files(&policy);
                     let old = self.gateway.swap(policy);
@@ -224,9 +226,10 @@ impl Reloader {
                 status.last_attempt_unix = Some(unix_now());
                 status.builds += 1;
             }
+            let swapped = result.is_ok();
             self.done.send_replace(Completed { seq, result });
             // Once the replaced policy is gone, give its memory back to the system.
-            if generation_changed {
+            if swapped {
                 wait_retired(&retired).await;
                 release_freed_memory();
             }

@@ -54,8 +54,10 @@ pub struct Listeners {
 /// What shutdown needs to stop the UDP loops and their forwarded queries.
 #[derive(Clone)]
 struct UdpStop {
-    /// Stop receiving.
-    receive: CancellationToken,
+    /// Raised by shutdown; the receive loops check it after every receive.
+    stopped: Arc<AtomicBool>,
+    /// Every UDP socket: shutdown shuts their read side to wake a blocked receive.
+    sockets: Arc<std::sync::Mutex<Vec<Arc<std::net::UdpSocket>>>>,
     /// Grace period over: stop waiting for forwarded queries.
     hard: CancellationToken,
     /// Forwarded (cache-miss) queries, on the main runtime.
@@ -71,7 +73,8 @@ impl Listeners {
         gateway: Arc<Gateway>,
     ) -> Result<Listeners, ServerError> {
         let stop = UdpStop {
-            receive: CancellationToken::new(),
+            stopped: Arc::default(),
+            sockets: Arc::default(),
             hard: CancellationToken::new(),
             forwards: TaskTracker::new(),
             loops: TaskTracker::new(),
@@ -123,7 +126,10 @@ impl Listeners {
     /// Stops accepting, gives in-flight UDP queries a grace period, and stops TCP.
     pub async fn shutdown(mut self) {
         let stop = &self.udp_stop;
-        stop.receive.cancel();
+        stop.stopped.store(true, Ordering::Relaxed);
+        for socket in stop.sockets.lock().expect("socket list lock").iter() {
+            let _ = socket2::SockRef::from(&**socket).shutdown(std::net::Shutdown::Read);
+        }
         stop.forwards.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, stop.forwards.wait()).await;
         stop.hard.cancel();
@@ -185,19 +191,14 @@ fn spawn_udp_loop(
     let socket = Arc::new(socket);
     let main = tokio::runtime::Handle::current();
     let done = stop.loops.token();
-    // Shutdown raises the flag the loop reads, and wakes a blocked receive by shutting the
-    // socket's read side.
-    let stopped = Arc::new(AtomicBool::new(false));
-    let (waker, flag, stopping) = (socket.clone(), stopped.clone(), stop.receive.clone());
-    main.spawn(async move {
-        stopping.cancelled().await;
-        flag.store(true, Ordering::Relaxed);
-        let _ = socket2::SockRef::from(&*waker).shutdown(std::net::Shutdown::Read);
-    });
+    stop.sockets
+        .lock()
+        .expect("socket list lock")
+        .push(socket.clone());
     std::thread::Builder::new()
         .name("portvakt-udp".into())
         .spawn(move || {
-            serve_udp(&socket, &gateway, &stopped, &stop.forwards, &main);
+            serve_udp(&socket, &gateway, &stop.stopped, &stop.forwards, &main);
             // Forwarded answers go out on this socket: keep it until they are done.
             main.block_on(async {
                 tokio::select! {

@@ -83,11 +83,11 @@ impl Policy {
     /// A name in one of the segment's allow lists is never blocked.
     pub fn decide(&self, segment: SegmentId, name: &[u8]) -> Decision {
         let seg = &self.segments[segment.0 as usize];
-        let matches = self.index.lookup(name);
-        if !matches.lists.intersect(seg.allow).is_empty() {
+        let lists = self.index.lookup(name);
+        if !lists.intersect(seg.allow).is_empty() {
             return Decision::Allowed;
         }
-        let blocked = matches.lists.intersect(seg.block);
+        let blocked = lists.intersect(seg.block);
         let list = if blocked.0.is_power_of_two() {
             blocked.first()
         } else {
@@ -99,10 +99,17 @@ impl Policy {
         match list {
             Some(list) => Decision::Blocked {
                 list,
-                zone_at: matches.zone_at(list),
+                zone_at: self.zone_of(name, list),
             },
             None => Decision::Allowed,
         }
+    }
+
+    /// Where the entry of `list` that matched `name` starts in it; `list` is one that
+    /// [`SuffixIndex::lookup`] found for `name`.
+    fn zone_of(&self, name: &[u8], list: ListId) -> usize {
+        let zone_at = self.index.zone_of(name, list);
+        zone_at.expect("a list found for a name has an entry for one of its suffixes")
     }
 
     /// Why `client` gets what it gets for `name`, with the deciding entry's file and line.
@@ -116,11 +123,10 @@ impl Policy {
             });
         };
         let seg = &self.segments[segment.0 as usize];
-        let matches = self.index.lookup(&wire);
-        let allowed_by = matches.lists.intersect(seg.allow).first();
+        let allowed_by = self.index.lookup(&wire).intersect(seg.allow).first();
         let verdict = match (allowed_by, self.decide(segment, &wire)) {
             (Some(list), _) => {
-                Verdict::AllowedByList(self.locate(list, &wire[matches.zone_at(list)..]))
+                Verdict::AllowedByList(self.locate(list, &wire[self.zone_of(&wire, list)..]))
             }
             (None, Decision::Blocked { list, zone_at }) => {
                 Verdict::Blocked(self.locate(list, &wire[zone_at..]))

@@ -70,7 +70,7 @@ fn lookup(c: &mut Criterion) {
         let queries = queries(count);
         let hits = queries
             .iter()
-            .filter(|q| !index.lookup(q).is_empty())
+            .filter(|q| !index.lookup(q).lists.is_empty())
             .count();
         assert_eq!(
             hits,
@@ -84,7 +84,7 @@ fn lookup(c: &mut Criterion) {
                 b.iter(|| {
                     let mut found = 0u64;
                     for q in &queries {
-                        found += black_box(index.lookup(black_box(q))).0.count_ones() as u64;
+                        found += black_box(index.lookup(black_box(q))).lists.0.count_ones() as u64;
                     }
                     found
                 })

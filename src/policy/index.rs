@@ -58,6 +58,15 @@ struct Stored {
     except: u64,
 }
 
+/// Which lists contain a name, and the most specific of its suffixes with a block entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Matches {
+    pub lists: ListSet,
+    /// That suffix's offset in the name and the lists whose entries it is: for those, the
+    /// matched zone without a second pass.
+    nearest: (u8, u64),
+}
+
 /// One stored name: where it starts in the arena, and its lists (while building, an index
 /// into the builder's per-name bits; once built, an index into the distinct patterns).
 #[derive(Debug, Clone, Copy, Default)]
@@ -226,9 +235,10 @@ impl SuffixIndex {
     /// The lists containing `name` (lowercase wire format, at most [`name::MAX_WIRE_LEN`] bytes):
     /// a list contains a name when one of its entries is the name or a parent of it, and none
     /// of its exceptions is.
-    pub fn lookup(&self, name: &[u8]) -> ListSet {
+    pub fn lookup(&self, name: &[u8]) -> Matches {
         let mut block = 0u64;
         let mut except = 0u64;
+        let mut nearest = (0u8, 0u64);
         let mut suffixes = name::suffixes(name);
         loop {
             // First a batch of suffixes has its home buckets loaded: the loads do not depend on
@@ -242,6 +252,9 @@ impl SuffixIndex {
             }
             for &(offset, hash, home) in &batch[..count] {
                 if let Some(stored) = self.find(&name[offset as usize..], hash, home) {
+                    if block == 0 {
+                        nearest = (offset, stored.block);
+                    }
                     block |= stored.block;
                     except |= stored.except;
                 }
@@ -250,12 +263,19 @@ impl SuffixIndex {
                 break;
             }
         }
-        ListSet(block & !except)
+        Matches {
+            lists: ListSet(block & !except),
+            nearest,
+        }
     }
 
     /// Where in `name` the most specific entry of `list` that blocks it starts (the matched
-    /// zone); `None` when `list` has no entry for any suffix of `name`.
-    pub fn zone_of(&self, name: &[u8], list: ListId) -> Option<usize> {
+    /// zone), given the name's `matches`; `None` when `list` has no entry for any suffix.
+    pub fn zone_of(&self, name: &[u8], matches: &Matches, list: ListId) -> Option<usize> {
+        let (offset, lists) = matches.nearest;
+        if lists & list.bit() != 0 {
+            return Some(offset as usize);
+        }
         name::suffixes(name).find_map(|(offset, suffix)| {
             let hash = hash(suffix);
             let stored = self.find(suffix, hash, self.home(hash))?;
@@ -333,7 +353,7 @@ mod tests {
             ("tiktok.com", 0, EntryKind::Block),
             ("t.me", 1, EntryKind::Block),
         ]);
-        let lists = |n: &str| index.lookup(&from_text(n).unwrap());
+        let lists = |n: &str| index.lookup(&from_text(n).unwrap()).lists;
         assert_eq!(lists("tiktok.com"), ListSet(0b01));
         assert_eq!(lists("api16-normal-no1a.www.tiktok.com"), ListSet(0b01));
         assert_eq!(lists("nottiktok.com"), ListSet(0));
@@ -358,7 +378,7 @@ mod tests {
         );
         for name in names("in") {
             assert_eq!(
-                index.lookup(&name),
+                index.lookup(&name).lists,
                 ListSet(0b1000),
                 "{}",
                 crate::name::to_text(&name)
@@ -366,7 +386,7 @@ mod tests {
         }
         for name in names("out") {
             assert_eq!(
-                index.lookup(&name),
+                index.lookup(&name).lists,
                 ListSet(0),
                 "{}",
                 crate::name::to_text(&name)
@@ -381,7 +401,7 @@ mod tests {
             ("ok.example.com", 0, EntryKind::Exception),
             ("example.com", 1, EntryKind::Block),
         ]);
-        let lists = index.lookup(&from_text("a.ok.example.com").unwrap());
+        let lists = index.lookup(&from_text("a.ok.example.com").unwrap()).lists;
         assert_eq!(lists, ListSet(0b10));
     }
 
@@ -393,10 +413,11 @@ mod tests {
             ("com", 1, EntryKind::Block),
         ]);
         let name = from_text("a.www.tiktok.com").unwrap();
-        let zone = |list| &name[index.zone_of(&name, ListId(list)).unwrap()..];
+        let matches = index.lookup(&name);
+        let zone = |list| &name[index.zone_of(&name, &matches, ListId(list)).unwrap()..];
         assert_eq!(zone(0), from_text("www.tiktok.com").unwrap());
         assert_eq!(zone(1), from_text("com").unwrap());
-        assert_eq!(index.zone_of(&name, ListId(2)), None);
+        assert_eq!(index.zone_of(&name, &matches, ListId(2)), None);
     }
 }
 
@@ -452,13 +473,13 @@ mod properties {
             for name in &names {
                 let wire = from_text(name).unwrap();
                 let matches = index.lookup(&wire);
-                prop_assert_eq!(matches.0, naive(&entries, name), "name {}", name);
+                prop_assert_eq!(matches.lists.0, naive(&entries, name), "name {}", name);
                 // The zone of each matched list is that list's most specific block entry.
-                let mut lists = matches.0;
+                let mut lists = matches.lists.0;
                 while lists != 0 {
                     let list = lists.trailing_zeros() as u8;
                     lists &= lists - 1;
-                    let zone_at = index.zone_of(&wire, ListId(list)).unwrap();
+                    let zone_at = index.zone_of(&wire, &matches, ListId(list)).unwrap();
                     let zone = crate::name::to_text(&wire[zone_at..]);
                     let best = entries
                         .iter()

@@ -16,7 +16,7 @@ use crate::name;
 use crate::reply::BlockAnswers;
 use crate::segment::{SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
-pub use index::{ListId, ListSet, SuffixIndex};
+pub use index::{ListId, ListSet, Matches, SuffixIndex};
 
 /// The compiled policy. Never changes once built: a reload swaps in a whole new one, so a
 /// query sees the old policy or the new, never a mix.
@@ -83,11 +83,11 @@ impl Policy {
     /// A name in one of the segment's allow lists is never blocked.
     pub fn decide(&self, segment: SegmentId, name: &[u8]) -> Decision {
         let seg = &self.segments[segment.0 as usize];
-        let lists = self.index.lookup(name);
-        if !lists.intersect(seg.allow).is_empty() {
+        let matches = self.index.lookup(name);
+        if !matches.lists.intersect(seg.allow).is_empty() {
             return Decision::Allowed;
         }
-        let blocked = lists.intersect(seg.block);
+        let blocked = matches.lists.intersect(seg.block);
         let list = if blocked.0.is_power_of_two() {
             blocked.first()
         } else {
@@ -99,7 +99,7 @@ impl Policy {
         match list {
             Some(list) => Decision::Blocked {
                 list,
-                zone_at: self.zone_of(name, list),
+                zone_at: self.zone_of(name, &matches, list),
             },
             None => Decision::Allowed,
         }
@@ -107,8 +107,8 @@ impl Policy {
 
     /// Where the entry of `list` that matched `name` starts in it; `list` is one that
     /// [`SuffixIndex::lookup`] found for `name`.
-    fn zone_of(&self, name: &[u8], list: ListId) -> usize {
-        let zone_at = self.index.zone_of(name, list);
+    fn zone_of(&self, name: &[u8], matches: &Matches, list: ListId) -> usize {
+        let zone_at = self.index.zone_of(name, matches, list);
         zone_at.expect("a list found for a name has an entry for one of its suffixes")
     }
 
@@ -123,10 +123,12 @@ impl Policy {
             });
         };
         let seg = &self.segments[segment.0 as usize];
-        let allowed_by = self.index.lookup(&wire).intersect(seg.allow).first();
+        let matches = self.index.lookup(&wire);
+        let allowed_by = matches.lists.intersect(seg.allow).first();
         let verdict = match (allowed_by, self.decide(segment, &wire)) {
             (Some(list), _) => {
-                Verdict::AllowedByList(self.locate(list, &wire[self.zone_of(&wire, list)..]))
+                let zone_at = self.zone_of(&wire, &matches, list);
+                Verdict::AllowedByList(self.locate(list, &wire[zone_at..]))
             }
             (None, Decision::Blocked { list, zone_at }) => {
                 Verdict::Blocked(self.locate(list, &wire[zone_at..]))

@@ -173,8 +173,6 @@ fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
     Ok(sockets)
 }
 
-/// How often a blocked receive looks at the stop flag if nothing wakes it.
-const RECEIVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Tries for a forwarded answer while the socket's send buffer is full.
 const SEND_RETRIES: u32 = 20;
 
@@ -186,8 +184,8 @@ fn spawn_udp_loop(
     gateway: Arc<Gateway>,
     stop: UdpStop,
 ) -> io::Result<()> {
+    // No receive timeout: shutdown wakes the receive by shutting the socket's read side.
     socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
     let socket = Arc::new(socket);
     let main = tokio::runtime::Handle::current();
     let done = stop.loops.token();

@@ -74,9 +74,7 @@ impl Gateway {
     /// `policy` must have been compiled with `metrics`.
     pub fn new(mut policy: Policy, metrics: Arc<Metrics>) -> Gateway {
         policy.generation = 1;
-        metrics
-            .last_reload_success
-            .set(unix_seconds(policy.loaded_at));
+        publish(&metrics, &policy);
         Gateway {
             cache: Cache::new(policy.config.cache_max_entries),
             policy: ArcSwap::from_pointee(policy),
@@ -94,9 +92,7 @@ impl Gateway {
     /// one it replaces (queries in flight still hold it).
     pub fn swap(&self, mut policy: Policy) -> Arc<Policy> {
         policy.generation = self.policy.load().generation + 1;
-        self.metrics
-            .last_reload_success
-            .set(unix_seconds(policy.loaded_at));
+        publish(&self.metrics, &policy);
         self.policy.swap(Arc::new(policy))
     }
 
@@ -335,6 +331,17 @@ fn fit(query: &Query, transport: Transport, out: &mut Vec<u8>) {
     if transport == Transport::Udp && out.len() > query.udp_limit() {
         let rcode = out[3] & 0x0F;
         reply::truncated(query, rcode, out);
+    }
+}
+
+/// Sets the gauges that describe the policy in force: its load time and list sizes. Called
+/// as a policy goes into force, so a build that fails later never shows its figures.
+fn publish(metrics: &Metrics, policy: &Policy) {
+    metrics
+        .last_reload_success
+        .set(unix_seconds(policy.loaded_at));
+    for list in &policy.lists {
+        metrics.set_list_entries(&list.name, list.entries);
     }
 }
 

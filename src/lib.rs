@@ -78,6 +78,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
         .await
         .map_err(StartError::Remote)?;
     let policy = Policy::compile(config, &metrics)?;
+    reload::release_freed_memory();
     let listen = policy.config.listen.clone();
     let admin_listen = policy.config.admin_listen;
     let gateway = Arc::new(Gateway::new(policy, metrics));

@@ -326,9 +326,9 @@ async fn wait_retired(retired: &Weak<Policy>) {
     }
 }
 
-/// glibc keeps freed heap memory for reuse; a reload frees a whole policy (tens of MB for a
-/// big list), so hand it back to the system.
-fn release_freed_memory() {
+/// glibc keeps freed heap memory for reuse; a build frees its working memory and a reload a
+/// whole policy (tens of MB each for a big list), so hand it back to the system.
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {

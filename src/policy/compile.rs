@@ -81,9 +81,6 @@ impl Policy {
             config.unknown_clients.map(|id| SegmentId(id as u16)),
         );
 
-        for list in &lists {
-            metrics.set_list_entries(&list.name, list.entries);
-        }
         let segment_metrics = config
             .segments
             .iter()

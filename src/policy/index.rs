@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 
 use crate::lists::EntryKind;
@@ -111,12 +112,26 @@ impl std::fmt::Debug for SuffixIndex {
     }
 }
 
-/// Collects entries of all lists, then becomes a [`SuffixIndex`].
+/// Collects entries of all lists, then becomes a [`SuffixIndex`]. Each name's list bits are
+/// interned as they change, so a name costs 4 bytes for them while building, not 16.
 #[derive(Default)]
 pub struct IndexBuilder {
     arena: Vec<u8>,
     table: HashTable<Slot>,
-    stored: Vec<Stored>,
+    patterns: Vec<Stored>,
+    ids: HashMap<(u64, u64), u32, FxBuildHasher>,
+}
+
+/// The id of the pattern `bits`, added if new.
+fn intern(
+    patterns: &mut Vec<Stored>,
+    ids: &mut HashMap<(u64, u64), u32, FxBuildHasher>,
+    bits: Stored,
+) -> u32 {
+    *ids.entry((bits.block, bits.except)).or_insert_with(|| {
+        patterns.push(bits);
+        (patterns.len() - 1) as u32
+    })
 }
 
 fn hash(name: &[u8]) -> u64 {
@@ -144,61 +159,48 @@ impl IndexBuilder {
         let IndexBuilder {
             arena,
             table,
-            stored,
+            patterns,
+            ids,
         } = self;
         let hash = hash(name);
-        let index = match table.find(hash, |slot| is_stored_at(arena, slot.offset, name)) {
-            Some(slot) => slot.value as usize,
-            None => {
+        let entry = table.entry(
+            hash,
+            |slot| is_stored_at(arena, slot.offset, name),
+            |slot| self::hash(stored_name(arena, slot.offset)),
+        );
+        let slot = match entry {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(vacant) => {
                 let offset = u32::try_from(arena.len()).expect("lists under 4 GiB of names");
                 arena.extend_from_slice(name);
-                stored.push(Stored::default());
-                let value = (stored.len() - 1) as u32;
-                table.insert_unique(hash, Slot { offset, value }, |slot| {
-                    self::hash(stored_name(arena, slot.offset))
-                });
-                value as usize
+                let value = intern(patterns, ids, Stored::default());
+                vacant.insert(Slot { offset, value }).into_mut()
             }
         };
+        let mut bits = patterns[slot.value as usize];
         match kind {
-            EntryKind::Block => stored[index].block |= list.bit(),
-            EntryKind::Exception => stored[index].except |= list.bit(),
+            EntryKind::Block => bits.block |= list.bit(),
+            EntryKind::Exception => bits.except |= list.bit(),
         }
+        slot.value = intern(patterns, ids, bits);
     }
 
     pub fn build(self) -> SuffixIndex {
         let IndexBuilder {
             mut arena,
             table,
-            stored,
+            patterns,
+            ids,
         } = self;
-        let mut patterns: Vec<Stored> = Vec::new();
-        let mut ids: HashMap<(u64, u64), u32, FxBuildHasher> = HashMap::default();
-        let names: Vec<Slot> = table
-            .into_iter()
-            .map(|slot| {
-                let bits = stored[slot.value as usize];
-                let pattern = *ids.entry((bits.block, bits.except)).or_insert_with(|| {
-                    patterns.push(bits);
-                    (patterns.len() - 1) as u32
-                });
-                Slot {
-                    offset: slot.offset,
-                    value: pattern,
-                }
-            })
-            .collect();
-        drop(stored);
+        drop(ids);
         arena.shrink_to_fit();
+        let names = table.len();
         // Room for a third more than the names, so most probes end in their home bucket.
-        let count = (names.len() + names.len() / 3)
-            .div_ceil(8)
-            .next_power_of_two()
-            .max(2);
+        let count = (names + names / 3).div_ceil(8).next_power_of_two().max(2);
         let mut tags = vec![Tags::default(); count];
         let mut slots = vec![Slot::default(); count * 8];
         let shift = 64 - count.trailing_zeros();
-        for &slot in &names {
+        for slot in table {
             let hash = hash(stored_name(&arena, slot.offset));
             let mut at = (hash >> shift) as usize;
             while tags[at].0[7] != FREE {
@@ -215,7 +217,7 @@ impl IndexBuilder {
             slots,
             shift,
             patterns,
-            names: names.len(),
+            names,
         }
     }
 }

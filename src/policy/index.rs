@@ -1,8 +1,6 @@
-//! The suffix index: every list's entries in one hash table from a lowercase wire name to the
+//! The suffix index: every list's entries in one hash map from a lowercase wire name to the
 //! set of lists that contain it (a bitset of list ids), so "which lists contain this name or
-//! a parent of it" is one probe per label of the query name, for all lists at once. The table
-//! is built once and never changes, so it is our own: probes of one name start their memory
-//! reads together, and a probe that misses touches 16 bytes of tags.
+//! a parent of it" is one probe per label of the query name, for all lists at once.
 
 use std::collections::HashMap;
 
@@ -68,45 +66,27 @@ pub struct Matches {
     nearest: (u8, u64),
 }
 
-/// One stored name: where it starts in the arena, and its lists (while building, an index
-/// into the builder's per-name bits; once built, an index into the distinct patterns).
-#[derive(Debug, Clone, Copy, Default)]
+/// One stored name: where it starts in the arena, and the id of its pattern (its list bits).
+#[derive(Debug, Clone, Copy)]
 struct Slot {
     offset: u32,
     value: u32,
 }
 
-/// Immutable once built; see [`IndexBuilder`]. Every stored name lives once in `arena` (wire
-/// format, back to back). The table is open addressing in buckets of eight slots, at most 3/4
-/// full: `tags` holds a 16-bit tag of each slot's name hash (0: free), 16 bytes a bucket, and
-/// `slots` the names' offsets and patterns (list bits shared by all names with the same ones).
-/// A probe that misses reads one bucket of tags; a name costs its wire bytes plus about 13-27.
+/// Immutable once built; see [`IndexBuilder`]. Every stored name lives once in `arena`
+/// (wire format, back to back); the table holds 8-byte slots, and the list bits are shared by
+/// all names with the same ones, so a name costs its wire bytes plus about ten.
+#[derive(Default)]
 pub struct SuffixIndex {
     arena: Vec<u8>,
-    tags: Vec<Tags>,
-    slots: Vec<Slot>,
-    /// `64 - log2(tags.len())`: a hash's top bits pick its home bucket.
-    shift: u32,
+    table: HashTable<Slot>,
     patterns: Vec<Stored>,
-    names: usize,
-}
-
-/// One bucket's tags, filled from the first: a bucket whose last tag is free ends every
-/// probe that reaches it.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(align(16))]
-struct Tags([u16; 8]);
-
-impl Default for SuffixIndex {
-    fn default() -> Self {
-        IndexBuilder::default().build()
-    }
 }
 
 impl std::fmt::Debug for SuffixIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SuffixIndex")
-            .field("names", &self.names)
+            .field("names", &self.table.len())
             .field("bytes", &self.memory_bytes())
             .finish()
     }
@@ -188,49 +168,19 @@ impl IndexBuilder {
     pub fn build(self) -> SuffixIndex {
         let IndexBuilder {
             mut arena,
-            table,
+            mut table,
             patterns,
             ids,
         } = self;
         drop(ids);
         arena.shrink_to_fit();
-        let names = table.len();
-        // Room for a third more than the names, so most probes end in their home bucket.
-        let count = (names + names / 3).div_ceil(8).next_power_of_two().max(2);
-        let mut tags = vec![Tags::default(); count];
-        let mut slots = vec![Slot::default(); count * 8];
-        let shift = 64 - count.trailing_zeros();
-        for slot in table {
-            let hash = hash(stored_name(&arena, slot.offset));
-            let mut at = (hash >> shift) as usize;
-            while tags[at].0[7] != FREE {
-                at = (at + 1) & (count - 1);
-            }
-            let free = tags[at].0.iter().position(|&tag| tag == FREE);
-            let free = free.expect("the last tag is free");
-            tags[at].0[free] = tag(hash);
-            slots[at * 8 + free] = slot;
-        }
+        table.shrink_to_fit(|slot| hash(stored_name(&arena, slot.offset)));
         SuffixIndex {
             arena,
-            tags,
-            slots,
-            shift,
+            table,
             patterns,
-            names,
         }
     }
-}
-
-/// Suffixes whose home buckets [`SuffixIndex::lookup`] loads before probing any of them.
-const BATCH: usize = 8;
-
-/// A free slot's tag.
-const FREE: u16 = 0;
-
-/// The tag of a name with `hash`: its low bits, never [`FREE`].
-fn tag(hash: u64) -> u16 {
-    hash as u16 | 1
 }
 
 impl SuffixIndex {
@@ -241,28 +191,13 @@ impl SuffixIndex {
         let mut block = 0u64;
         let mut except = 0u64;
         let mut nearest = (0u8, 0u64);
-        let mut suffixes = name::suffixes(name);
-        loop {
-            // First a batch of suffixes has its home buckets loaded: the loads do not depend on
-            // each other, so their cache misses overlap instead of queuing behind the probes.
-            let mut batch = [(0u8, 0u64, FREE); BATCH];
-            let mut count = 0;
-            for (probe, (offset, suffix)) in batch.iter_mut().zip(suffixes.by_ref()) {
-                let hash = hash(suffix);
-                *probe = (offset as u8, hash, self.home(hash));
-                count += 1;
-            }
-            for &(offset, hash, home) in &batch[..count] {
-                if let Some(stored) = self.find(&name[offset as usize..], hash, home) {
-                    if block == 0 {
-                        nearest = (offset, stored.block);
-                    }
-                    block |= stored.block;
-                    except |= stored.except;
+        for (offset, suffix) in name::suffixes(name) {
+            if let Some(stored) = self.find(suffix) {
+                if block == 0 {
+                    nearest = (offset as u8, stored.block);
                 }
-            }
-            if count < BATCH {
-                break;
+                block |= stored.block;
+                except |= stored.except;
             }
         }
         Matches {
@@ -279,59 +214,33 @@ impl SuffixIndex {
             return Some(offset as usize);
         }
         name::suffixes(name).find_map(|(offset, suffix)| {
-            let hash = hash(suffix);
-            let stored = self.find(suffix, hash, self.home(hash))?;
+            let stored = self.find(suffix)?;
             (stored.block & list.bit() != 0).then_some(offset)
         })
     }
 
-    /// The first tag of `hash`'s home bucket.
-    fn home(&self, hash: u64) -> u16 {
-        self.tags[(hash >> self.shift) as usize].0[0]
-    }
-
-    /// What the stored `name` says about each list, probing from its home bucket, whose
-    /// first tag (`first`) is loaded already.
-    fn find(&self, name: &[u8], hash: u64, first: u16) -> Option<Stored> {
-        if first == FREE {
-            return None;
-        }
-        let tag = tag(hash);
-        let mut at = (hash >> self.shift) as usize;
-        loop {
-            let tags = &self.tags[at].0;
-            let mut matches = 0u32;
-            for (i, &stored) in tags.iter().enumerate() {
-                matches |= u32::from(stored == tag) << i;
-            }
-            while matches != 0 {
-                let slot = self.slots[at * 8 + matches.trailing_zeros() as usize];
-                if is_stored_at(&self.arena, slot.offset, name) {
-                    return Some(self.patterns[slot.value as usize]);
-                }
-                matches &= matches - 1;
-            }
-            if tags[7] == FREE {
-                return None;
-            }
-            at = (at + 1) & (self.tags.len() - 1);
-        }
+    /// What the stored `name` says about each list.
+    #[inline(always)]
+    fn find(&self, name: &[u8]) -> Option<Stored> {
+        let slot = self.table.find(hash(name), |slot| {
+            is_stored_at(&self.arena, slot.offset, name)
+        })?;
+        Some(self.patterns[slot.value as usize])
     }
 
     /// Distinct stored names.
     pub fn len(&self) -> usize {
-        self.names
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names == 0
+        self.table.is_empty()
     }
 
-    /// Heap bytes held: the name arena, the tags and slots, the patterns.
+    /// Heap bytes held: the name arena, the table (slots and control bytes), the patterns.
     pub fn memory_bytes(&self) -> usize {
         self.arena.capacity()
-            + self.tags.capacity() * std::mem::size_of::<Tags>()
-            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.table.capacity() * (std::mem::size_of::<Slot>() + 1)
             + self.patterns.capacity() * std::mem::size_of::<Stored>()
     }
 }
@@ -364,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn names_past_a_full_home_bucket_are_found_and_others_are_not() {
+    fn many_names_are_all_found_and_others_are_not() {
         fn names(prefix: &'static str) -> impl Iterator<Item = Vec<u8>> {
             (0..20_000).map(move |i| from_text(&format!("{prefix}{i}.test")).unwrap())
         }
@@ -373,11 +282,6 @@ mod tests {
             builder.insert(&name, ListId(3), EntryKind::Block);
         }
         let index = builder.build();
-        let full = index.tags.iter().filter(|tags| tags.0[7] != FREE).count();
-        assert!(
-            full > 0,
-            "some bucket is full, so some probes go on to the next"
-        );
         for name in names("in") {
             assert_eq!(
                 index.lookup(&name).lists,

@@ -282,21 +282,11 @@ mod tests {
             builder.insert(&name, ListId(3), EntryKind::Block);
         }
         let index = builder.build();
-        for name in names("in") {
-            assert_eq!(
-                index.lookup(&name).lists,
-                ListSet(0b1000),
-                "{}",
-                crate::name::to_text(&name)
-            );
-        }
-        for name in names("out") {
-            assert_eq!(
-                index.lookup(&name).lists,
-                ListSet(0),
-                "{}",
-                crate::name::to_text(&name)
-            );
+        for (prefix, want) in [("in", ListSet(0b1000)), ("out", ListSet(0))] {
+            for name in names(prefix) {
+                let lists = index.lookup(&name).lists;
+                assert_eq!(lists, want, "{}", crate::name::to_text(&name));
+            }
         }
     }
 

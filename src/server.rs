@@ -224,12 +224,7 @@ fn serve_udp(
             // Woken by shutdown: no datagram, no sender.
             Ok((_, None)) => continue,
             Err(err) => {
-                if !matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
+                if err.kind() != io::ErrorKind::Interrupted {
                     debug!(%err, "udp receive failed");
                 }
                 continue;

@@ -85,10 +85,10 @@ impl<'a> Query<'a> {
             }
         }
         // Length bytes are at most 63, below b'A', so lowercasing the whole name leaves them be.
-        let mut lower = [0u8; MAX_WIRE_LEN];
-        lower[..at - HEADER_LEN].copy_from_slice(&packet[HEADER_LEN..at]);
-        lower[..at - HEADER_LEN].make_ascii_lowercase();
         let lower_len = at - HEADER_LEN;
+        let mut lower = [0u8; MAX_WIRE_LEN];
+        lower[..lower_len].copy_from_slice(&packet[HEADER_LEN..at]);
+        lower[..lower_len].make_ascii_lowercase();
         if packet.len() < at + 4 {
             return Err(formerr);
         }

@@ -148,21 +148,23 @@ impl IndexBuilder {
             |slot| is_stored_at(arena, slot.offset, name),
             |slot| self::hash(stored_name(arena, slot.offset)),
         );
-        let slot = match entry {
-            Entry::Occupied(slot) => slot.into_mut(),
-            Entry::Vacant(vacant) => {
-                let offset = u32::try_from(arena.len()).expect("lists under 4 GiB of names");
-                arena.extend_from_slice(name);
-                let value = intern(patterns, ids, Stored::default());
-                vacant.insert(Slot { offset, value }).into_mut()
-            }
+        let mut bits = match &entry {
+            Entry::Occupied(slot) => patterns[slot.get().value as usize],
+            Entry::Vacant(_) => Stored::default(),
         };
-        let mut bits = patterns[slot.value as usize];
         match kind {
             EntryKind::Block => bits.block |= list.bit(),
             EntryKind::Exception => bits.except |= list.bit(),
         }
-        slot.value = intern(patterns, ids, bits);
+        let value = intern(patterns, ids, bits);
+        match entry {
+            Entry::Occupied(mut slot) => slot.get_mut().value = value,
+            Entry::Vacant(vacant) => {
+                let offset = u32::try_from(arena.len()).expect("lists under 4 GiB of names");
+                arena.extend_from_slice(name);
+                vacant.insert(Slot { offset, value });
+            }
+        }
     }
 
     pub fn build(self) -> SuffixIndex {
@@ -170,9 +172,8 @@ impl IndexBuilder {
             mut arena,
             mut table,
             patterns,
-            ids,
+            ids: _,
         } = self;
-        drop(ids);
         arena.shrink_to_fit();
         table.shrink_to_fit(|slot| hash(stored_name(&arena, slot.offset)));
         SuffixIndex {

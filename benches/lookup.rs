@@ -9,10 +9,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portvakt::lists::{self, EntryKind};
-use portvakt::name;
-use portvakt::policy::index::{IndexBuilder, ListId, SuffixIndex};
-use portvakt::segment::{SegmentId, SegmentTable};
+use portvakt::core::{self, EntryKind, IndexBuilder, ListId, SegmentId, SegmentTable, SuffixIndex};
 
 const NAMES: u32 = 1_000_000;
 /// Distinct queries per iteration: a small set stays in the CPU caches; the large one makes
@@ -36,10 +33,10 @@ impl Lcg {
 fn index() -> SuffixIndex {
     let mut builder = IndexBuilder::default();
     for i in 0..NAMES {
-        let wire = name::from_text(&format!("blk{i:07}.example-ads.test")).unwrap();
+        let wire = core::from_text(&format!("blk{i:07}.example-ads.test")).unwrap();
         builder.insert(&wire, ListId(0), EntryKind::Block);
     }
-    let shipped = lists::read(std::path::Path::new("blocklists/tiktok.txt")).unwrap();
+    let shipped = core::read(std::path::Path::new("blocklists/tiktok.txt")).unwrap();
     for entry in &shipped.entries {
         builder.insert(&entry.name, ListId(1), entry.kind);
     }
@@ -58,7 +55,7 @@ fn queries(count: usize) -> Vec<Vec<u8>> {
                 2 => format!("host{}.miss{:07}.example-ads.test", n % 100, n % NAMES),
                 _ => format!("www{}.example{}.org", n % 10, n % 1000),
             };
-            name::from_text(&text).unwrap()
+            core::from_text(&text).unwrap()
         })
         .collect()
 }

@@ -1,7 +1,5 @@
 //! Prints the suffix index's memory for N synthetic names: cargo run --release --example index_memory [N]
-use portvakt::lists::EntryKind;
-use portvakt::name;
-use portvakt::policy::index::{IndexBuilder, ListId};
+use portvakt::core::{self, EntryKind, IndexBuilder, ListId};
 
 /// Resident memory of this process, from /proc/self/status.
 fn rss_bytes() -> usize {
@@ -21,7 +19,7 @@ fn main() {
     let mut builder = IndexBuilder::default();
     let mut wire_bytes = 0;
     for i in 0..n {
-        let wire = name::from_text(&format!("blk{i:07}.example-ads.test")).expect("valid name");
+        let wire = core::from_text(&format!("blk{i:07}.example-ads.test")).expect("valid name");
         wire_bytes += wire.len();
         builder.insert(&wire, ListId(0), EntryKind::Block);
     }

@@ -22,17 +22,25 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminToken;
-use crate::handler::Gateway;
+use crate::error;
+use crate::gateway::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
 use crate::reload::{Reloader, Trigger};
-use crate::server::ServerError;
 
-/// A running admin listener; dropping it does not stop it, `shutdown` does.
+/// Why the admin listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind the admin listener {addr}")]
+pub struct AdminBindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A running admin listener; it stops when the shutdown token it was given is cancelled.
 pub struct Admin {
     pub addr: SocketAddr,
     ready: Arc<AtomicBool>,
-    token: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -48,25 +56,18 @@ struct AppState {
 }
 
 impl Admin {
-    /// Binds `addr` and serves; call once the DNS listeners are bound (`ready` starts true).
+    /// Binds `addr` and serves until `stop` is cancelled; call once the DNS listeners are
+    /// bound (`ready` starts true).
     pub async fn start(
         addr: SocketAddr,
         reloader: Arc<Reloader>,
         dns_udp: &[SocketAddr],
         dns_tcp: &[SocketAddr],
-    ) -> Result<Admin, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                proto: "HTTP",
-                addr,
-                source,
-            })?;
-        let bound = listener.local_addr().map_err(|source| ServerError::Bind {
-            proto: "HTTP",
-            addr,
-            source,
-        })?;
+        stop: CancellationToken,
+    ) -> Result<Admin, AdminBindError> {
+        let bind_error = |source| AdminBindError { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let bound = listener.local_addr().map_err(bind_error)?;
         let ready = Arc::new(AtomicBool::new(true));
         let state = AppState {
             gateway: reloader.gateway().clone(),
@@ -84,8 +85,6 @@ impl Admin {
             .route("/api/v1/explain", get(explain))
             .route("/api/v1/reload", post(reload))
             .with_state(state);
-        let token = CancellationToken::new();
-        let stop = token.clone();
         let task = tokio::spawn(async move {
             let serve =
                 axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
@@ -96,7 +95,6 @@ impl Admin {
         Ok(Admin {
             addr: bound,
             ready,
-            token,
             task,
         })
     }
@@ -106,8 +104,8 @@ impl Admin {
         self.ready.store(false, Ordering::Relaxed);
     }
 
-    pub async fn shutdown(self) {
-        self.token.cancel();
+    /// Waits until the listener has stopped (after its shutdown token was cancelled).
+    pub async fn stopped(self) {
         let _ = self.task.await;
     }
 }
@@ -134,78 +132,80 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> axum::Json<Value> {
-    let policy = state.gateway.policy();
-    let config = &policy.config;
-    let name_of = |id: &usize| config.lists[*id].name.clone();
-    let segments: Vec<Value> = config
-        .segments
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "block": s.block.iter().map(name_of).collect::<Vec<_>>(),
-                "allow": s.allow.iter().map(name_of).collect::<Vec<_>>(),
+    let status = state.gateway.with_policy(|policy| {
+        let config = policy.config();
+        let name_of = |id: &usize| config.lists[*id].name.clone();
+        let segments: Vec<Value> = config
+            .segments
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "block": s.block.iter().map(name_of).collect::<Vec<_>>(),
+                    "allow": s.allow.iter().map(name_of).collect::<Vec<_>>(),
+                })
             })
-        })
-        .collect();
-    let lists: Vec<Value> = policy
-        .lists
-        .iter()
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "files": l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-                "urls": config.lists.iter().find(|c| c.name == l.name)
-                    .map(|c| c.remote.iter().map(|r| r.url.clone()).collect::<Vec<_>>()),
-                "entries": l.entries,
-                "rejected_lines": l.rejected.len(),
+            .collect();
+        let lists: Vec<Value> = policy
+            .lists()
+            .iter()
+            .zip(&config.lists)
+            .map(|(l, c)| {
+                json!({
+                    "name": l.name,
+                    "files": l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                    "urls": c.remote.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
+                    "entries": l.entries,
+                    "rejected_lines": l.rejected.len(),
+                })
             })
-        })
-        .collect();
-    let upstreams: Vec<Value> = config
-        .upstreams
-        .iter()
-        .map(|u| {
-            json!({
-                "zones": u.zones.iter().map(|z| name::to_text(z)).collect::<Vec<_>>(),
-                "servers": u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "timeout_ms": u.timeout.as_millis() as u64,
+            .collect();
+        let upstreams: Vec<Value> = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                json!({
+                    "zones": u.zones.iter().map(|z| name::to_text(z)).collect::<Vec<_>>(),
+                    "servers": u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "timeout_ms": u.timeout.as_millis() as u64,
+                })
             })
+            .collect();
+        let loaded_at = policy
+            .loaded_at()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "config": config.origin,
+            "policy": { "generation": policy.generation(), "loaded_at_unix": loaded_at },
+            "listeners": {
+                "udp": state.dns_udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tcp": state.dns_tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
+            "unknown_clients": config.unknown_clients.map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
+            "segments": segments,
+            "lists": lists,
+            "upstreams": upstreams,
         })
-        .collect();
-    let loaded_at = policy
-        .loaded_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    axum::Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "config": config.origin,
-        "policy": { "generation": policy.generation, "loaded_at_unix": loaded_at },
-        "listeners": {
-            "udp": state.dns_udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "tcp": state.dns_tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        },
-        "unknown_clients": config.unknown_clients.map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
-        "segments": segments,
-        "lists": lists,
-        "upstreams": upstreams,
-        "cache_entries": state.gateway.cache_len(),
-        "reload": state.reloader.status(),
-    }))
+    });
+    let mut status = status;
+    status["cache_entries"] = json!(state.gateway.cache_len());
+    status["reload"] = json!(state.reloader.status());
+    axum::Json(status)
 }
 
 /// Why a mutating request may not go ahead, if it may not.
 fn refuse_mutation(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let policy = state.gateway.policy();
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let refusal = mutation_refused(
-        policy.config.admin_token.as_ref(),
-        state.admin.ip(),
-        authorization,
-    )?;
+    let refusal = state.gateway.with_policy(|policy| {
+        let token = policy.config().admin_token.as_ref();
+        mutation_refused(token, state.admin.ip(), authorization)
+    })?;
     let body = axum::Json(json!({ "error": refusal.message() }));
     Some(match refusal {
         Refusal::NoTokenOffLoopback => (StatusCode::FORBIDDEN, body).into_response(),
@@ -262,12 +262,12 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Ok(generation) => {
             axum::Json(json!({ "result": "success", "generation": generation })).into_response()
         }
-        Err(error) => (
+        Err(err) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             axum::Json(json!({
                 "result": "failure",
-                "error": error,
-                "running_generation": state.gateway.policy().generation,
+                "error": error::chain(&*err),
+                "running_generation": state.gateway.generation(),
             })),
         )
             .into_response(),
@@ -291,10 +291,19 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
     let Ok(client) = params.client.parse::<IpAddr>() else {
         return bad(format!("`{}` is not an IP address", params.client));
     };
-    let policy = state.gateway.policy();
-    let explanation = match policy.explain(client, &params.name) {
-        Ok(explanation) => explanation,
+    let explained = state.gateway.with_policy(|policy| {
+        let block_response = policy.config().block.response.as_str();
+        policy
+            .explain(client, &params.name)
+            .map(|explanation| (explanation, block_response))
+    });
+    let (explanation, block_response) = match explained {
+        Ok(explained) => explained,
         Err(err) => return bad(format!("`{}` is not a domain name: {err}", params.name)),
+    };
+    // Finding the entry's line reads the list files: not on the runtime's workers.
+    let Ok(explanation) = tokio::task::spawn_blocking(move || explanation.locate()).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "explain failed\n").into_response();
     };
     let located = |l: &Located| {
         json!({
@@ -311,7 +320,7 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         Verdict::Blocked(l) => ("blocked", located(l)),
     };
     let answer = match explanation.verdict {
-        Verdict::Blocked(_) => policy.config.block.response.as_str(),
+        Verdict::Blocked(_) => block_response,
         Verdict::Refused => "refused",
         _ => "forwarded",
     };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::name::MAX_WIRE_LEN;
-use crate::reply;
+use crate::wire::push_opt;
 use crate::wire::{self, HEADER_LEN, Query, Record, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA};
 
 /// Upper bound on how long any answer is kept (and on the TTLs served from it).
@@ -171,7 +171,7 @@ impl Answer {
                 out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
             }
         }
-        reply::push_opt(query, 0, None, out);
+        push_opt(query, 0, None, out);
     }
 }
 
@@ -208,10 +208,6 @@ impl Cache {
 
     pub fn len(&self) -> usize {
         self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

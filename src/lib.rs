@@ -4,47 +4,67 @@
 //! upstream groups and cached; clients in no segment are refused.
 //!
 //! ```text
-//! socket ─► server.rs ─► handler.rs: answer_now(packet, client) ─► reply bytes ─► server.rs ─► socket
-//!             wire.rs      header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
-//!             segment.rs   source address ─► SegmentId (longest prefix; none ─► REFUSED)
-//!             policy/      (segment, qname) ─► Decision, one pass over the name's suffixes
-//!               ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
-//!               └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
-//!                                  └miss─► handler.rs forward ─► upstream.rs ─► cache.rs
-//! side: config/ ─► policy/compile.rs ─► reload.rs ─► Gateway::swap      metrics.rs ─► admin.rs ─► /metrics
+//! socket ─► transport/ ─► gateway.rs: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
+//!   udp.rs, tcp.rs  segment.rs  source address ─► SegmentId (longest prefix; none ─► REFUSED)
+//!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
+//!                   policy/     (segment, qname) ─► Decision, one pass over the name's suffixes
+//!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
+//!                     └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
+//!                                        └miss─► gateway.rs forward ─► upstream.rs ─► cache.rs
+//!                   gateway.rs finish: every reply fitted to the transport and counted (metrics.rs)
+//! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API) ─► Gateway::swap
+//! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload}
 //! ```
-//! Start reading at `handler.rs`.
+//! Modules use only the ones listed above them below (`tests/integration/modules.rs` checks
+//! that no two need each other).
+//! Start reading at `gateway.rs`.
 
-pub mod admin;
-pub mod cache;
-pub mod config;
-pub mod handler;
-pub mod lists;
-pub mod metrics;
-pub mod name;
-pub mod policy;
-pub mod reload;
-pub mod remote;
-pub mod reply;
-pub mod segment;
-pub mod server;
-pub mod upstream;
-pub mod watch;
-pub mod wire;
+#![deny(unsafe_code)]
+
+// Bottom layer: names, wire format, segments, error text, metric handles.
+mod error;
+mod metrics;
+mod name;
+mod segment;
+mod wire;
+// Config, then what is read from it.
+mod config;
+mod lists;
+mod upstream;
+// The compiled policy, then the answers written from its decisions.
+mod cache;
+mod policy;
+mod reply;
+// The path of one query, then what runs around it.
+mod admin;
+mod gateway;
+mod reload;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use admin::Admin;
-use config::Config;
-use handler::Gateway;
-use metrics::Metrics;
-use policy::Policy;
-use policy::compile::CompileError;
-use reload::{ConfigSource, Reloader};
-use remote::Fetcher;
-use server::{Listeners, ServerError};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use admin::{Admin, AdminBindError};
+pub use config::{Config, ConfigError, Problem};
+pub use error::chain as error_chain;
+pub use gateway::{Gateway, Pending, Step, Transport};
+use lists::remote::{Fetcher, NoCopyError};
+pub use metrics::Metrics;
+pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
+pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
+use transport::{BindError, Listeners};
+
+/// The lookup core and the list reader, for benches, examples and the tests over real lists.
+pub mod core {
+    pub use crate::lists::{
+        Entry, EntryKind, ListError, ListFile, Rejected, parse, read, read_with,
+    };
+    pub use crate::name::{MAX_WIRE_LEN, NameError, from_text, to_text};
+    pub use crate::policy::index::{IndexBuilder, ListId, ListSet, Matches, SuffixIndex};
+    pub use crate::segment::{SegmentId, SegmentTable};
+}
 
 /// Why the gateway did not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +72,25 @@ pub enum StartError {
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error(transparent)]
-    Server(#[from] ServerError),
-    /// A list source has no copy yet and cannot be downloaded.
-    #[error("{0}")]
-    Remote(String),
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Admin(#[from] AdminBindError),
+    #[error(transparent)]
+    Download(#[from] NoCopyError),
 }
 
-/// A running gateway; `shutdown` stops it.
+/// A running gateway; `shutdown` stops it, and so does dropping it (without the grace period).
+///
+/// Shutdown is one token tree: `root` is the admin listener's; its child `serving` stops the
+/// DNS listeners and the reload workers. `shutdown` cancels `serving`, waits for the
+/// listeners to finish what is in flight, then cancels `root`.
 pub struct Running {
     gateway: Arc<Gateway>,
     listeners: Listeners,
     admin: Option<Admin>,
     reloader: Arc<Reloader>,
-    stop: CancellationToken,
+    serving: CancellationToken,
+    root: DropGuard,
 }
 
 /// Downloads list sources, compiles the policy for `config`, then binds the DNS listeners,
@@ -73,31 +99,30 @@ pub struct Running {
 pub async fn start(config: Config, source: ConfigSource) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let fetcher = Fetcher::new(metrics.clone());
-    fetcher
-        .prepare(&config, false)
-        .await
-        .map_err(StartError::Remote)?;
-    let policy = Policy::compile(config, &metrics)?;
+    fetcher.prepare(&config, false).await?;
+    let (listen, admin_listen) = (config.listen.clone(), config.admin_listen);
+    let policy = Policy::compile(config, &metrics, 1)?;
     reload::release_freed_memory();
-    let listen = policy.config.listen.clone();
-    let admin_listen = policy.config.admin_listen;
     let gateway = Arc::new(Gateway::new(policy, metrics));
-    let listeners = Listeners::bind(&listen, gateway.clone()).await?;
+    let root = CancellationToken::new();
+    let serving = root.child_token();
+    let listeners = Listeners::bind(&listen, gateway.clone(), serving.clone()).await?;
     let reloader = Reloader::new(gateway.clone(), source, fetcher);
     let admin = match admin_listen {
         Some(addr) => {
-            Some(Admin::start(addr, reloader.clone(), &listeners.udp, &listeners.tcp).await?)
+            let (udp, tcp) = (&listeners.udp, &listeners.tcp);
+            Some(Admin::start(addr, reloader.clone(), udp, tcp, root.clone()).await?)
         }
         None => None,
     };
-    let stop = CancellationToken::new();
-    reloader.start(&stop);
+    reloader.start(&serving);
     Ok(Running {
         gateway,
         listeners,
         admin,
         reloader,
-        stop,
+        serving,
+        root: root.drop_guard(),
     })
 }
 
@@ -131,10 +156,11 @@ impl Running {
         if let Some(admin) = &self.admin {
             admin.set_not_ready();
         }
-        self.stop.cancel();
-        self.listeners.shutdown().await;
+        self.serving.cancel();
+        self.listeners.stopped().await;
+        drop(self.root);
         if let Some(admin) = self.admin {
-            admin.shutdown().await;
+            admin.stopped().await;
         }
     }
 }

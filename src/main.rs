@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use portvakt::config::ConfigError;
-use portvakt::policy::compile::CompileError;
-use portvakt::policy::{Explanation, Located, Policy, Verdict};
-use portvakt::reload::{ConfigSource, Reloader, Trigger};
-use portvakt::{StartError, start};
+use portvakt::{
+    CompileError, ConfigError, ConfigSource, Explanation, Located, Metrics, Policy, Reloader,
+    StartError, Trigger, Verdict, error_chain, start,
+};
 use tracing::{error, info};
 
 /// DNS policy gateway: blocks lists of names per client segment, forwards the rest.
@@ -110,13 +109,7 @@ fn report(err: &(dyn Error + 'static)) {
         problems.iter().for_each(|problem| eprintln!("{problem}"));
         return;
     }
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    eprintln!("error: {text}");
+    eprintln!("error: {}", error_chain(err));
 }
 
 /// Loads and compiles, or reports and gives the exit code.
@@ -125,7 +118,7 @@ fn compile(arg: &ConfigArg) -> Result<Policy, ExitCode> {
         report(&err);
         ExitCode::from(2)
     })?;
-    Policy::compile(config, &portvakt::metrics::Metrics::new()).map_err(|err| {
+    Policy::compile(config, &Metrics::new(), 0).map_err(|err| {
         report(&err);
         ExitCode::from(2)
     })
@@ -155,20 +148,31 @@ async fn serve(args: ServeArgs) -> ExitCode {
             );
         }
     };
-    let policy = running.gateway().policy();
     info!(config = %origin, udp = ?running.udp_addrs(), tcp = ?running.tcp_addrs(), "portvakt listening");
-    for list in &policy.lists {
+    running.gateway().with_policy(log_policy);
+    if let Some(admin) = running.admin_addr() {
+        info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain /api/v1/reload");
+    }
+    wait_for_shutdown_signal(running.reloader()).await;
+    info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// What is in force, at start: lists, segments, upstream groups.
+fn log_policy(policy: &Policy) {
+    for list in policy.lists() {
         info!(list = %list.name, entries = list.entries, rejected = list.rejected.len(), "list loaded");
     }
-    for (segment, config) in policy.segments.iter().zip(&policy.config.segments) {
-        let networks: Vec<String> = config.networks.iter().map(ToString::to_string).collect();
+    for segment in &policy.config().segments {
+        let networks: Vec<String> = segment.networks.iter().map(ToString::to_string).collect();
         info!(segment = %segment.name, networks = %networks.join(","), "segment");
     }
-    for group in &policy.config.upstreams {
+    for group in &policy.config().upstreams {
         let zones: Vec<String> = group
             .zones
             .iter()
-            .map(|z| portvakt::name::to_text(z))
+            .map(|z| portvakt::core::to_text(z))
             .collect();
         let servers: Vec<String> = group.servers.iter().map(ToString::to_string).collect();
         let zones = if zones.is_empty() {
@@ -178,15 +182,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
         };
         info!(zones = %zones, servers = %servers.join(","), timeout_ms = group.timeout.as_millis() as u64, "upstream group");
     }
-    if let Some(admin) = running.admin_addr() {
-        info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain /api/v1/reload");
-    }
-    // A reload waits until nothing holds the policy it replaced.
-    drop(policy);
-    wait_for_shutdown_signal(running.reloader()).await;
-    info!("shutting down");
-    running.shutdown().await;
-    ExitCode::SUCCESS
 }
 
 /// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy (a failed reload keeps the
@@ -243,7 +238,7 @@ async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
     if let Err(code) = print_to_stdout(|out| write_check(out, &policy)) {
         return code;
     }
-    let rejected: usize = policy.lists.iter().map(|l| l.rejected.len()).sum();
+    let rejected: usize = policy.lists().iter().map(|l| l.rejected.len()).sum();
     if strict && rejected > 0 {
         eprintln!("error: {rejected} list lines were rejected (--strict)");
         return ExitCode::from(1);
@@ -253,8 +248,8 @@ async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
 
 /// Per-list entry counts, then every rejected line.
 fn write_check(out: &mut dyn Write, policy: &Policy) -> io::Result<()> {
-    writeln!(out, "{}: ok", policy.config.origin)?;
-    for list in &policy.lists {
+    writeln!(out, "{}: ok", policy.config().origin)?;
+    for list in policy.lists() {
         let files: Vec<String> = list.files.iter().map(|f| f.display().to_string()).collect();
         let (entries, rejected) = (list.entries, list.rejected.len());
         writeln!(
@@ -264,7 +259,7 @@ fn write_check(out: &mut dyn Write, policy: &Policy) -> io::Result<()> {
             files.join(", ")
         )?;
     }
-    for line in policy.lists.iter().flat_map(|l| &l.rejected) {
+    for line in policy.lists().iter().flat_map(|l| &l.rejected) {
         writeln!(out, "{line}")?;
     }
     Ok(())
@@ -276,7 +271,7 @@ async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
         Err(code) => return code,
     };
     let explanation = match policy.explain(client, name) {
-        Ok(explanation) => explanation,
+        Ok(explanation) => explanation.locate(),
         Err(err) => {
             eprintln!("error: `{name}` is not a domain name: {err}");
             return ExitCode::from(2);
@@ -329,8 +324,13 @@ fn write_explanation(
                 located.list,
                 entry(located)
             )?;
-            let response = policy.config.block.response.as_str();
-            writeln!(out, "answer:  {response}, ttl {}", policy.config.block.ttl)
+            let block = &policy.config().block;
+            writeln!(
+                out,
+                "answer:  {}, ttl {}",
+                block.response.as_str(),
+                block.ttl
+            )
         }
     }
 }

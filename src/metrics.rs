@@ -8,6 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::segment::NO_SEGMENT;
 use crate::wire::Rcode;
 
 /// Histogram buckets for DNS times, in seconds: 25 µs (a blocked answer) to 2 s (a slow
@@ -19,9 +20,6 @@ const DNS_BUCKETS: [f64; 16] = [
 
 /// The `result` label values of `portvakt_list_updates_total`.
 pub const LIST_UPDATE_RESULTS: [&str; 4] = ["updated", "not_modified", "rejected", "failed"];
-
-/// The `segment` label of clients in no segment.
-pub const NO_SEGMENT: &str = "none";
 
 /// What happened to a query, as the `decision` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

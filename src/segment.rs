@@ -9,6 +9,10 @@ use std::ops::BitAnd;
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
+/// The name that stands for "in no segment" (the `segment` label of refused clients), so no
+/// configured segment may have it.
+pub const NO_SEGMENT: &str = "none";
+
 /// A segment's index in the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentId(pub u16);

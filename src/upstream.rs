@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
-use crate::reply::OUR_UDP_PAYLOAD;
+use crate::wire::OUR_UDP_PAYLOAD;
 use crate::wire::Query;
 
 /// Why a forward produced no upstream answer to relay.

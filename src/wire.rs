@@ -1,6 +1,7 @@
 //! DNS wire format in place: the header and question of a query read without copying the
 //! packet, the sections of a message walked record by record, and the few header fields the
-//! gateway writes. Whole-message encoding on the slow path is left to hickory-proto.
+//! gateway writes, with the OPT record (EDNS and Extended DNS Errors) of every reply portvakt
+//! writes. Whole-message encoding on the slow path is left to hickory-proto.
 
 use crate::name::MAX_WIRE_LEN;
 
@@ -12,6 +13,22 @@ pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
 pub const CLASS_IN: u16 = 1;
+
+/// UDP payload size portvakt advertises (the DNS Flag Day 2020 value).
+pub const OUR_UDP_PAYLOAD: u16 = 1232;
+
+/// Extended DNS Error info-codes used here (RFC 8914 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum EdeCode {
+    Blocked = 15,
+    Prohibited = 18,
+    NoReachableAuthority = 22,
+    NetworkError = 23,
+}
+
+/// The EDNS option code of an Extended DNS Error (RFC 8914 §2).
+const EDE_OPTION: u16 = 15;
 
 /// Response codes the gateway writes itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +182,29 @@ pub fn u32_at(buf: &[u8], at: usize) -> u32 {
 
 pub fn set_u16(buf: &mut [u8], at: usize, value: u16) {
     buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// Appends our OPT record when the query had one: our payload size, the extended RCODE bits,
+/// version 0, DO mirrored (RFC 3225 §3), and an EDE option if given. Bumps ARCOUNT.
+pub fn push_opt(query: &Query, ext_rcode: u8, ede: Option<(EdeCode, &str)>, out: &mut Vec<u8>) {
+    let Some(edns) = query.edns else { return };
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&[ext_rcode, 0, if edns.dnssec_ok { 0x80 } else { 0 }, 0]);
+    match ede {
+        Some((code, text)) => {
+            let text = text.as_bytes();
+            out.extend_from_slice(&(4 + 2 + text.len() as u16).to_be_bytes());
+            out.extend_from_slice(&EDE_OPTION.to_be_bytes());
+            out.extend_from_slice(&(2 + text.len() as u16).to_be_bytes());
+            out.extend_from_slice(&(code as u16).to_be_bytes());
+            out.extend_from_slice(text);
+        }
+        None => out.extend_from_slice(&[0, 0]),
+    }
+    let arcount = u16_at(out, 10) + 1;
+    set_u16(out, 10, arcount);
 }
 
 /// Finds the OPT record among the records after the question. `Err` when a record runs

@@ -8,10 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::RecordType;
-use portvakt::config::Config;
-use portvakt::handler::{Gateway, Step, Transport};
-use portvakt::metrics::Metrics;
-use portvakt::policy::Policy;
+use portvakt::{Config, Gateway, Metrics, Policy, Step, Transport};
 
 #[allow(dead_code)]
 #[path = "integration/harness.rs"]
@@ -88,7 +85,8 @@ servers = ["{}"]
         upstream.addr
     );
     let metrics = Arc::new(Metrics::new());
-    let policy = Policy::compile(Config::parse("alloc.toml", &text).unwrap(), &metrics).unwrap();
+    let config = Config::parse("alloc.toml", &text).unwrap();
+    let policy = Policy::compile(config, &metrics, 1).unwrap();
     let gateway = Gateway::new(policy, metrics);
 
     let blocked = harness::encode(&harness::question("www.TikTok.com.", RecordType::A, true));

@@ -132,6 +132,27 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
 }
 
+/// Where the copy of `url` in list `list` lives: stable across restarts, one file per URL.
+pub fn copy_path(state_dir: &Path, list: &str, url: &str) -> PathBuf {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let safe: String = list
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir
+        .join("lists")
+        .join(format!("{safe}-{hash:016x}.txt"))
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -303,7 +324,7 @@ impl Checks<'_> {
                 match state_dir {
                     Some(dir) => remote.push(RemoteSource {
                         url: text.clone(),
-                        copy: crate::remote::copy_path(dir.get_ref(), list_name, text),
+                        copy: copy_path(dir.get_ref(), list_name, text),
                     }),
                     None => self.report(
                         url,
@@ -389,7 +410,7 @@ impl Checks<'_> {
                     format!("segment \"{name}\" is defined twice"),
                 );
             }
-            if name == crate::metrics::NO_SEGMENT {
+            if name == crate::segment::NO_SEGMENT {
                 let message = "segment name \"none\" is reserved for clients in no segment";
                 self.report(&segment.name, message);
             }

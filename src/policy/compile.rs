@@ -2,15 +2,15 @@
 //! over all lists, the segment table, the prepared block answers and the upstream groups.
 //! Runs off the hot path; the running policy keeps serving until the new one is swapped in.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::lists::{self, ListError};
-use crate::metrics::{Metrics, NO_SEGMENT};
+use crate::metrics::Metrics;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
-use crate::policy::{List, Policy, PolicyMetrics, Segment};
-use crate::reply::BlockAnswers;
-use crate::segment::{SegmentId, SegmentTable};
+use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
+use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// Why a checked config could still not become a policy.
@@ -28,8 +28,13 @@ pub enum CompileError {
 
 impl Policy {
     /// Builds the policy for `config`, reading its list files, and resolves its metric
-    /// handles in `metrics`.
-    pub fn compile(config: Config, metrics: &Metrics) -> Result<Policy, CompileError> {
+    /// handles in `metrics`. `generation` is the one it will have in force (0: never put in
+    /// force, as for `check`).
+    pub fn compile(
+        config: Config,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Result<Policy, CompileError> {
         let mut index = IndexBuilder::default();
         let mut lists = Vec::with_capacity(config.lists.len());
         for (id, list) in config.lists.iter().enumerate() {
@@ -104,9 +109,9 @@ impl Policy {
             lists,
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
-            upstreams: Upstreams::new(&config.upstreams, metrics)?,
+            upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)?),
             metrics: policy_metrics,
-            generation: 0,
+            generation,
             loaded_at: SystemTime::now(),
             config,
         })

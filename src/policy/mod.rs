@@ -1,56 +1,65 @@
-//! The policy: the immutable snapshot of segments, lists and upstreams that every query is
-//! decided against. Pure: no I/O, no async. Building one is `compile.rs`'s job; answering
-//! with a decision is `reply.rs`'s.
+//! The policy: the immutable snapshot of segments, lists, block answers and upstream groups
+//! that every query is decided against, and the one decision rule (`decide`). Building one is
+//! `compile.rs`'s job, the prepared block answers are `block.rs`'s, and `explain.rs` says why
+//! a client gets what it gets; writing an answer from a decision is `reply.rs`'s. No I/O here
+//! but compiling (which reads the list files) and `Explanation::locate`.
 
-pub mod compile;
-pub mod index;
+mod block;
+mod compile;
+mod explain;
+pub(crate) mod index;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::lists::{self, EntryKind, Rejected};
+use crate::lists::Rejected;
 use crate::metrics::SegmentMetrics;
-use crate::name;
-use crate::reply::BlockAnswers;
 use crate::segment::{SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
-pub use index::{ListId, ListSet, Matches, SuffixIndex};
+pub use block::BlockAnswers;
+pub use compile::CompileError;
+pub use explain::{Explanation, Located, Verdict};
+pub use index::{ListId, ListSet};
+use index::{Matches, SuffixIndex};
 
 /// The compiled policy. Never changes once built: a reload swaps in a whole new one, so a
-/// query sees the old policy or the new, never a mix.
+/// query sees the old policy or the new, never a mix. Metric handles are resolved here, once.
 pub struct Policy {
     /// The config it was built from.
-    pub config: Config,
-    pub segments: Vec<Segment>,
-    pub table: SegmentTable,
-    pub lists: Vec<List>,
-    pub index: SuffixIndex,
-    pub block: BlockAnswers,
-    pub upstreams: Upstreams,
-    pub metrics: PolicyMetrics,
-    /// 1 for the policy loaded at start, one more for each reload; set by `Gateway`.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
+    config: Config,
+    /// Indexed by `SegmentId`.
+    segments: Vec<Segment>,
+    table: SegmentTable,
+    /// Indexed by `ListId`.
+    lists: Vec<List>,
+    index: SuffixIndex,
+    block: BlockAnswers,
+    /// Shared with the queries forwarded under this policy, which hold only this part.
+    upstreams: Arc<Upstreams>,
+    metrics: PolicyMetrics,
+    generation: u64,
+    loaded_at: SystemTime,
 }
 
 /// Metric handles resolved for this policy's segments and lists.
-pub struct PolicyMetrics {
+pub(crate) struct PolicyMetrics {
     /// Indexed by `SegmentId`.
-    pub segments: Vec<SegmentMetrics>,
+    pub(crate) segments: Vec<SegmentMetrics>,
     /// Clients in no segment (`segment="none"`).
-    pub no_segment: SegmentMetrics,
+    pub(crate) no_segment: SegmentMetrics,
 }
 
 /// A segment, with its lists as bitsets.
 #[derive(Debug, Clone)]
-pub struct Segment {
-    pub name: String,
-    pub block: ListSet,
-    pub allow: ListSet,
+struct Segment {
+    name: String,
+    block: ListSet,
+    allow: ListSet,
     /// `block` in config order: when several lists block a name, the first one decides.
-    pub block_order: Vec<ListId>,
+    block_order: Vec<ListId>,
 }
 
 /// A list as loaded.
@@ -66,42 +75,79 @@ pub struct List {
 /// The verdict for one name in one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
+    /// No list of the segment contains the name.
     Allowed,
+    /// One of the segment's allow lists contains the name, so no block list applies.
+    Excepted { list: ListId, zone_at: usize },
     /// `zone_at`: offset in the query name where the list's matched entry starts.
-    Blocked {
-        list: ListId,
-        zone_at: usize,
-    },
+    Blocked { list: ListId, zone_at: usize },
+}
+
+/// What a segment's lists say about a name, given the lists that contain it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Allowed,
+    Excepted(ListId),
+    Blocked(ListId),
+}
+
+impl Segment {
+    /// Allow beats block; of several block lists, the first in the segment's `block` decides.
+    fn rule(&self, found: ListSet) -> Rule {
+        if let Some(list) = found.intersect(self.allow).first() {
+            return Rule::Excepted(list);
+        }
+        let blocked = found.intersect(self.block);
+        let list = if blocked.0.is_power_of_two() {
+            blocked.first()
+        } else {
+            self.block_order
+                .iter()
+                .copied()
+                .find(|&l| blocked.contains(l))
+        };
+        list.map_or(Rule::Allowed, Rule::Blocked)
+    }
 }
 
 impl Policy {
+    /// The config it was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// 1 for the policy loaded at start, one more for each reload (0: never put in force).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// The lists as loaded, indexed by `ListId`.
+    pub fn lists(&self) -> &[List] {
+        &self.lists
+    }
+
     pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
         self.table.classify(client)
     }
 
     /// Decides `name` (lowercase wire format) for `segment` in one pass over its suffixes.
-    /// A name in one of the segment's allow lists is never blocked.
+    /// The one decision rule: the query path, CNAME targets and `explain` all come here.
     pub fn decide(&self, segment: SegmentId, name: &[u8]) -> Decision {
-        let seg = &self.segments[segment.0 as usize];
         let matches = self.index.lookup(name);
-        if !matches.lists.intersect(seg.allow).is_empty() {
-            return Decision::Allowed;
-        }
-        let blocked = matches.lists.intersect(seg.block);
-        let list = if blocked.0.is_power_of_two() {
-            blocked.first()
-        } else {
-            seg.block_order
-                .iter()
-                .copied()
-                .find(|&l| blocked.contains(l))
-        };
-        match list {
-            Some(list) => Decision::Blocked {
+        match self.segments[segment.0 as usize].rule(matches.lists) {
+            Rule::Allowed => Decision::Allowed,
+            Rule::Excepted(list) => Decision::Excepted {
                 list,
                 zone_at: self.zone_of(name, &matches, list),
             },
-            None => Decision::Allowed,
+            Rule::Blocked(list) => Decision::Blocked {
+                list,
+                zone_at: self.zone_of(name, &matches, list),
+            },
         }
     }
 
@@ -112,78 +158,94 @@ impl Policy {
         zone_at.expect("a list found for a name has an entry for one of its suffixes")
     }
 
-    /// Why `client` gets what it gets for `name`, with the deciding entry's file and line.
-    pub fn explain(&self, client: IpAddr, text_name: &str) -> Result<Explanation, name::NameError> {
-        let wire = name::from_text(text_name)?;
-        let Some(segment) = self.classify(client) else {
-            return Ok(Explanation {
-                name: name::to_text(&wire),
-                segment: None,
-                verdict: Verdict::Refused,
-            });
-        };
-        let seg = &self.segments[segment.0 as usize];
-        let matches = self.index.lookup(&wire);
-        let allowed_by = matches.lists.intersect(seg.allow).first();
-        let verdict = match (allowed_by, self.decide(segment, &wire)) {
-            (Some(list), _) => {
-                let zone_at = self.zone_of(&wire, &matches, list);
-                Verdict::AllowedByList(self.locate(list, &wire[zone_at..]))
-            }
-            (None, Decision::Blocked { list, zone_at }) => {
-                Verdict::Blocked(self.locate(list, &wire[zone_at..]))
-            }
-            (None, Decision::Allowed) => Verdict::Allowed,
-        };
-        Ok(Explanation {
-            name: name::to_text(&wire),
-            segment: Some(seg.name.clone()),
-            verdict,
-        })
+    pub(crate) fn segment_name(&self, segment: SegmentId) -> &str {
+        &self.segments[segment.0 as usize].name
     }
 
-    /// Finds the entry for `zone` in `list`'s files (read again: the index keeps no origins).
-    fn locate(&self, list: ListId, zone: &[u8]) -> Located {
-        let info = &self.lists[list.0 as usize];
-        let found = info.files.iter().find_map(|path| {
-            let file = lists::read(path).ok()?;
-            let entry = file
-                .entries
-                .iter()
-                .find(|e| e.name == zone && e.kind == EntryKind::Block)?;
-            Some((path.clone(), entry.line))
-        });
-        Located {
-            list: info.name.clone(),
-            entry: name::to_text(zone),
-            at: found,
+    pub(crate) fn list_name(&self, list: ListId) -> &str {
+        &self.lists[list.0 as usize].name
+    }
+
+    pub(crate) fn block(&self) -> &BlockAnswers {
+        &self.block
+    }
+
+    pub(crate) fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
+    pub(crate) fn metrics(&self) -> &PolicyMetrics {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(block: &[u8], allow: &[u8]) -> Segment {
+        let set = |ids: &[u8]| {
+            let mut set = ListSet::default();
+            ids.iter().for_each(|&id| set.insert(ListId(id)));
+            set
+        };
+        Segment {
+            name: "staff".into(),
+            block: set(block),
+            allow: set(allow),
+            block_order: block.iter().map(|&id| ListId(id)).collect(),
         }
     }
-}
 
-/// The answer to `portvakt explain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Explanation {
-    pub name: String,
-    pub segment: Option<String>,
-    pub verdict: Verdict,
-}
+    fn found(ids: &[u8]) -> ListSet {
+        ListSet(ids.iter().fold(0, |bits, &id| bits | 1 << id))
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// The client is in no segment.
-    Refused,
-    /// No list of the segment contains the name: forwarded.
-    Allowed,
-    /// One of the segment's allow lists contains the name: forwarded.
-    AllowedByList(Located),
-    Blocked(Located),
-}
+    #[test]
+    fn allow_beats_block() {
+        let staff = segment(&[0, 1], &[2]);
+        let cases = [
+            ("in no list", found(&[]), Rule::Allowed),
+            (
+                "in a list the segment does not block",
+                found(&[3]),
+                Rule::Allowed,
+            ),
+            ("in a block list", found(&[1]), Rule::Blocked(ListId(1))),
+            (
+                "in the allow list only",
+                found(&[2]),
+                Rule::Excepted(ListId(2)),
+            ),
+            (
+                "in a block and the allow list",
+                found(&[0, 2]),
+                Rule::Excepted(ListId(2)),
+            ),
+            (
+                "in every list",
+                found(&[0, 1, 2, 3]),
+                Rule::Excepted(ListId(2)),
+            ),
+        ];
+        for (case, lists, want) in cases {
+            assert_eq!(staff.rule(lists), want, "{case}");
+        }
+    }
 
-/// A list entry that decided, and where it is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
-    pub list: String,
-    pub entry: String,
-    pub at: Option<(PathBuf, u32)>,
+    #[test]
+    fn the_first_block_list_in_config_order_decides() {
+        // Config order is not id order: the segment names list 5 before list 1.
+        let staff = segment(&[5, 1, 3], &[]);
+        let cases = [
+            (found(&[1, 3]), ListId(1)),
+            (found(&[1, 5]), ListId(5)),
+            (found(&[3, 5]), ListId(5)),
+            (found(&[1, 3, 5]), ListId(5)),
+            (found(&[3]), ListId(3)),
+        ];
+        for (lists, want) in cases {
+            assert_eq!(staff.rule(lists), Rule::Blocked(want), "{lists:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use portvakt::config::Config;
+use portvakt::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::task::JoinHandle;
@@ -273,7 +273,7 @@ impl TestGateway {
         let path = dir.path().join("portvakt.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
-        let source = portvakt::reload::ConfigSource::File(path);
+        let source = portvakt::ConfigSource::File(path);
         let running = portvakt::start(config, source)
             .await
             .expect("gateway starts");
@@ -285,15 +285,15 @@ impl TestGateway {
         self.dir.path().join("portvakt.toml")
     }
 
-    pub fn reloader(&self) -> &portvakt::reload::Reloader {
+    pub fn reloader(&self) -> &portvakt::Reloader {
         self.running.reloader()
     }
 
-    pub fn running_reloader(&self) -> Arc<portvakt::reload::Reloader> {
+    pub fn running_reloader(&self) -> Arc<portvakt::Reloader> {
         self.running.reloader().clone()
     }
 
-    pub fn gateway(&self) -> &portvakt::handler::Gateway {
+    pub fn gateway(&self) -> &portvakt::Gateway {
         self.running.gateway()
     }
 

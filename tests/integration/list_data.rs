@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use portvakt::lists::{self, ListFile};
-use portvakt::name;
+use portvakt::core::{self, ListFile};
 
 const DATA: &str = "../shared/data";
 
@@ -21,13 +20,13 @@ fn data_dir() -> Option<PathBuf> {
 }
 
 fn read(rel: &str) -> ListFile {
-    lists::read(&Path::new(DATA).join(rel)).unwrap()
+    core::read(&Path::new(DATA).join(rel)).unwrap()
 }
 
 fn names(file: &ListFile) -> BTreeSet<String> {
     file.entries
         .iter()
-        .map(|e| name::to_text(&e.name))
+        .map(|e| core::to_text(&e.name))
         .collect()
 }
 
@@ -67,7 +66,7 @@ fn every_shared_list_reads_without_rejecting_readable_lines() {
             .collect();
         paths.sort();
         for path in paths {
-            let file = lists::read(&path).unwrap();
+            let file = core::read(&path).unwrap();
             files += 1;
             let yaml = path.extension().is_some_and(|e| e == "yml");
             if yaml {
@@ -192,6 +191,6 @@ fn exception_lists_are_read_as_exceptions() {
     assert!(
         file.entries
             .iter()
-            .all(|e| e.kind == lists::EntryKind::Exception)
+            .all(|e| e.kind == core::EntryKind::Exception)
     );
 }

@@ -6,6 +6,7 @@ mod forwarding;
 mod harness;
 mod list_data;
 mod metrics;
+mod modules;
 mod reload;
 mod remote;
 mod responses;

@@ -162,8 +162,8 @@ async fn a_list_url_without_a_copy_and_no_source_stops_the_start() {
         "server.listen = [\"127.0.0.1:0\"]\nserver.state_dir = {:?}\n[lists.remote]\nurls = [\"http://127.0.0.1:{port}/list.txt\"]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"remote\"]\n[[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
         state.path().display().to_string()
     );
-    let config = portvakt::config::Config::parse("t.toml", &text).unwrap();
-    let source = portvakt::reload::ConfigSource::Embedded;
+    let config = portvakt::Config::parse("t.toml", &text).unwrap();
+    let source = portvakt::ConfigSource::Embedded;
     let err = match portvakt::start(config, source).await {
         Ok(_) => panic!("started without the list"),
         Err(err) => err.to_string(),

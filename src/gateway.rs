@@ -2,7 +2,7 @@
 //! out. `answer_now` does everything that needs no upstream (malformed, refused, blocked,
 //! cache hit) without awaiting; a miss comes back as `Step::Forward`, which `forward`
 //! finishes. Each stage lives in its own module; their order lives here, and so does the
-//! one place where a reply is counted (`finish`).
+//! one place where every reply is counted (`finish`), malformed and BADVERS ones included.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use tracing::debug;
 use crate::cache::{Answer, Cache};
 use crate::metrics::{DecisionLabel, Metrics};
 use crate::policy::{Decision, ListId, Policy};
-use crate::reply::{self, EdeCode};
+use crate::reply;
 use crate::segment::SegmentId;
-use crate::upstream::UpstreamError;
-use crate::wire::{self, Malformed, Query, Rcode};
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::wire::{self, EdeCode, Malformed, Query, Rcode};
 
 /// How long a SERVFAIL caused by an upstream failure is answered from the cache.
 pub const FAILURE_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -44,10 +44,12 @@ pub enum Step {
     Forward(Pending),
 }
 
-/// A query waiting for its upstream answer; holds its policy snapshot and in-flight permit.
+/// A query waiting for its upstream answer. It holds the upstream group set of the policy it
+/// started under and its in-flight permit, never the policy itself: the answer is decided
+/// under the policy in force when it arrives, so no query in flight keeps an old policy alive.
 pub struct Pending {
-    policy: Arc<Policy>,
-    segment: SegmentId,
+    upstreams: Arc<Upstreams>,
+    client: IpAddr,
     packet: Vec<u8>,
     transport: Transport,
     started: std::time::Instant,
@@ -55,11 +57,25 @@ pub struct Pending {
 }
 
 /// What decided a reply, for the metrics.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Refused,
     Blocked(ListId),
     Allowed,
+    /// Answered with an error before any decision: FORMERR or NOTIMP (header only).
+    Malformed,
+    /// BADVERS (extended RCODE 16) for an EDNS version above 0.
+    BadVersion,
+}
+
+/// One query as its reply is fitted and counted: how it came, since when, the client's
+/// segment, and the query once it parsed.
+#[derive(Clone, Copy)]
+struct Context<'q> {
+    transport: Transport,
+    started: std::time::Instant,
+    segment: Option<SegmentId>,
+    query: Option<&'q Query<'q>>,
 }
 
 /// The gateway core: the current policy, the answer cache, the in-flight bound, the metrics.
@@ -72,26 +88,30 @@ pub struct Gateway {
 
 impl Gateway {
     /// `policy` must have been compiled with `metrics`.
-    pub fn new(mut policy: Policy, metrics: Arc<Metrics>) -> Gateway {
-        policy.generation = 1;
+    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Gateway {
         publish(&metrics, &policy);
         Gateway {
-            cache: Cache::new(policy.config.cache_max_entries),
+            cache: Cache::new(policy.config().cache_max_entries),
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
         }
     }
 
-    /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
+    /// Runs `f` on the policy in force now. The policy is lent, never handed out, so nothing
+    /// can keep an old one alive across a reload (or across an `.await`).
+    pub fn with_policy<R>(&self, f: impl FnOnce(&Policy) -> R) -> R {
+        f(&self.policy.load())
+    }
+
+    /// The generation of the policy in force.
+    pub fn generation(&self) -> u64 {
+        self.policy.load().generation()
     }
 
     /// Puts `policy` in force for every query that starts from now on, and hands back the
-    /// one it replaces (queries in flight still hold it).
-    pub fn swap(&self, mut policy: Policy) -> Arc<Policy> {
-        policy.generation = self.policy.load().generation + 1;
+    /// one it replaces (for the caller to drop off the runtime: it may be large).
+    pub(crate) fn swap(&self, policy: Policy) -> Arc<Policy> {
         publish(&self.metrics, &policy);
         self.policy.swap(Arc::new(policy))
     }
@@ -114,43 +134,42 @@ impl Gateway {
         out: &mut Vec<u8>,
     ) -> Step {
         let started = std::time::Instant::now();
+        let policy = self.policy.load();
+        let ctx = Context {
+            transport,
+            started,
+            segment: policy.classify(client),
+            query: None,
+        };
         let query = match Query::parse(packet) {
             Ok(query) => query,
             Err(Malformed::Drop) => return Step::Drop,
             Err(Malformed::Answer(rcode)) => {
                 wire::write_header_only(packet, rcode, out);
-                self.metrics.query.response(rcode as u8).inc();
-                return Step::Reply;
+                return self.finish(&policy, &ctx, Outcome::Malformed, out);
             }
         };
-        let policy = self.policy.load();
-        let Some(segment) = policy.classify(client) else {
+        let ctx = Context {
+            query: Some(&query),
+            ..ctx
+        };
+        let Some(segment) = ctx.segment else {
             debug!(%client, "refused: client in no segment");
             reply::refused(&query, out);
-            return self.finish(
-                &policy,
-                None,
-                Outcome::Refused,
-                &query,
-                transport,
-                started,
-                out,
-            );
+            return self.finish(&policy, &ctx, Outcome::Refused, out);
         };
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
-            self.metrics.query.responses_badvers.inc();
-            fit(&query, transport, out);
-            return Step::Reply;
+            return self.finish(&policy, &ctx, Outcome::BadVersion, out);
         }
         let outcome = match policy.decide(segment, query.name()) {
             // Answered here and never forwarded: forwarding would leak the lookup.
             Decision::Blocked { list, zone_at } => {
-                debug!(segment = %policy.segments[segment.0 as usize].name, list = %policy.lists[list.0 as usize].name, "blocked");
-                reply::blocked(&query, &policy.block, list, zone_at, out);
+                debug!(segment = %policy.segment_name(segment), list = %policy.list_name(list), "blocked");
+                reply::blocked(&query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
             }
-            Decision::Allowed => {
+            Decision::Allowed | Decision::Excepted { .. } => {
                 let cached = self.cache.as_ref().and_then(|cache| {
                     let hit = cache.get(&query, Instant::now());
                     let counter = if hit.is_some() {
@@ -169,8 +188,8 @@ impl Gateway {
                     Outcome::Allowed
                 } else if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
                     return Step::Forward(Pending {
-                        policy: arc_swap::Guard::into_inner(policy),
-                        segment,
+                        upstreams: policy.upstreams().clone(),
+                        client,
                         packet: packet.to_vec(),
                         transport,
                         started,
@@ -184,43 +203,42 @@ impl Gateway {
                 }
             }
         };
-        self.finish(
-            &policy,
-            Some(segment),
-            outcome,
-            &query,
-            transport,
-            started,
-            out,
-        )
+        self.finish(&policy, &ctx, outcome, out)
     }
 
-    /// Forwards a miss, caches the answer, and writes the reply to `out`. The policy is the
-    /// one the query started with, even if a reload happened meanwhile.
+    /// Forwards a miss, caches the answer, and writes the reply to `out`. The answer is
+    /// decided under the policy in force when it arrives (a reload meanwhile applies to it).
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
-        let policy = &pending.policy;
-        let outcome = match policy.upstreams.forward(&query).await {
+        let forwarded = pending.upstreams.forward(&query).await;
+        let policy = self.policy.load();
+        let ctx = Context {
+            transport: pending.transport,
+            started: pending.started,
+            segment: policy.classify(pending.client),
+            query: Some(&query),
+        };
+        let answer = match forwarded {
             Ok(message) => match Answer::from_upstream(&query, message, Instant::now()) {
                 Ok(answer) => {
                     let answer = Arc::new(answer);
                     if let Some(cache) = &self.cache {
                         cache.insert(&query, answer.clone());
                     }
-                    serve(policy, pending.segment, &query, &answer, out)
+                    Ok(answer)
                 }
                 Err(err) => {
                     debug!(%err, "servfail: unusable upstream answer");
-                    let ede = (EdeCode::NetworkError, "unusable upstream answer");
-                    reply::error(&query, Rcode::ServFail, Some(ede), out);
-                    Outcome::Allowed
+                    Err((
+                        Rcode::ServFail,
+                        Some((EdeCode::NetworkError, "unusable upstream answer")),
+                    ))
                 }
             },
             Err(UpstreamError::Rcode { rcode, .. })
                 if u16::from(rcode) == Rcode::Refused as u16 =>
             {
-                reply::error(&query, Rcode::Refused, None, out);
-                Outcome::Allowed
+                Err((Rcode::Refused, None))
             }
             Err(err) => {
                 debug!(%err, "servfail: upstream failed");
@@ -236,20 +254,22 @@ impl Gateway {
                         Arc::new(Answer::failure(&query, Instant::now(), FAILURE_CACHE)),
                     );
                 }
-                reply::error(&query, Rcode::ServFail, Some(ede), out);
+                Err((Rcode::ServFail, Some(ede)))
+            }
+        };
+        let outcome = match (ctx.segment, answer) {
+            // A reload meanwhile left the client in no segment.
+            (None, _) => {
+                reply::refused(&query, out);
+                Outcome::Refused
+            }
+            (Some(segment), Ok(answer)) => serve(&policy, segment, &query, &answer, out),
+            (Some(_), Err((rcode, ede))) => {
+                reply::error(&query, rcode, ede, out);
                 Outcome::Allowed
             }
         };
-        let segment = Some(pending.segment);
-        self.finish(
-            policy,
-            segment,
-            outcome,
-            &query,
-            pending.transport,
-            pending.started,
-            out,
-        );
+        self.finish(&policy, &ctx, outcome, out);
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).
@@ -270,37 +290,44 @@ impl Gateway {
         }
     }
 
-    /// Fits the reply to the transport and counts it: decision, deciding list, RCODE and time.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        policy: &Policy,
-        segment: Option<SegmentId>,
-        outcome: Outcome,
-        query: &Query,
-        transport: Transport,
-        started: std::time::Instant,
-        out: &mut Vec<u8>,
-    ) -> Step {
-        fit(query, transport, out);
-        let handles = match segment {
-            Some(segment) => &policy.metrics.segments[segment.0 as usize],
-            None => &policy.metrics.no_segment,
+    /// The one place a reply is counted: fits it to the transport, then counts its decision,
+    /// deciding list, RCODE and time. Every reply portvakt sends passes here.
+    fn finish(&self, policy: &Policy, ctx: &Context, outcome: Outcome, out: &mut Vec<u8>) -> Step {
+        // UDP replies larger than the client accepts become header + question with TC=1.
+        // (Without a parsed query, the reply is a 12-byte header.)
+        if let Some(query) = ctx.query
+            && ctx.transport == Transport::Udp
+            && out.len() > query.udp_limit()
+        {
+            let rcode = out[3] & 0x0F;
+            reply::truncated(query, rcode, out);
+        }
+        let handles = match ctx.segment {
+            Some(segment) => &policy.metrics().segments[segment.0 as usize],
+            None => &policy.metrics().no_segment,
         };
-        let decision = match outcome {
-            Outcome::Refused => DecisionLabel::Refused,
-            Outcome::Allowed => DecisionLabel::Allowed,
-            Outcome::Blocked(list) => {
+        let decision = match (outcome, ctx.segment) {
+            (Outcome::Blocked(list), _) => {
                 handles.blocked_by(list.0 as usize);
                 DecisionLabel::Blocked
+            }
+            (Outcome::Refused, _) | (Outcome::Malformed | Outcome::BadVersion, None) => {
+                DecisionLabel::Refused
+            }
+            (Outcome::Allowed | Outcome::Malformed | Outcome::BadVersion, _) => {
+                DecisionLabel::Allowed
             }
         };
         handles.decided(decision);
         let metrics = &self.metrics.query;
-        metrics.response(out[3]).inc();
+        if outcome == Outcome::BadVersion {
+            metrics.responses_badvers.inc();
+        } else {
+            metrics.response(out[3]).inc();
+        }
         metrics
             .duration(decision)
-            .observe(started.elapsed().as_secs_f64());
+            .observe(ctx.started.elapsed().as_secs_f64());
         Step::Reply
     }
 }
@@ -316,9 +343,9 @@ fn serve(
 ) -> Outcome {
     for target in answer.cname_targets() {
         if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
-            debug!(list = %policy.lists[list.0 as usize].name, "blocked: CNAME target");
+            debug!(list = %policy.list_name(list), "blocked: CNAME target");
             // The SOA is owned by the question name: the blocked zone is not in the question.
-            reply::blocked(query, &policy.block, list, 0, out);
+            reply::blocked(query, policy.block(), list, 0, out);
             return Outcome::Blocked(list);
         }
     }
@@ -326,21 +353,13 @@ fn serve(
     Outcome::Allowed
 }
 
-/// UDP replies larger than the client accepts become header + question with TC=1.
-fn fit(query: &Query, transport: Transport, out: &mut Vec<u8>) {
-    if transport == Transport::Udp && out.len() > query.udp_limit() {
-        let rcode = out[3] & 0x0F;
-        reply::truncated(query, rcode, out);
-    }
-}
-
 /// Sets the gauges that describe the policy in force: its load time and list sizes. Called
 /// as a policy goes into force, so a build that fails later never shows its figures.
 fn publish(metrics: &Metrics, policy: &Policy) {
     metrics
         .last_reload_success
-        .set(unix_seconds(policy.loaded_at));
-    for list in &policy.lists {
+        .set(unix_seconds(policy.loaded_at()));
+    for list in policy.lists() {
         metrics.set_list_entries(&list.name, list.entries);
     }
 }

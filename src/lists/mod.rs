@@ -8,6 +8,10 @@
 //! dnsmasq `address=/example.com/…`, `server=/example.com/…` · Unbound
 //! `local-zone: "example.com" static` · RPZ `example.com CNAME .`.
 //! Every entry matches its name and all names below it.
+//!
+//! Lists downloaded from `urls` are `remote.rs`'s; the policy reads their copies like any file.
+
+pub(crate) mod remote;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

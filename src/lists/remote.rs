@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::{Config, ListConfig, RemoteSource};
+use crate::error;
 use crate::lists;
 use crate::metrics::Metrics;
 
@@ -23,27 +24,6 @@ use crate::metrics::Metrics;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// A list larger than this is refused (a 1M-name list is about 30 MB).
 const MAX_BODY: usize = 256 << 20;
-
-/// Where the copy of `url` in list `list` lives: stable across restarts, one file per URL.
-pub fn copy_path(state_dir: &Path, list: &str, url: &str) -> PathBuf {
-    // FNV-1a: stable across builds, unlike std's hasher.
-    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let safe: String = list
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    state_dir
-        .join("lists")
-        .join(format!("{safe}-{hash:016x}.txt"))
-}
 
 /// What is known about a copy, kept beside it as `<copy>.meta.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -65,8 +45,38 @@ fn read_meta(copy: &Path) -> Option<Meta> {
     serde_json::from_str(&text).ok()
 }
 
+/// Why a download gave no new copy.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed")]
+    Request(#[source] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(StatusCode),
+    #[error("larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the download's check did not finish")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// A list source that has no copy yet and could not be downloaded: the list would silently
+/// be empty, so the start (or the reload) stops.
+#[derive(Debug, thiserror::Error)]
+#[error("list \"{list}\": no copy of {url} yet and the download failed")]
+pub struct NoCopyError {
+    pub list: String,
+    pub url: String,
+    #[source]
+    pub source: FetchError,
+}
+
 /// What one download did to one source's copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Update {
     /// A new copy with this many entries.
     Updated {
@@ -78,7 +88,7 @@ pub enum Update {
         old: usize,
         new: usize,
     },
-    Failed(String),
+    Failed(FetchError),
 }
 
 impl Update {
@@ -120,30 +130,27 @@ impl Fetcher {
     }
 
     /// Fetches every source of every list; `only_missing` skips sources that have a copy.
-    /// Fails if a source is left without any copy: the list would silently be empty.
-    pub async fn prepare(&self, config: &Config, only_missing: bool) -> Result<bool, String> {
-        let mut changed = false;
+    /// Fails if a download fails for a source that has no copy. (Any other download leaves a
+    /// copy: a 304 or the shrink guard need one to compare with.)
+    pub async fn prepare(&self, config: &Config, only_missing: bool) -> Result<(), NoCopyError> {
         for list in config.lists.iter().filter(|l| !l.remote.is_empty()) {
             self.metrics.list_update_series(&list.name);
             for source in &list.remote {
                 if only_missing && source.copy.exists() {
                     continue;
                 }
-                let update = self.update(list, source).await;
-                changed |= matches!(update, Update::Updated { .. });
-                if !source.copy.exists() {
-                    let why = match update {
-                        Update::Failed(why) => why,
-                        other => format!("{other:?}"),
-                    };
-                    return Err(format!(
-                        "list \"{}\": no copy of {} yet and the download failed: {why}",
-                        list.name, source.url
-                    ));
+                if let Update::Failed(cause) = self.update(list, source).await
+                    && !source.copy.exists()
+                {
+                    return Err(NoCopyError {
+                        list: list.name.clone(),
+                        url: source.url.clone(),
+                        source: cause,
+                    });
                 }
             }
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// One conditional GET of `source`; replaces its copy if the download passes the guard.
@@ -160,7 +167,8 @@ impl Fetcher {
                 "list download rejected: it loses more than max_shrink of the entries; keeping the last good copy"
             ),
             Update::Failed(why) => {
-                warn!(list = %list.name, url = %source.url, error = %why, "list download failed; keeping the last good copy")
+                let error = error::chain(why);
+                warn!(list = %list.name, url = %source.url, %error, "list download failed; keeping the last good copy")
             }
         }
         update
@@ -183,16 +191,16 @@ impl Fetcher {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(err) => return Update::Failed(error_chain(&err)),
+            Err(err) => return Update::Failed(FetchError::Request(err)),
         };
         if response.status() == StatusCode::NOT_MODIFIED && old.is_some() {
             return Update::NotModified;
         }
         if !response.status().is_success() {
-            return Update::Failed(format!("HTTP {}", response.status()));
+            return Update::Failed(FetchError::Status(response.status()));
         }
         if response.content_length().unwrap_or(0) > MAX_BODY as u64 {
-            return Update::Failed(format!("larger than {MAX_BODY} bytes"));
+            return Update::Failed(FetchError::TooLarge);
         }
         let header = |name| {
             response
@@ -204,8 +212,8 @@ impl Fetcher {
         let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
         let body = match response.bytes().await {
             Ok(body) if body.len() <= MAX_BODY => body,
-            Ok(_) => return Update::Failed(format!("larger than {MAX_BODY} bytes")),
-            Err(err) => return Update::Failed(error_chain(&err)),
+            Ok(_) => return Update::Failed(FetchError::TooLarge),
+            Err(err) => return Update::Failed(FetchError::Request(err)),
         };
         let copy = source.copy.clone();
         let max_shrink = list.max_shrink;
@@ -218,7 +226,7 @@ impl Fetcher {
         let old_entries = old.map(|m| m.entries);
         tokio::task::spawn_blocking(move || store(&copy, &body, meta, old_entries, max_shrink))
             .await
-            .unwrap_or_else(|err| Update::Failed(err.to_string()))
+            .unwrap_or_else(|err| Update::Failed(FetchError::Task(err)))
     }
 }
 
@@ -246,18 +254,9 @@ fn store(copy: &Path, body: &[u8], mut meta: Meta, old: Option<usize>, max_shrin
     };
     match write() {
         Ok(()) => Update::Updated { entries },
-        Err(err) => Update::Failed(format!("cannot write {}: {err}", copy.display())),
+        Err(source) => Update::Failed(FetchError::Write {
+            path: copy.to_owned(),
+            source,
+        }),
     }
-}
-
-/// An error with its causes, e.g. "error sending request: connection refused".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -4,29 +4,32 @@
 //! in `status()` until a reload succeeds. Either way `portvakt_reloads_total` counts it.
 //!
 //! Requests coalesce: one worker builds, and requests that arrive meanwhile are served by the
-//! next build. Before a build starts, the policy the last one replaced must be gone, so at
-//! most two policies are alive at once (the running one and the one being built).
+//! next build. A build never waits for anything that holds the policy in force: the gateway
+//! only lends its policy to synchronous code, so the one a swap replaces is gone within
+//! microseconds and at most two policies are alive at once (the running one and the one
+//! being built). The triggers that are not calls live beside this: `watch.rs` (file changes)
+//! and `refresh.rs` (list downloads).
 
-use std::collections::HashMap;
+mod refresh;
+mod watch;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, watch as channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::handler::Gateway;
-use crate::policy::Policy;
-use crate::policy::compile::CompileError;
-use crate::remote::{Fetcher, Update};
-use crate::watch::Watcher;
-
-/// How long a build waits for queries still holding the policy replaced before it.
-const RETIRE_WAIT: Duration = Duration::from_secs(10);
+use crate::error;
+use crate::gateway::Gateway;
+use crate::lists::remote::{Fetcher, NoCopyError};
+use crate::policy::{CompileError, Policy};
+use refresh::refresh_lists;
+use watch::Watcher;
 
 /// Where the config comes from, read again at every reload.
 #[derive(Debug, Clone)]
@@ -51,8 +54,10 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Compile(#[from] CompileError),
-    #[error("{0}")]
-    Remote(String),
+    #[error(transparent)]
+    Download(#[from] NoCopyError),
+    #[error("portvakt is shutting down")]
+    ShuttingDown,
 }
 
 /// What asked for a reload.
@@ -85,7 +90,7 @@ pub struct ReloadStatus {
 struct Completed {
     /// Requests up to this number are answered by `result`.
     seq: u64,
-    result: Result<u64, String>,
+    result: Result<u64, Arc<ReloadError>>,
 }
 
 /// Owns reloading for one running gateway.
@@ -95,7 +100,7 @@ pub struct Reloader {
     fetcher: Fetcher,
     requested: AtomicU64,
     wake: Notify,
-    done: watch::Sender<Completed>,
+    done: channel::Sender<Completed>,
     trigger: Mutex<Option<Trigger>>,
     status: Mutex<ReloadStatus>,
     watcher: Mutex<Option<Watcher>>,
@@ -105,11 +110,11 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(gateway: Arc<Gateway>, source: ConfigSource, fetcher: Fetcher) -> Arc<Reloader> {
-        let (done, _) = watch::channel(Completed {
+        let (done, _) = channel::channel(Completed {
             seq: 0,
             result: Ok(0),
         });
-        let initial = gateway.policy().config.clone();
+        let initial = gateway.with_policy(|policy| policy.config().clone());
         Arc::new(Reloader {
             initial,
             gateway,
@@ -128,12 +133,31 @@ impl Reloader {
     /// refresher; all stop with `stop`.
     pub fn start(self: &Arc<Self>, stop: &CancellationToken) {
         tokio::spawn(self.clone().build_loop(stop.clone()));
-        tokio::spawn(self.clone().refresh_loop(stop.clone()));
-        let policy = self.gateway.policy();
-        if policy.config.watch {
-            match Watcher::new(Arc::downgrade(self)) {
+        let reloader = Arc::downgrade(self);
+        let on_download = move || {
+            if let Some(reloader) = reloader.upgrade() {
+                reloader.request(Trigger::ListDownload);
+            }
+        };
+        tokio::spawn(refresh_lists(
+            self.gateway.clone(),
+            self.fetcher.clone(),
+            on_download,
+            stop.clone(),
+        ));
+        let (watch, files) = self
+            .gateway
+            .with_policy(|policy| (policy.config().watch, self.watched_files(policy)));
+        if watch {
+            let reloader = Arc::downgrade(self);
+            let on_change = move || {
+                if let Some(reloader) = reloader.upgrade() {
+                    reloader.request(Trigger::FileChange);
+                }
+            };
+            match Watcher::new(on_change) {
                 Ok(mut watcher) => {
-                    watcher.set_files(self.watched_files(&policy));
+                    watcher.set_files(files);
                     *self.watcher.lock().expect("watcher lock") = Some(watcher);
                 }
                 Err(err) => {
@@ -162,14 +186,14 @@ impl Reloader {
 
     /// Asks for a reload and waits for a build that started after this call: the new
     /// generation, or why the running policy was kept.
-    pub async fn reload(&self, trigger: Trigger) -> Result<u64, String> {
+    pub async fn reload(&self, trigger: Trigger) -> Result<u64, Arc<ReloadError>> {
         let mut done = self.done.subscribe();
         let seq = self.enqueue(trigger);
         let completed = done
             .wait_for(|c| c.seq >= seq)
             .await
             .map(|c| c.result.clone());
-        completed.unwrap_or_else(|_| Err("portvakt is shutting down".to_owned()))
+        completed.unwrap_or_else(|_| Err(Arc::new(ReloadError::ShuttingDown)))
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -179,7 +203,6 @@ impl Reloader {
     }
 
     async fn build_loop(self: Arc<Self>, stop: CancellationToken) {
-        let mut retired: Weak<Policy> = Weak::new();
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
@@ -187,37 +210,16 @@ impl Reloader {
             }
             let seq = self.requested.load(Ordering::SeqCst);
             let trigger = self.trigger.lock().expect("trigger lock").take();
-            wait_retired(&retired).await;
             let result = match self.build().await {
-                Ok(policy) => {
-                    let listeners = restart_required(&self.initial, &policy.config);
-                    let files = self.watched_files(&policy);
-                    let old = self.gateway.swap(policy);
-                    forget_removed(&self.gateway);
-                    retired = Arc::downgrade(&old);
-                    drop(old);
-                    let generation = self.gateway.policy().generation;
-                    self.gateway.metrics().reloads_success.inc();
-                    info!(generation, ?trigger, "policy reloaded");
-                    for change in &listeners {
-                        warn!(change = %change, "changed in the config: takes effect at the next restart");
-                    }
-                    if let Some(watcher) = self.watcher.lock().expect("watcher lock").as_mut() {
-                        watcher.set_files(files);
-                    }
-                    let mut status = self.status.lock().expect("status lock");
-                    status.last_success_unix = Some(unix_now());
-                    status.last_error = None;
-                    status.restart_required = listeners;
-                    Ok(generation)
-                }
+                Ok(policy) => Ok(self.put_in_force(policy, trigger)),
                 Err(err) => {
                     self.gateway.metrics().reloads_failure.inc();
-                    error!(error = %err, ?trigger, "reload rejected; the previous policy keeps serving");
+                    let text = error::chain(&err);
+                    error!(error = %text, ?trigger, "reload rejected; the previous policy keeps serving");
                     let mut status = self.status.lock().expect("status lock");
-                    status.last_error = Some(err.to_string());
+                    status.last_error = Some(text);
                     status.last_error_unix = Some(unix_now());
-                    Err(err.to_string())
+                    Err(Arc::new(err))
                 }
             };
             {
@@ -226,14 +228,35 @@ impl Reloader {
                 status.last_attempt_unix = Some(unix_now());
                 status.builds += 1;
             }
-            let swapped = result.is_ok();
             self.done.send_replace(Completed { seq, result });
-            // Once the replaced policy is gone, give its memory back to the system.
-            if swapped {
-                wait_retired(&retired).await;
-                release_freed_memory();
-            }
         }
+    }
+
+    /// Swaps `policy` in, and says so in metrics, log and status; returns its generation.
+    fn put_in_force(&self, policy: Policy, trigger: Option<Trigger>) -> u64 {
+        let listeners = restart_required(&self.initial, policy.config());
+        let files = self.watched_files(&policy);
+        let generation = policy.generation();
+        let old = self.gateway.swap(policy);
+        forget_removed(&self.gateway);
+        // The replaced policy may be large: free it off the runtime, then hand the memory back.
+        tokio::task::spawn_blocking(move || {
+            drop(old);
+            release_freed_memory();
+        });
+        self.gateway.metrics().reloads_success.inc();
+        info!(generation, ?trigger, "policy reloaded");
+        for change in &listeners {
+            warn!(change = %change, "changed in the config: takes effect at the next restart");
+        }
+        if let Some(watcher) = self.watcher.lock().expect("watcher lock").as_mut() {
+            watcher.set_files(files);
+        }
+        let mut status = self.status.lock().expect("status lock");
+        status.last_success_unix = Some(unix_now());
+        status.last_error = None;
+        status.restart_required = listeners;
+        generation
     }
 
     /// Reads the config, downloads sources that have no copy yet, and compiles on a
@@ -243,12 +266,11 @@ impl Reloader {
         let config = tokio::task::spawn_blocking(move || source.load())
             .await
             .expect("config load does not panic")?;
-        self.fetcher
-            .prepare(&config, true)
-            .await
-            .map_err(ReloadError::Remote)?;
+        self.fetcher.prepare(&config, true).await?;
         let metrics = self.gateway.metrics().clone();
-        tokio::task::spawn_blocking(move || Policy::compile(config, &metrics))
+        // Only this worker swaps, so the generation in force now is the one this follows.
+        let generation = self.gateway.generation() + 1;
+        tokio::task::spawn_blocking(move || Policy::compile(config, &metrics, generation))
             .await
             .expect("policy build does not panic")
             .map_err(ReloadError::from)
@@ -260,74 +282,30 @@ impl Reloader {
             ConfigSource::File(path) => Some(path.clone()),
             ConfigSource::Embedded => None,
         };
-        let lists = policy
-            .config
+        let config_of_policy = policy.config();
+        let lists = config_of_policy
             .lists
             .iter()
             .flat_map(|l| l.files.iter().cloned());
-        let token = policy.config.admin_token_file.clone();
+        let token = config_of_policy.admin_token_file.clone();
         config.into_iter().chain(lists).chain(token).collect()
-    }
-
-    /// Fetches each list URL again when its `refresh` is due; a changed copy is a reload.
-    async fn refresh_loop(self: Arc<Self>, stop: CancellationToken) {
-        let mut fetched: HashMap<(String, String), Instant> = HashMap::new();
-        loop {
-            let policy = self.gateway.policy();
-            let now = Instant::now();
-            let mut next = now + Duration::from_secs(60);
-            let mut changed = false;
-            for list in &policy.config.lists {
-                for source in &list.remote {
-                    let key = (list.name.clone(), source.url.clone());
-                    let last = *fetched.entry(key.clone()).or_insert(now);
-                    let due = last + list.refresh;
-                    if due <= now {
-                        let update = self.fetcher.update(list, source).await;
-                        changed |= matches!(update, Update::Updated { .. });
-                        fetched.insert(key, Instant::now());
-                        next = next.min(Instant::now() + list.refresh);
-                    } else {
-                        next = next.min(due);
-                    }
-                }
-            }
-            drop(policy);
-            if changed {
-                self.request(Trigger::ListDownload);
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(next.into()) => {}
-                () = stop.cancelled() => return,
-            }
-        }
     }
 }
 
 /// Drops the metric series of segments, lists and upstream groups the new config removed.
 fn forget_removed(gateway: &Gateway) {
-    let policy = gateway.policy();
-    let config = &policy.config;
-    let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
-    let lists: Vec<&str> = config.lists.iter().map(|l| l.name.as_str()).collect();
-    let groups: Vec<&str> = policy.upstreams.group_names().collect();
-    gateway.metrics().retain(&segments, &lists, &groups);
-}
-
-/// Waits until no query holds the policy the last reload replaced (bounded).
-async fn wait_retired(retired: &Weak<Policy>) {
-    let started = Instant::now();
-    while retired.strong_count() > 0 {
-        if started.elapsed() > RETIRE_WAIT {
-            warn!("the previous policy is still in use after {RETIRE_WAIT:?}; building anyway");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    gateway.with_policy(|policy| {
+        let config = policy.config();
+        let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+        let lists: Vec<&str> = config.lists.iter().map(|l| l.name.as_str()).collect();
+        let groups: Vec<&str> = policy.upstreams().group_names().collect();
+        gateway.metrics().retain(&segments, &lists, &groups);
+    });
 }
 
 /// glibc keeps freed heap memory for reuse; a build frees its working memory and a reload a
 /// whole policy (tens of MB each for a big list), so hand it back to the system.
+#[allow(unsafe_code)]
 pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

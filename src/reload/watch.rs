@@ -1,31 +1,29 @@
 //! Reload when the config file or a list file changes. The watch is on each file's directory,
 //! so edits that write a new file and rename it over the old one (editors, `git checkout`,
 //! config management) are seen as well as edits in place. Events are debounced: a burst of
-//! writes is one reload.
+//! writes is one reload. What a change does is the caller's (`on_change`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify_debouncer_mini::notify::{self, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tracing::{debug, warn};
 
-use crate::reload::{Reloader, Trigger};
-
 /// Quiet time after the last event before the reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Watches a set of files; a change to any of them requests a reload.
-pub struct Watcher {
+/// Watches a set of files; a change to any of them calls `on_change`.
+pub(crate) struct Watcher {
     debouncer: Debouncer<RecommendedWatcher>,
     files: Arc<Mutex<HashSet<PathBuf>>>,
     dirs: HashSet<PathBuf>,
 }
 
 impl Watcher {
-    pub fn new(reloader: Weak<Reloader>) -> notify::Result<Watcher> {
+    pub(crate) fn new(on_change: impl Fn() + Send + 'static) -> notify::Result<Watcher> {
         let files: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let watched = files.clone();
         let handler = move |result: DebounceEventResult| match result {
@@ -33,9 +31,7 @@ impl Watcher {
                 let files = watched.lock().expect("watch set lock");
                 if let Some(event) = events.iter().find(|e| files.contains(&e.path)) {
                     debug!(path = %event.path.display(), "watched file changed");
-                    if let Some(reloader) = reloader.upgrade() {
-                        reloader.request(Trigger::FileChange);
-                    }
+                    on_change();
                 }
             }
             Err(err) => warn!(%err, "file watch error"),
@@ -48,7 +44,7 @@ impl Watcher {
     }
 
     /// Watches exactly `files` from now on (the set changes when the config does).
-    pub fn set_files(&mut self, files: Vec<PathBuf>) {
+    pub(crate) fn set_files(&mut self, files: Vec<PathBuf>) {
         let files: HashSet<PathBuf> = files.iter().filter_map(|f| absolute(f)).collect();
         let dirs: HashSet<PathBuf> = files
             .iter()

@@ -1,0 +1,120 @@
+//! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
+//! UDP is our own receive loop (`udp.rs`); TCP is hickory-server's (`tcp.rs`). Both stop when
+//! the shutdown token they were given is cancelled.
+
+mod tcp;
+mod udp;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use tcp::TcpAdapter;
+use udp::Udp;
+
+/// Idle time after which a TCP connection without a new query is closed (RFC 7766 §6.2.3).
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ports tried for a listen address with port 0 (UDP and TCP must share one).
+const PORT_ATTEMPTS: u32 = 20;
+/// In-flight queries get this long to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to bind {proto} {addr}")]
+pub struct BindError {
+    pub proto: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The bound DNS listeners.
+pub struct Listeners {
+    /// Actual addresses (port 0 in the config is resolved here).
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    /// Stops both transports once the shutdown token is cancelled.
+    stopper: JoinHandle<()>,
+}
+
+impl Listeners {
+    /// Binds every address for UDP and TCP and serves until `stop` is cancelled; then UDP
+    /// stops receiving, in-flight queries get a grace period, and TCP stops. Must run
+    /// inside the runtime.
+    pub async fn bind(
+        addrs: &[SocketAddr],
+        gateway: Arc<Gateway>,
+        stop: CancellationToken,
+    ) -> Result<Listeners, BindError> {
+        // Every address is bound before any loop starts, so a failure leaves nothing running.
+        let mut bound_all = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let udp_error = |source| BindError {
+                proto: "UDP",
+                addr,
+                source,
+            };
+            // Port 0 means "any": every socket and TCP take the port the first UDP socket got.
+            // That port may be taken for TCP; then another is tried.
+            let mut attempts = if addr.port() == 0 { PORT_ATTEMPTS } else { 1 };
+            let (sockets, bound, listener) = loop {
+                let sockets = udp::bind(addr, udp::workers()).map_err(udp_error)?;
+                let bound = sockets[0].local_addr().map_err(udp_error)?;
+                attempts -= 1;
+                match TcpListener::bind(bound).await {
+                    Ok(listener) => break (sockets, bound, listener),
+                    Err(err) if err.kind() == io::ErrorKind::AddrInUse && attempts > 0 => {}
+                    Err(source) => {
+                        return Err(BindError {
+                            proto: "TCP",
+                            addr: bound,
+                            source,
+                        });
+                    }
+                }
+            };
+            bound_all.push((sockets, bound, listener));
+        }
+        let mut udp = Udp::new();
+        let mut tcp = Server::new(TcpAdapter {
+            gateway: gateway.clone(),
+        });
+        let addrs: Vec<SocketAddr> = bound_all.iter().map(|(_, bound, _)| *bound).collect();
+        for (sockets, addr, listener) in bound_all {
+            for socket in sockets {
+                if let Err(source) = udp.serve(socket, gateway.clone()) {
+                    udp.stop(Duration::ZERO).await;
+                    return Err(BindError {
+                        proto: "UDP",
+                        addr,
+                        source,
+                    });
+                }
+            }
+            tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
+        }
+        let stopper = tokio::spawn(async move {
+            stop.cancelled().await;
+            udp.stop(SHUTDOWN_GRACE).await;
+            let _ = tcp.shutdown_gracefully().await;
+        });
+        Ok(Listeners {
+            udp: addrs.clone(),
+            tcp: addrs,
+            stopper,
+        })
+    }
+
+    /// Waits until both transports have stopped (after the shutdown token was cancelled).
+    pub async fn stopped(self) {
+        let _ = self.stopper.await;
+    }
+}

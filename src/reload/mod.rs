@@ -282,12 +282,12 @@ impl Reloader {
             ConfigSource::File(path) => Some(path.clone()),
             ConfigSource::Embedded => None,
         };
-        let config_of_policy = policy.config();
-        let lists = config_of_policy
+        let lists = policy
+            .config()
             .lists
             .iter()
             .flat_map(|l| l.files.iter().cloned());
-        let token = config_of_policy.admin_token_file.clone();
+        let token = policy.config().admin_token_file.clone();
         config.into_iter().chain(lists).chain(token).collect()
     }
 }
@@ -316,18 +316,20 @@ pub(crate) fn release_freed_memory() {
 
 /// Settings that a reload cannot apply, as "what: old -> new".
 fn restart_required(running: &Config, new: &Config) -> Vec<String> {
+    let addrs = |addrs: &[std::net::SocketAddr]| {
+        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        format!("[{}]", shown.join(", "))
+    };
+    let admin =
+        |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
     let mut changes = Vec::new();
     if running.listen != new.listen {
-        changes.push(format!(
-            "server.listen: {:?} -> {:?}",
-            running.listen, new.listen
-        ));
+        let (old, new) = (addrs(&running.listen), addrs(&new.listen));
+        changes.push(format!("server.listen: {old} -> {new}"));
     }
     if running.admin_listen != new.admin_listen {
-        changes.push(format!(
-            "admin.listen: {:?} -> {:?}",
-            running.admin_listen, new.admin_listen
-        ));
+        let (old, new) = (admin(running.admin_listen), admin(new.admin_listen));
+        changes.push(format!("admin.listen: {old} -> {new}"));
     }
     if running.cache_max_entries != new.cache_max_entries {
         changes.push(format!(

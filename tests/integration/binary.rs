@@ -1,6 +1,8 @@
-//! The built `portvakt` binary, as a newcomer runs it: the shipped config on 127.0.0.1:5353,
-//! and `check` / `explain` with their exit codes.
+//! The built `portvakt` binary, as a newcomer runs it: the shipped config (on free ports, so
+//! that another portvakt on 5353 cannot answer in its place; each test checks the pid behind
+//! the answers), and `check` / `explain` with their exit codes.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,10 +23,46 @@ impl Drop for Child {
     }
 }
 
+/// The shipped config with its DNS and admin listeners moved to free ports: (config, dns, admin).
+fn shipped_config_on_free_ports(dir: &Path) -> (PathBuf, String, String) {
+    let (dns, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let shipped = std::fs::read_to_string("config/portvakt.toml").unwrap();
+    let moved = shipped
+        .replace(
+            r#"listen = ["127.0.0.1:5353"]"#,
+            &format!(r#"listen = ["{dns}"]"#),
+        )
+        .replace(
+            r#"listen = "127.0.0.1:9153""#,
+            &format!(r#"listen = "{admin}""#),
+        );
+    assert_ne!(moved, shipped, "the shipped listen addresses were found");
+    let config = dir.join("portvakt.toml");
+    std::fs::write(&config, moved).unwrap();
+    (config, dns, admin)
+}
+
+/// Fails the test unless the process answering on `admin` is `child` (and not another
+/// portvakt that held the port before the child could bind it).
+async fn assert_answered_by(child: &Child, admin: &str) {
+    let status = http_get(admin, "/api/v1/status").await;
+    let pid = format!(r#""pid":{}"#, child.0.id());
+    assert!(
+        status.contains(&pid),
+        "{admin} is not the spawned portvakt: {status}"
+    );
+}
+
 #[tokio::test]
 async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, dns, admin) = shipped_config_on_free_ports(dir.path());
     let child = Command::new(BIN)
-        .args(["serve", "--config", "config/portvakt.toml"])
+        .args(["serve", "--config"])
+        .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -38,9 +76,9 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
     // Bounded: up to 50 tries, 100 ms apart, while the process starts.
     for _ in 0..50 {
         if let Ok(Some(status)) = child.0.try_wait() {
-            panic!("portvakt exited early with {status} (is 127.0.0.1:5353 in use?)");
+            panic!("portvakt exited early with {status}");
         }
-        socket.send_to(&query, "127.0.0.1:5353").await.unwrap();
+        socket.send_to(&query, &dns).await.unwrap();
         let mut buf = vec![0u8; 4096];
         if let Ok(Ok((len, _))) =
             tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
@@ -52,6 +90,7 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
     let answer = answer.expect("an answer within 5 s");
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(answer.ede()[0].0, 15);
+    assert_answered_by(&child, &admin).await;
 
     // SIGHUP (systemd's ExecReload) reloads the policy and must never stop the server.
     // Twice: the second reload must not wait on a policy the process itself still holds.
@@ -65,7 +104,7 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
         let mut reloaded = false;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if scrape_admin().await.contains(&counted) {
+            if http_get(&admin, "/metrics").await.contains(&counted) {
                 reloaded = true;
                 break;
             }
@@ -76,7 +115,7 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
         child.0.try_wait().unwrap().is_none(),
         "still running after SIGHUP"
     );
-    socket.send_to(&query, "127.0.0.1:5353").await.unwrap();
+    socket.send_to(&query, &dns).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
         .await
@@ -89,11 +128,6 @@ async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
             .response_code,
         ResponseCode::NXDomain
     );
-}
-
-/// GET /metrics from the shipped config's admin listener (127.0.0.1:9153).
-async fn scrape_admin() -> String {
-    http_get("127.0.0.1:9153", "/metrics").await
 }
 
 /// The whole HTTP/1.0 response to a GET, or "" if nothing listens.
@@ -184,6 +218,7 @@ async fn sighup_applies_a_good_edit_and_keeps_the_policy_on_a_broken_one() {
         rcode_of(&dns, "tiktok.com.").await == Some(ResponseCode::NXDomain)
     })
     .await;
+    assert_answered_by(&child, &admin).await;
     let explain = "/api/v1/explain?client=127.0.0.1&name=example.org";
     assert!(
         http_get(&admin, explain)

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Edns, Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 
-use crate::harness::{Answered, Canned, FakeUpstream, TestGateway};
+use crate::harness::{Answered, Canned, FakeUpstream, TestGateway, question};
 
 const POLICY: &str = r#"
 lists.tiktok.files = ["tests/fixtures/tiktok.txt"]
@@ -18,6 +19,66 @@ fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &s
     let value = |m: &HashMap<String, f64>| m.get(series).copied();
     let after = value(after).unwrap_or_else(|| panic!("{series} missing from the scrape"));
     after - value(before).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn malformed_notimp_and_badvers_replies_are_counted_like_any_other() {
+    let upstream = FakeUpstream::new().start().await;
+    let gateway = TestGateway::start(&upstream, POLICY).await;
+    let good = question("tiktok.com.", RecordType::A, false)
+        .to_vec()
+        .unwrap();
+    let mut two_questions = good.clone();
+    two_questions[5] = 2;
+    let mut notify = good.clone();
+    notify[2] = 4 << 3; // opcode NOTIFY
+    let mut badvers = question("tiktok.com.", RecordType::A, false);
+    let mut edns = Edns::new();
+    edns.set_version(1);
+    badvers.set_edns(edns);
+    let badvers = badvers.to_vec().unwrap();
+    let before = gateway.scrape().await;
+
+    let staff = gateway.client_from("127.0.0.2");
+    let stranger = gateway.client_from("127.0.0.9");
+    for (client, packet, rcode) in [
+        (&staff, &two_questions, 1),
+        (&staff, &notify, 4),
+        (&stranger, &two_questions, 1),
+    ] {
+        let reply = client.udp_raw(packet).await.expect("an answer");
+        assert_eq!(reply[3] & 0x0F, rcode);
+    }
+    let reply = staff.udp_raw(&badvers).await.expect("an answer");
+    let rcode = Message::from_vec(&reply).unwrap().metadata.response_code;
+    assert_eq!(u16::from(rcode), 16, "BADVERS");
+
+    let after = gateway.scrape().await;
+    let expected = [
+        (r#"portvakt_responses_total{rcode="FORMERR"}"#, 2.0),
+        (r#"portvakt_responses_total{rcode="NOTIMP"}"#, 1.0),
+        (r#"portvakt_responses_total{rcode="BADVERS"}"#, 1.0),
+        (
+            r#"portvakt_queries_total{decision="allowed",segment="staff"}"#,
+            3.0,
+        ),
+        (
+            r#"portvakt_queries_total{decision="refused",segment="none"}"#,
+            1.0,
+        ),
+        (
+            r#"portvakt_query_duration_seconds_count{decision="allowed"}"#,
+            3.0,
+        ),
+        (
+            r#"portvakt_query_duration_seconds_count{decision="refused"}"#,
+            1.0,
+        ),
+    ];
+    for (series, want) in expected {
+        assert_eq!(delta(&before, &after, series), want, "{series}");
+    }
+    gateway.shutdown().await;
 }
 
 #[tokio::test]
@@ -47,7 +108,10 @@ async fn counters_move_by_exactly_the_traffic_sent() {
         Some(&3.0)
     );
     assert_eq!(
-        before.get(r#"portvakt_build_info{version="0.1.0"}"#),
+        before.get(&format!(
+            r#"portvakt_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
         Some(&1.0)
     );
     assert!(before[r#"portvakt_last_reload_success_timestamp_seconds"#] > 1.7e9);

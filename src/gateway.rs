@@ -56,6 +56,9 @@ pub struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// An error answer instead of an upstream one: its RCODE and Extended DNS Error.
+type Failure = (Rcode, Option<(EdeCode, &'static str)>);
+
 /// What decided a reply, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -218,45 +221,7 @@ impl Gateway {
             segment: policy.classify(pending.client),
             query: Some(&query),
         };
-        let answer = match forwarded {
-            Ok(message) => match Answer::from_upstream(&query, message, Instant::now()) {
-                Ok(answer) => {
-                    let answer = Arc::new(answer);
-                    if let Some(cache) = &self.cache {
-                        cache.insert(&query, answer.clone());
-                    }
-                    Ok(answer)
-                }
-                Err(err) => {
-                    debug!(%err, "servfail: unusable upstream answer");
-                    Err((
-                        Rcode::ServFail,
-                        Some((EdeCode::NetworkError, "unusable upstream answer")),
-                    ))
-                }
-            },
-            Err(UpstreamError::Rcode { rcode, .. })
-                if u16::from(rcode) == Rcode::Refused as u16 =>
-            {
-                Err((Rcode::Refused, None))
-            }
-            Err(err) => {
-                debug!(%err, "servfail: upstream failed");
-                let ede = match err {
-                    UpstreamError::Timeout { .. } => {
-                        (EdeCode::NoReachableAuthority, "upstream timed out")
-                    }
-                    _ => (EdeCode::NetworkError, "upstream failed"),
-                };
-                if let Some(cache) = &self.cache {
-                    cache.insert(
-                        &query,
-                        Arc::new(Answer::failure(&query, Instant::now(), FAILURE_CACHE)),
-                    );
-                }
-                Err((Rcode::ServFail, Some(ede)))
-            }
-        };
+        let answer = self.accept(&query, forwarded);
         let outcome = match (ctx.segment, answer) {
             // A reload meanwhile left the client in no segment.
             (None, _) => {
@@ -270,6 +235,52 @@ impl Gateway {
             }
         };
         self.finish(&policy, &ctx, outcome, out);
+    }
+
+    /// What the client gets from an upstream result: the answer (cached), or the error to
+    /// answer with (a failure is cached for `FAILURE_CACHE`).
+    fn accept(
+        &self,
+        query: &Query,
+        forwarded: Result<Vec<u8>, UpstreamError>,
+    ) -> Result<Arc<Answer>, Failure> {
+        let now = Instant::now();
+        let message = match forwarded {
+            Ok(message) => message,
+            Err(UpstreamError::Rcode { rcode, .. })
+                if u16::from(rcode) == Rcode::Refused as u16 =>
+            {
+                return Err((Rcode::Refused, None));
+            }
+            Err(err) => {
+                debug!(%err, "servfail: upstream failed");
+                let ede = match err {
+                    UpstreamError::Timeout { .. } => {
+                        (EdeCode::NoReachableAuthority, "upstream timed out")
+                    }
+                    _ => (EdeCode::NetworkError, "upstream failed"),
+                };
+                if let Some(cache) = &self.cache {
+                    let failure = Answer::failure(query, now, FAILURE_CACHE);
+                    cache.insert(query, Arc::new(failure));
+                }
+                return Err((Rcode::ServFail, Some(ede)));
+            }
+        };
+        match Answer::from_upstream(query, message, now) {
+            Ok(answer) => {
+                let answer = Arc::new(answer);
+                if let Some(cache) = &self.cache {
+                    cache.insert(query, answer.clone());
+                }
+                Ok(answer)
+            }
+            Err(err) => {
+                debug!(%err, "servfail: unusable upstream answer");
+                let ede = (EdeCode::NetworkError, "unusable upstream answer");
+                Err((Rcode::ServFail, Some(ede)))
+            }
+        }
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).

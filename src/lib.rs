@@ -15,8 +15,8 @@
 //! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API) ─► Gateway::swap
 //! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload}
 //! ```
-//! Modules use only the ones listed above them below (`tests/integration/modules.rs` checks
-//! that no two need each other).
+//! The modules below are declared bottom layer first; each uses only those of lower layers
+//! (`tests/integration/modules.rs` fails when two modules need each other).
 //! Start reading at `gateway.rs`.
 
 #![deny(unsafe_code)]
@@ -46,15 +46,18 @@ use std::sync::Arc;
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use admin::{Admin, AdminBindError};
+use admin::Admin;
+pub use admin::AdminBindError;
 pub use config::{Config, ConfigError, Problem};
 pub use error::chain as error_chain;
 pub use gateway::{Gateway, Pending, Step, Transport};
-use lists::remote::{Fetcher, NoCopyError};
+use lists::remote::Fetcher;
+pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
-use transport::{BindError, Listeners};
+pub use transport::BindError;
+use transport::Listeners;
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.
 pub mod core {

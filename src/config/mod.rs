@@ -311,67 +311,83 @@ impl Checks<'_> {
                     );
                 }
             }
-            let mut remote = Vec::with_capacity(list.urls.len());
-            for url in &list.urls {
-                let text = url.get_ref();
-                match reqwest::Url::parse(text) {
-                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                    _ => self.report(
-                        url,
-                        format!("list \"{list_name}\": `{text}` is not an http:// or https:// URL"),
-                    ),
-                }
-                match state_dir {
-                    Some(dir) => remote.push(RemoteSource {
-                        url: text.clone(),
-                        copy: copy_path(dir.get_ref(), list_name, text),
-                    }),
-                    None => self.report(
-                        url,
-                        format!(
-                            "list \"{list_name}\" has urls, which need [server] state_dir for their last good copies"
-                        ),
-                    ),
-                }
-            }
-            let refresh = match &list.refresh {
-                None => DEFAULT_REFRESH,
-                Some(text) => match humantime::parse_duration(text.get_ref()) {
-                    Ok(d) if d >= Duration::from_secs(1) => d,
-                    Ok(_) => {
-                        self.report(text, "refresh must be at least 1s");
-                        DEFAULT_REFRESH
-                    }
-                    Err(err) => {
-                        self.report(
-                            text,
-                            format!(
-                                "`{}` is not a duration, e.g. \"24h\": {err}",
-                                text.get_ref()
-                            ),
-                        );
-                        DEFAULT_REFRESH
-                    }
-                },
-            };
-            let max_shrink = match &list.max_shrink {
-                None => DEFAULT_MAX_SHRINK,
-                Some(share) if (0.0..=1.0).contains(share.get_ref()) => *share.get_ref(),
-                Some(share) => {
-                    self.report(share, "max_shrink is a share between 0.0 and 1.0, e.g. 0.5");
-                    DEFAULT_MAX_SHRINK
-                }
-            };
             out.push(ListConfig {
                 name: list_name.clone(),
                 files: list.files.iter().map(|p| p.get_ref().clone()).collect(),
-                remote,
-                refresh,
-                max_shrink,
+                remote: self.remote_sources(list_name, &list.urls, state_dir),
+                refresh: self.refresh(list.refresh.as_ref()),
+                max_shrink: self.max_shrink(list.max_shrink.as_ref()),
                 message: list.message.clone(),
             });
         }
         out
+    }
+
+    /// A list's `urls`, each with the path of its copy under `state_dir`.
+    fn remote_sources(
+        &mut self,
+        list_name: &str,
+        urls: &[Spanned<String>],
+        state_dir: Option<&Spanned<PathBuf>>,
+    ) -> Vec<RemoteSource> {
+        let mut remote = Vec::with_capacity(urls.len());
+        for url in urls {
+            let text = url.get_ref();
+            match reqwest::Url::parse(text) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                _ => self.report(
+                    url,
+                    format!("list \"{list_name}\": `{text}` is not an http:// or https:// URL"),
+                ),
+            }
+            match state_dir {
+                Some(dir) => remote.push(RemoteSource {
+                    url: text.clone(),
+                    copy: copy_path(dir.get_ref(), list_name, text),
+                }),
+                None => self.report(
+                    url,
+                    format!(
+                        "list \"{list_name}\" has urls, which need [server] state_dir for their last good copies"
+                    ),
+                ),
+            }
+        }
+        remote
+    }
+
+    /// A list's `refresh`: a duration of at least 1 s, `DEFAULT_REFRESH` when absent.
+    fn refresh(&mut self, text: Option<&Spanned<String>>) -> Duration {
+        let Some(text) = text else {
+            return DEFAULT_REFRESH;
+        };
+        match humantime::parse_duration(text.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            Ok(_) => {
+                self.report(text, "refresh must be at least 1s");
+                DEFAULT_REFRESH
+            }
+            Err(err) => {
+                let message = format!(
+                    "`{}` is not a duration, e.g. \"24h\": {err}",
+                    text.get_ref()
+                );
+                self.report(text, message);
+                DEFAULT_REFRESH
+            }
+        }
+    }
+
+    /// A list's `max_shrink`: a share from 0.0 to 1.0, `DEFAULT_MAX_SHRINK` when absent.
+    fn max_shrink(&mut self, share: Option<&Spanned<f64>>) -> f64 {
+        match share {
+            None => DEFAULT_MAX_SHRINK,
+            Some(share) if (0.0..=1.0).contains(share.get_ref()) => *share.get_ref(),
+            Some(share) => {
+                self.report(share, "max_shrink is a share between 0.0 and 1.0, e.g. 0.5");
+                DEFAULT_MAX_SHRINK
+            }
+        }
     }
 
     /// Reads the admin token: the file's first line, which must not be empty.

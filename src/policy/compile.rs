@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::config::{Config, SegmentConfig};
 use crate::lists::{self, ListError};
 use crate::metrics::Metrics;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
@@ -36,46 +36,7 @@ impl Policy {
         generation: u64,
     ) -> Result<Policy, CompileError> {
         let mut index = IndexBuilder::default();
-        let mut lists = Vec::with_capacity(config.lists.len());
-        for (id, list) in config.lists.iter().enumerate() {
-            let id = ListId(id as u8);
-            if let Some(missing) = list.remote.iter().find(|r| !r.copy.exists()) {
-                return Err(CompileError::NoCopy {
-                    list: list.name.clone(),
-                    url: missing.url.clone(),
-                });
-            }
-            let mut loaded = List {
-                name: list.name.clone(),
-                files: list.sources().map(ToOwned::to_owned).collect(),
-                entries: 0,
-                rejected: Vec::new(),
-            };
-            for path in list.sources() {
-                let rejected = lists::read_with(path, |name, kind, _line| {
-                    index.insert(name, id, kind);
-                    loaded.entries += 1;
-                })?;
-                loaded.rejected.extend(rejected);
-            }
-            lists.push(loaded);
-        }
-
-        let set = |ids: &[usize]| {
-            let mut set = ListSet::default();
-            ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
-            set
-        };
-        let segments = config
-            .segments
-            .iter()
-            .map(|s| Segment {
-                name: s.name.clone(),
-                block: set(&s.block),
-                allow: set(&s.allow),
-                block_order: s.block.iter().map(|&id| ListId(id as u8)).collect(),
-            })
-            .collect();
+        let lists = read_lists(&config, &mut index)?;
         let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
             s.networks
                 .iter()
@@ -85,35 +46,83 @@ impl Policy {
             networks,
             config.unknown_clients.map(|id| SegmentId(id as u16)),
         );
-
-        let segment_metrics = config
-            .segments
-            .iter()
-            .map(|s| {
-                let blocked: Vec<(usize, &str)> = s
-                    .block
-                    .iter()
-                    .map(|&id| (id, config.lists[id].name.as_str()))
-                    .collect();
-                metrics.segment(&s.name, &blocked, config.lists.len())
-            })
-            .collect();
-        let policy_metrics = PolicyMetrics {
-            segments: segment_metrics,
-            no_segment: metrics.segment(NO_SEGMENT, &[], config.lists.len()),
-        };
-
         Ok(Policy {
-            segments,
+            segments: config.segments.iter().map(segment).collect(),
             table,
             lists,
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
             upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)?),
-            metrics: policy_metrics,
+            metrics: policy_metrics(&config, metrics),
             generation,
             loaded_at: SystemTime::now(),
             config,
         })
+    }
+}
+
+/// Reads every file of every list into `index`; a list with `urls` needs their copies.
+fn read_lists(config: &Config, index: &mut IndexBuilder) -> Result<Vec<List>, CompileError> {
+    let mut lists = Vec::with_capacity(config.lists.len());
+    for (id, list) in config.lists.iter().enumerate() {
+        let id = ListId(id as u8);
+        if let Some(missing) = list.remote.iter().find(|r| !r.copy.exists()) {
+            return Err(CompileError::NoCopy {
+                list: list.name.clone(),
+                url: missing.url.clone(),
+            });
+        }
+        let mut loaded = List {
+            name: list.name.clone(),
+            files: list.sources().map(ToOwned::to_owned).collect(),
+            entries: 0,
+            rejected: Vec::new(),
+        };
+        for path in list.sources() {
+            let rejected = lists::read_with(path, |name, kind, _line| {
+                index.insert(name, id, kind);
+                loaded.entries += 1;
+            })?;
+            loaded.rejected.extend(rejected);
+        }
+        lists.push(loaded);
+    }
+    Ok(lists)
+}
+
+/// A segment with its lists as bitsets, and its block lists in config order.
+fn segment(config: &SegmentConfig) -> Segment {
+    let set = |ids: &[usize]| {
+        let mut set = ListSet::default();
+        ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
+        set
+    };
+    Segment {
+        name: config.name.clone(),
+        block: set(&config.block),
+        allow: set(&config.allow),
+        block_order: config.block.iter().map(|&id| ListId(id as u8)).collect(),
+    }
+}
+
+/// Each segment's handles (with one blocked counter per list it blocks), and those of
+/// clients in no segment.
+fn policy_metrics(config: &Config, metrics: &Metrics) -> PolicyMetrics {
+    let lists = config.lists.len();
+    let segments = config
+        .segments
+        .iter()
+        .map(|s| {
+            let blocked: Vec<(usize, &str)> = s
+                .block
+                .iter()
+                .map(|&id| (id, config.lists[id].name.as_str()))
+                .collect();
+            metrics.segment(&s.name, &blocked, lists)
+        })
+        .collect();
+    PolicyMetrics {
+        segments,
+        no_segment: metrics.segment(NO_SEGMENT, &[], lists),
     }
 }

@@ -289,10 +289,6 @@ impl TestGateway {
         self.running.reloader()
     }
 
-    pub fn running_reloader(&self) -> Arc<portvakt::Reloader> {
-        self.running.reloader().clone()
-    }
-
     pub fn gateway(&self) -> &portvakt::Gateway {
         self.running.gateway()
     }

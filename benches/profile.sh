@@ -52,6 +52,9 @@ for peer in ${PEERS:-portvakt unbound}; do
   load $(( SECS + 4 )); sleep 2
   perf stat -x, -e instructions:u,instructions:k -p "$PID" -o "$RUN/stat" -- sleep "$SECS"
   wait "$DP"
+  if grep -q "not supported" "$RUN/stat"; then
+    echo "$peer: this CPU has no hardware counters for perf; count with benches/callgrind.sh" >&2
+  fi
   per_q=$(( QPS * SECS ))
   awk -F, -v p="$peer" -v n="$per_q" '/instructions/ { split($3, e, ":"); v[e[2]] = $1 }
     END { printf "%-8s instructions per query: user %.0f, kernel %.0f (at %d qps)\n", p, v["u"]/n, v["k"]/n, n/'"$SECS"' }' "$RUN/stat"

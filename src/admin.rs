@@ -132,7 +132,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> axum::Json<Value> {
-    let status = state.gateway.with_policy(|policy| {
+    let mut status = state.gateway.with_policy(|policy| {
         let config = policy.config();
         let name_of = |id: &usize| config.lists[*id].name.clone();
         let segments: Vec<Value> = config
@@ -191,7 +191,6 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             "upstreams": upstreams,
         })
     });
-    let mut status = status;
     status["cache_entries"] = json!(state.gateway.cache_len());
     status["reload"] = json!(state.reloader.status());
     axum::Json(status)

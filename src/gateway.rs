@@ -81,6 +81,22 @@ struct Context<'q> {
     query: Option<&'q Query<'q>>,
 }
 
+impl<'q> Context<'q> {
+    fn new(
+        transport: Transport,
+        started: std::time::Instant,
+        segment: Option<SegmentId>,
+        query: Option<&'q Query<'q>>,
+    ) -> Self {
+        Context {
+            transport,
+            started,
+            segment,
+            query,
+        }
+    }
+}
+
 /// The gateway core: the current policy, the answer cache, the in-flight bound, the metrics.
 pub struct Gateway {
     policy: ArcSwap<Policy>,
@@ -115,6 +131,11 @@ impl Gateway {
     /// Puts `policy` in force for every query that starts from now on, and hands back the
     /// one it replaces (for the caller to drop off the runtime: it may be large).
     pub(crate) fn swap(&self, policy: Policy) -> Arc<Policy> {
+        debug_assert_eq!(
+            policy.generation(),
+            self.generation() + 1,
+            "generations count up"
+        );
         publish(&self.metrics, &policy);
         self.policy.swap(Arc::new(policy))
     }
@@ -138,24 +159,17 @@ impl Gateway {
     ) -> Step {
         let started = std::time::Instant::now();
         let policy = self.policy.load();
-        let ctx = Context {
-            transport,
-            started,
-            segment: policy.classify(client),
-            query: None,
-        };
         let query = match Query::parse(packet) {
             Ok(query) => query,
             Err(Malformed::Drop) => return Step::Drop,
             Err(Malformed::Answer(rcode)) => {
                 wire::write_header_only(packet, rcode, out);
+                let segment = policy.classify(client);
+                let ctx = Context::new(transport, started, segment, None);
                 return self.finish(&policy, &ctx, Outcome::Malformed, out);
             }
         };
-        let ctx = Context {
-            query: Some(&query),
-            ..ctx
-        };
+        let ctx = Context::new(transport, started, policy.classify(client), Some(&query));
         let Some(segment) = ctx.segment else {
             debug!(%client, "refused: client in no segment");
             reply::refused(&query, out);
@@ -172,7 +186,7 @@ impl Gateway {
                 reply::blocked(&query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
             }
-            Decision::Allowed | Decision::Excepted { .. } => {
+            Decision::Allowed | Decision::Excepted(_) => {
                 let cached = self.cache.as_ref().and_then(|cache| {
                     let hit = cache.get(&query, Instant::now());
                     let counter = if hit.is_some() {
@@ -214,21 +228,22 @@ impl Gateway {
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
         let forwarded = pending.upstreams.forward(&query).await;
-        let policy = self.policy.load();
-        let ctx = Context {
-            transport: pending.transport,
-            started: pending.started,
-            segment: policy.classify(pending.client),
-            query: Some(&query),
-        };
         let answer = self.accept(&query, forwarded);
-        let outcome = match (ctx.segment, answer) {
-            // A reload meanwhile left the client in no segment.
+        let policy = self.policy.load();
+        let segment = policy.classify(pending.client);
+        let ctx = Context::new(pending.transport, pending.started, segment, Some(&query));
+        // A reload meanwhile may have moved the client or blocked the name: decide again.
+        let decision = segment.map(|segment| (segment, policy.decide(segment, query.name())));
+        let outcome = match (decision, answer) {
             (None, _) => {
                 reply::refused(&query, out);
                 Outcome::Refused
             }
-            (Some(segment), Ok(answer)) => serve(&policy, segment, &query, &answer, out),
+            (Some((_, Decision::Blocked { list, zone_at })), _) => {
+                reply::blocked(&query, policy.block(), list, zone_at, out);
+                Outcome::Blocked(list)
+            }
+            (Some((segment, _)), Ok(answer)) => serve(&policy, segment, &query, &answer, out),
             (Some(_), Err((rcode, ede))) => {
                 reply::error(&query, rcode, ede, out);
                 Outcome::Allowed
@@ -322,9 +337,8 @@ impl Gateway {
                 handles.blocked_by(list.0 as usize);
                 DecisionLabel::Blocked
             }
-            (Outcome::Refused, _) | (Outcome::Malformed | Outcome::BadVersion, None) => {
-                DecisionLabel::Refused
-            }
+            // An error reply decided by no list: allowed in a segment, refused in none.
+            (Outcome::Refused, _) | (Outcome::Malformed, None) => DecisionLabel::Refused,
             (Outcome::Allowed | Outcome::Malformed | Outcome::BadVersion, _) => {
                 DecisionLabel::Allowed
             }

@@ -82,7 +82,7 @@ pub enum StartError {
     Download(#[from] NoCopyError),
 }
 
-/// A running gateway; `shutdown` stops it, and so does dropping it (without the grace period).
+/// A running gateway; `shutdown` stops it in order, and dropping it cancels everything at once.
 ///
 /// Shutdown is one token tree: `root` is the admin listener's; its child `serving` stops the
 /// DNS listeners and the reload workers. `shutdown` cancels `serving`, waits for the
@@ -108,6 +108,8 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     reload::release_freed_memory();
     let gateway = Arc::new(Gateway::new(policy, metrics));
     let root = CancellationToken::new();
+    // From here on, any early return stops what was started.
+    let root_guard = root.clone().drop_guard();
     let serving = root.child_token();
     let listeners = Listeners::bind(&listen, gateway.clone(), serving.clone()).await?;
     let reloader = Reloader::new(gateway.clone(), source, fetcher);
@@ -125,7 +127,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
         admin,
         reloader,
         serving,
-        root: root.drop_guard(),
+        root: root_guard,
     })
 }
 

@@ -62,7 +62,9 @@ impl Policy {
         };
         let verdict = match self.decide(segment, &wire) {
             Decision::Allowed => Verdict::Allowed,
-            Decision::Excepted { list, zone_at } => Verdict::AllowedByList(located(list, zone_at)),
+            Decision::Excepted(list) => {
+                Verdict::AllowedByList(located(list, self.entry_of(&wire, list)))
+            }
             Decision::Blocked { list, zone_at } => Verdict::Blocked(located(list, zone_at)),
         };
         Ok(Explanation {

@@ -78,7 +78,7 @@ pub enum Decision {
     /// No list of the segment contains the name.
     Allowed,
     /// One of the segment's allow lists contains the name, so no block list applies.
-    Excepted { list: ListId, zone_at: usize },
+    Excepted(ListId),
     /// `zone_at`: offset in the query name where the list's matched entry starts.
     Blocked { list: ListId, zone_at: usize },
 }
@@ -140,10 +140,7 @@ impl Policy {
         let matches = self.index.lookup(name);
         match self.segments[segment.0 as usize].rule(matches.lists) {
             Rule::Allowed => Decision::Allowed,
-            Rule::Excepted(list) => Decision::Excepted {
-                list,
-                zone_at: self.zone_of(name, &matches, list),
-            },
+            Rule::Excepted(list) => Decision::Excepted(list),
             Rule::Blocked(list) => Decision::Blocked {
                 list,
                 zone_at: self.zone_of(name, &matches, list),
@@ -156,6 +153,12 @@ impl Policy {
     fn zone_of(&self, name: &[u8], matches: &Matches, list: ListId) -> usize {
         let zone_at = self.index.zone_of(name, matches, list);
         zone_at.expect("a list found for a name has an entry for one of its suffixes")
+    }
+
+    /// Where the entry of `list` that contains `name` starts in it (for `explain`: the query
+    /// path gets the blocking zone from `decide`).
+    pub(crate) fn entry_of(&self, name: &[u8], list: ListId) -> usize {
+        self.zone_of(name, &self.index.lookup(name), list)
     }
 
     pub(crate) fn segment_name(&self, segment: SegmentId) -> &str {

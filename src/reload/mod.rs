@@ -206,7 +206,12 @@ impl Reloader {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // Requests still waiting (or made from now on) get an answer, not a hang.
+                    let result = Err(Arc::new(ReloadError::ShuttingDown));
+                    self.done.send_replace(Completed { seq: u64::MAX, result });
+                    return;
+                }
             }
             let seq = self.requested.load(Ordering::SeqCst);
             let trigger = self.trigger.lock().expect("trigger lock").take();
@@ -240,8 +245,19 @@ impl Reloader {
         let old = self.gateway.swap(policy);
         forget_removed(&self.gateway);
         // The replaced policy may be large: free it off the runtime, then hand the memory back.
+        // A query that loaded it just before the swap lets go within microseconds.
         tokio::task::spawn_blocking(move || {
-            drop(old);
+            let mut old = old;
+            for _ in 0..100 {
+                match Arc::try_unwrap(old) {
+                    Ok(policy) => {
+                        drop(policy);
+                        break;
+                    }
+                    Err(shared) => old = shared,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             release_freed_memory();
         });
         self.gateway.metrics().reloads_success.inc();

@@ -310,12 +310,12 @@ async fn api_reload_needs_the_token_when_one_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_in_flight_never_stalls_a_reload() {
+async fn a_query_in_flight_never_stalls_a_reload_and_is_decided_under_the_new_policy() {
     let Staff {
         gateway,
+        list,
         dir: _dir,
         _upstream,
-        ..
     } = staff(|_| "server.watch = false".to_owned()).await;
     // A miss whose upstream never answers stays in flight for the group's timeout (700 ms).
     let staff = gateway.client_from("127.0.0.2");
@@ -327,15 +327,17 @@ async fn a_query_in_flight_never_stalls_a_reload() {
     )
     .await;
 
+    std::fs::write(&list, "tiktok.com\nslow.example.net\n").unwrap();
     let generation = gateway.reloader().reload(Trigger::Api).await.unwrap();
     assert_eq!(generation, 2);
     assert!(
         !in_flight.is_finished(),
         "the reload finished only after the query in flight"
     );
-    // The answer is decided under the policy in force when it comes: here, the timeout.
+    // The answer is decided under the policy in force when it comes, which blocks the name.
     let answer = in_flight.await.unwrap();
-    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(answer.ede()[0].0, 15);
     assert_eq!(gateway.gateway().generation(), 2);
     gateway.shutdown().await;
 }

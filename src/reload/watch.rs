@@ -1,15 +1,17 @@
 //! Reload when the config file or a list file changes. The watch is on each file's directory,
 //! so edits that write a new file and rename it over the old one (editors, `git checkout`,
 //! config management) are seen as well as edits in place. Events are debounced: a burst of
-//! writes is one reload. What a change does is the caller's (`on_change`).
+//! writes is one reload. Only changes count: opening or reading a file (as every reload does)
+//! is not one, or each reload would trigger the next. What a change does is the caller's
+//! (`on_change`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{self, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify_debouncer_full::notify::{self, EventKind, RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tracing::{debug, warn};
 
 /// Quiet time after the last event before the reload starts.
@@ -17,7 +19,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Watches a set of files; a change to any of them calls `on_change`.
 pub(crate) struct Watcher {
-    debouncer: Debouncer<RecommendedWatcher>,
+    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     files: Arc<Mutex<HashSet<PathBuf>>>,
     dirs: HashSet<PathBuf>,
 }
@@ -29,15 +31,22 @@ impl Watcher {
         let handler = move |result: DebounceEventResult| match result {
             Ok(events) => {
                 let files = watched.lock().expect("watch set lock");
-                if let Some(event) = events.iter().find(|e| files.contains(&e.path)) {
-                    debug!(path = %event.path.display(), "watched file changed");
+                let changed = events
+                    .iter()
+                    .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+                    .flat_map(|e| &e.paths)
+                    .find(|path| files.contains(*path));
+                if let Some(path) = changed {
+                    debug!(path = %path.display(), "watched file changed");
                     on_change();
                 }
             }
-            Err(err) => warn!(%err, "file watch error"),
+            Err(errors) => errors
+                .iter()
+                .for_each(|err| warn!(%err, "file watch error")),
         };
         Ok(Watcher {
-            debouncer: new_debouncer(DEBOUNCE, handler)?,
+            debouncer: new_debouncer(DEBOUNCE, None, handler)?,
             files,
             dirs: HashSet::new(),
         })
@@ -50,12 +59,11 @@ impl Watcher {
             .iter()
             .filter_map(|f| f.parent().map(Path::to_owned))
             .collect();
-        let watcher = self.debouncer.watcher();
         for gone in self.dirs.difference(&dirs) {
-            let _ = watcher.unwatch(gone);
+            let _ = self.debouncer.unwatch(gone);
         }
         for new in dirs.difference(&self.dirs) {
-            if let Err(err) = watcher.watch(new, RecursiveMode::NonRecursive) {
+            if let Err(err) = self.debouncer.watch(new, RecursiveMode::NonRecursive) {
                 warn!(dir = %new.display(), %err, "cannot watch directory");
             }
         }

@@ -2,8 +2,10 @@
 //! from the next query with nothing to flush), stored in wire format without OPT, and served
 //! by copying and patching: the client's ID, flags and question case, TTLs counted down on
 //! `tokio::time::Instant`, and the client's own OPT. Shared by all segments: the CNAME
-//! targets of each entry are kept so every hit is re-decided for the asking segment.
+//! targets and addresses of each entry are kept so every hit is re-decided for the asking
+//! segment.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub struct Answer {
     expires_at: Instant,
     /// CNAME targets in the answer section, lowercase wire format.
     cname_targets: Box<[Box<[u8]>]>,
+    /// Addresses in the answer section (A, AAAA, SVCB/HTTPS hints), for IP lists.
+    addresses: Box<[IpAddr]>,
 }
 
 /// Why an upstream message cannot be stored.
@@ -104,6 +108,10 @@ impl Answer {
             let ttl = wire::u32_at(&msg, r.ttl_at).min(MAX_TTL);
             msg[r.ttl_at..r.ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
         }
+        let mut addresses = Vec::new();
+        for record in &sections.answers {
+            wire::record_addresses(&msg, record, &mut addresses);
+        }
         let cname_targets = sections
             .answers
             .iter()
@@ -116,11 +124,17 @@ impl Answer {
             stored_at: now,
             expires_at: now + Duration::from_secs(keep.into()),
             cname_targets,
+            addresses: addresses.into_boxed_slice(),
         })
     }
 
     pub fn cname_targets(&self) -> &[Box<[u8]>] {
         &self.cname_targets
+    }
+
+    /// The addresses the answer section carries.
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -140,6 +154,7 @@ impl Answer {
             stored_at: now,
             expires_at: now + lifetime,
             cname_targets: Box::new([]),
+            addresses: Box::new([]),
         }
     }
 

@@ -357,8 +357,8 @@ impl Gateway {
     }
 }
 
-/// Writes an upstream answer, unless a CNAME target in it is blocked for this segment: the
-/// answer is shared by all segments, so the chain is re-decided on every serve.
+/// Writes an upstream answer, unless a CNAME target or an address in it is blocked for this
+/// segment: the answer is shared by all segments, so it is re-decided on every serve.
 fn serve(
     policy: &Policy,
     segment: SegmentId,
@@ -370,6 +370,14 @@ fn serve(
         if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
             debug!(list = %policy.list_name(list), "blocked: CNAME target");
             // The SOA is owned by the question name: the blocked zone is not in the question.
+            reply::blocked(query, policy.block(), list, 0, out);
+            return Outcome::Blocked(list);
+        }
+    }
+    if policy.blocks_addresses(segment) {
+        let blocked = (answer.addresses().iter()).find_map(|&a| policy.decide_address(segment, a));
+        if let Some(list) = blocked {
+            debug!(list = %policy.list_name(list), "blocked: answer address");
             reply::blocked(query, policy.block(), list, 0, out);
             return Outcome::Blocked(list);
         }

@@ -12,6 +12,12 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_SOA: u16 = 6;
+/// RFC 9460 service binding records.
+pub const TYPE_SVCB: u16 = 64;
+pub const TYPE_HTTPS: u16 = 65;
+/// SvcParamKeys of the address hints (RFC 9460 §7.3).
+const SVC_IPV4HINT: u16 = 4;
+const SVC_IPV6HINT: u16 = 6;
 pub const CLASS_IN: u16 = 1;
 
 /// UDP payload size portvakt advertises (the DNS Flag Day 2020 value).
@@ -259,6 +265,47 @@ impl Record {
             rdata_at: fixed + 10,
             end,
         })
+    }
+}
+
+/// The addresses `record` of `msg` carries: an A or AAAA record's, or the `ipv4hint` and
+/// `ipv6hint` of an SVCB or HTTPS record (whose target name is never compressed, RFC 9460
+/// §2.2). Appended to `out`; a malformed record adds nothing more.
+pub fn record_addresses(msg: &[u8], record: &Record, out: &mut Vec<std::net::IpAddr>) {
+    let rdata = &msg[record.rdata_at..record.end];
+    if record.class != CLASS_IN {
+        return;
+    }
+    match record.rtype {
+        TYPE_A if rdata.len() == 4 => {
+            out.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(rdata).expect("4 bytes")).into())
+        }
+        TYPE_AAAA if rdata.len() == 16 => out
+            .push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(rdata).expect("16 bytes")).into()),
+        TYPE_SVCB | TYPE_HTTPS => {
+            let Some(mut at) = skip_name(rdata, 2).filter(|_| rdata.len() > 2) else {
+                return;
+            };
+            while at + 4 <= rdata.len() {
+                let (key, len) = (u16_at(rdata, at), u16_at(rdata, at + 2) as usize);
+                let Some(value) = rdata.get(at + 4..at + 4 + len) else {
+                    return;
+                };
+                match key {
+                    SVC_IPV4HINT => {
+                        out.extend(value.chunks_exact(4).map(|a| {
+                            std::net::IpAddr::from(<[u8; 4]>::try_from(a).expect("4 bytes"))
+                        }))
+                    }
+                    SVC_IPV6HINT => out.extend(value.chunks_exact(16).map(|a| {
+                        std::net::IpAddr::from(<[u8; 16]>::try_from(a).expect("16 bytes"))
+                    })),
+                    _ => {}
+                }
+                at += 4 + len;
+            }
+        }
+        _ => {}
     }
 }
 

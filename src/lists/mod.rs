@@ -7,7 +7,9 @@
 //! `||example.com^` (and `|example.com^`, `$important`) · exceptions `@@||example.com^` ·
 //! dnsmasq `address=/example.com/…`, `server=/example.com/…` · Unbound
 //! `local-zone: "example.com" static` · RPZ `example.com CNAME .`.
-//! Every entry matches its name and all names below it.
+//! Every entry matches its name and all names below it. A line that is only an address or a
+//! network (`149.154.160.0/20`, `2001:b28:f23d::/48`, `91.108.4.1`) is an IP entry: for segments
+//! that block the list, answers with an address inside it are blocked too.
 //!
 //! Lists downloaded from `urls` are `remote.rs`'s; the policy reads their copies like any file.
 
@@ -16,7 +18,18 @@ pub(crate) mod remote;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
+
 use crate::name::{self, NameError};
+
+/// One entry as the reader hands it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    /// A name in lowercase wire format.
+    Name(&'a [u8], EntryKind),
+    /// An address or network (an address is its /32 or /128).
+    Network(IpNet),
+}
 
 /// Whether an entry puts names in the list or takes them out of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +74,22 @@ impl fmt::Display for Rejected {
 #[derive(Debug, Default)]
 pub struct ListFile {
     pub entries: Vec<Entry>,
+    /// IP entries, with their line.
+    pub networks: Vec<(IpNet, u32)>,
     pub rejected: Vec<Rejected>,
+}
+
+impl ListFile {
+    fn add(&mut self, item: Item, line: u32) {
+        match item {
+            Item::Name(name, kind) => self.entries.push(Entry {
+                name: name.to_vec(),
+                kind,
+                line,
+            }),
+            Item::Network(net) => self.networks.push((net, line)),
+        }
+    }
 }
 
 /// A list file that could not be read at all.
@@ -75,36 +103,23 @@ pub struct ListError {
 
 /// Reads and parses one list file.
 pub fn read(path: &Path) -> Result<ListFile, ListError> {
-    let mut entries = Vec::new();
-    let rejected = read_with(path, |name, kind, line| {
-        entries.push(Entry {
-            name: name.to_vec(),
-            kind,
-            line,
-        })
-    })?;
-    Ok(ListFile { entries, rejected })
+    let mut file = ListFile::default();
+    file.rejected = read_with(path, |item, line| file.add(item, line))?;
+    Ok(file)
 }
 
 /// Parses the text of a list file; `path` only labels rejected lines.
 pub fn parse(path: &Path, text: &str) -> ListFile {
-    let mut entries = Vec::new();
-    let rejected = parse_with(path, text, |name, kind, line| {
-        entries.push(Entry {
-            name: name.to_vec(),
-            kind,
-            line,
-        })
-    });
-    ListFile { entries, rejected }
+    let mut file = ListFile::default();
+    file.rejected = parse_with(path, text, |item, line| file.add(item, line));
+    file
 }
 
-/// Reads one list file and hands each entry to `on_entry` (lowercase wire name, kind, line)
-/// as it is read, without keeping it: the file is streamed line by line, so a million-line
+/// Reads one list file and hands each entry to `on_entry` (the item and its line) as it is read, without keeping it: the file is streamed line by line, so a million-line
 /// list costs no memory here beyond one line. Returns the rejected lines.
 pub fn read_with(
     path: &Path,
-    mut on_entry: impl FnMut(&[u8], EntryKind, u32),
+    mut on_entry: impl FnMut(Item, u32),
 ) -> Result<Vec<Rejected>, ListError> {
     use std::io::BufRead;
     let failed = |source| ListError {
@@ -128,11 +143,7 @@ pub fn read_with(
 }
 
 /// As [`read_with`], over text already read.
-pub fn parse_with(
-    path: &Path,
-    text: &str,
-    mut on_entry: impl FnMut(&[u8], EntryKind, u32),
-) -> Vec<Rejected> {
+pub fn parse_with(path: &Path, text: &str, mut on_entry: impl FnMut(Item, u32)) -> Vec<Rejected> {
     let mut lines = Lines::new(path);
     for raw in text.lines() {
         lines.visit(raw, &mut on_entry);
@@ -159,7 +170,7 @@ impl<'a> Lines<'a> {
     }
 
     /// One line, without its line ending.
-    fn visit(&mut self, raw: &str, on_entry: &mut impl FnMut(&[u8], EntryKind, u32)) {
+    fn visit(&mut self, raw: &str, on_entry: &mut impl FnMut(Item, u32)) {
         self.line += 1;
         let line = self.line;
         let raw = if line == 1 {
@@ -167,7 +178,7 @@ impl<'a> Lines<'a> {
         } else {
             raw
         };
-        let mut push = |name: &[u8], kind| on_entry(name, kind, line);
+        let mut push = |item: Item| on_entry(item, line);
         if let Err(reason) = parse_line(raw, &mut self.wire, &mut push) {
             self.rejected.push(Rejected {
                 path: self.path.to_owned(),
@@ -192,11 +203,7 @@ const HOSTS_SELF_NAMES: [&str; 9] = [
     "ip6-allrouters",
 ];
 
-fn parse_line(
-    raw: &str,
-    wire: &mut Vec<u8>,
-    push: &mut impl FnMut(&[u8], EntryKind),
-) -> Result<(), String> {
+fn parse_line(raw: &str, wire: &mut Vec<u8>, push: &mut impl FnMut(Item)) -> Result<(), String> {
     let line = raw.trim();
     if line.is_empty() || line.starts_with(['#', '!', ';']) || line.starts_with("[Adblock") {
         return Ok(());
@@ -237,10 +244,11 @@ fn parse_line(
     }
     let mut fields = line.split_whitespace();
     let first = fields.next().unwrap_or_default();
-    if first.parse::<std::net::IpAddr>().is_ok() {
+    if let Ok(addr) = first.parse::<std::net::IpAddr>() {
         let names: Vec<&str> = fields.collect();
         if names.is_empty() {
-            return Err("an IP address is not a domain name".into());
+            push(Item::Network(IpNet::from(addr)));
+            return Ok(());
         }
         for host in names {
             if !HOSTS_SELF_NAMES.contains(&host) {
@@ -250,6 +258,10 @@ fn parse_line(
         return Ok(());
     }
     let Some(second) = fields.next() else {
+        if let Ok(net) = first.parse::<IpNet>() {
+            push(Item::Network(net.trunc()));
+            return Ok(());
+        }
         return push_name(
             first.strip_prefix("*.").unwrap_or(first),
             EntryKind::Block,
@@ -303,7 +315,7 @@ fn adblock_name(rule: &str) -> Result<&str, String> {
 fn dnsmasq_names(
     rest: &str,
     wire: &mut Vec<u8>,
-    push: &mut impl FnMut(&[u8], EntryKind),
+    push: &mut impl FnMut(Item),
 ) -> Result<(), String> {
     let Some((names, _target)) = rest.rsplit_once('/') else {
         return Err("dnsmasq line without a closing /".into());
@@ -318,11 +330,11 @@ fn push_name(
     text: &str,
     kind: EntryKind,
     wire: &mut Vec<u8>,
-    push: &mut impl FnMut(&[u8], EntryKind),
+    push: &mut impl FnMut(Item),
 ) -> Result<(), String> {
     match name::from_text_into(text, wire) {
         Ok(()) => {
-            push(wire, kind);
+            push(Item::Name(wire, kind));
             Ok(())
         }
         Err(NameError::IpAddress) => Err("an IP address is not a domain name".into()),
@@ -412,6 +424,28 @@ mod tests {
     }
 
     #[test]
+    fn lines_of_only_an_address_or_network_are_ip_entries() {
+        let file = parse(
+            Path::new("t.txt"),
+            "149.154.160.0/20\n2001:b28:f23d::/48\n91.108.4.1\n10.1.2.3/8\n0.0.0.0 10.0.0.1\n",
+        );
+        let networks: Vec<(String, u32)> = file
+            .networks
+            .iter()
+            .map(|(net, line)| (net.to_string(), *line))
+            .collect();
+        let want = [
+            ("149.154.160.0/20", 1),
+            ("2001:b28:f23d::/48", 2),
+            ("91.108.4.1/32", 3),
+            ("10.0.0.0/8", 4),
+        ];
+        assert_eq!(networks, want.map(|(n, l)| (n.to_owned(), l)));
+        assert!(file.entries.is_empty());
+        assert_eq!(file.rejected.len(), 1, "a hosts line naming an address");
+    }
+
+    #[test]
     fn unreadable_lines_are_rejected_with_line_and_reason() {
         let (entries, rejected) = names(
             "good.example\nok.example CNAME rpz-passthru.\nads.example^\n||ads.example^$third-party\n/ad[0-9]+\\.example/\n10.1.2.3\nnot a name\n||p16-*.example^\nbad/path.example\n0.0.0.0 10.0.0.1\n",
@@ -427,7 +461,6 @@ mod tests {
                 ),
                 (4, "unsupported modifier $third-party"),
                 (5, "regular expressions are not supported"),
-                (6, "an IP address is not a domain name"),
                 (7, "not a domain name"),
                 (8, "wildcards inside a name are not supported"),
                 (

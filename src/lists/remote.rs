@@ -234,7 +234,7 @@ impl Fetcher {
 fn store(copy: &Path, body: &[u8], mut meta: Meta, old: Option<usize>, max_shrink: f64) -> Update {
     let text = String::from_utf8_lossy(body);
     let mut entries = 0usize;
-    lists::parse_with(copy, &text, |_, _, _| entries += 1);
+    lists::parse_with(copy, &text, |_, _| entries += 1);
     if let Some(old) = old {
         let kept = entries as f64 / old.max(1) as f64;
         if old > 0 && kept < 1.0 - max_shrink {

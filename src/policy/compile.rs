@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, SegmentConfig};
-use crate::lists::{self, ListError};
+use crate::lists::{self, Item, ListError};
 use crate::metrics::Metrics;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
+use crate::policy::networks::NetworkIndex;
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
 use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
 use crate::upstream::{UpstreamError, Upstreams};
@@ -36,7 +37,8 @@ impl Policy {
         generation: u64,
     ) -> Result<Policy, CompileError> {
         let mut index = IndexBuilder::default();
-        let lists = read_lists(&config, &mut index)?;
+        let mut addresses = NetworkIndex::default();
+        let lists = read_lists(&config, &mut index, &mut addresses)?;
         let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
             s.networks
                 .iter()
@@ -47,7 +49,12 @@ impl Policy {
             config.unknown_clients.map(|id| SegmentId(id as u16)),
         );
         Ok(Policy {
-            segments: config.segments.iter().map(segment).collect(),
+            segments: config
+                .segments
+                .iter()
+                .map(|s| segment(s, addresses.lists()))
+                .collect(),
+            networks: addresses,
             table,
             lists,
             index: index.build(),
@@ -61,8 +68,13 @@ impl Policy {
     }
 }
 
-/// Reads every file of every list into `index`; a list with `urls` needs their copies.
-fn read_lists(config: &Config, index: &mut IndexBuilder) -> Result<Vec<List>, CompileError> {
+/// Reads every file of every list into `index` (names) and `networks` (IP entries); a list
+/// with `urls` needs their copies.
+fn read_lists(
+    config: &Config,
+    index: &mut IndexBuilder,
+    networks: &mut NetworkIndex,
+) -> Result<Vec<List>, CompileError> {
     let mut lists = Vec::with_capacity(config.lists.len());
     for (id, list) in config.lists.iter().enumerate() {
         let id = ListId(id as u8);
@@ -79,8 +91,11 @@ fn read_lists(config: &Config, index: &mut IndexBuilder) -> Result<Vec<List>, Co
             rejected: Vec::new(),
         };
         for path in list.sources() {
-            let rejected = lists::read_with(path, |name, kind, _line| {
-                index.insert(name, id, kind);
+            let rejected = lists::read_with(path, |item, _line| {
+                match item {
+                    Item::Name(name, kind) => index.insert(name, id, kind),
+                    Item::Network(net) => networks.insert(net, id),
+                }
                 loaded.entries += 1;
             })?;
             loaded.rejected.extend(rejected);
@@ -90,16 +105,19 @@ fn read_lists(config: &Config, index: &mut IndexBuilder) -> Result<Vec<List>, Co
     Ok(lists)
 }
 
-/// A segment with its lists as bitsets, and its block lists in config order.
-fn segment(config: &SegmentConfig) -> Segment {
+/// A segment with its lists as bitsets, and its block lists in config order; `ip_lists` are
+/// the lists with IP entries.
+fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
     let set = |ids: &[usize]| {
         let mut set = ListSet::default();
         ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
         set
     };
+    let block = set(&config.block);
     Segment {
         name: config.name.clone(),
-        block: set(&config.block),
+        blocks_addresses: !block.intersect(ip_lists).is_empty(),
+        block,
         allow: set(&config.allow),
         block_order: config.block.iter().map(|&id| ListId(id as u8)).collect(),
     }

@@ -8,6 +8,7 @@ mod block;
 mod compile;
 mod explain;
 pub(crate) mod index;
+mod networks;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use compile::CompileError;
 pub use explain::{Explanation, Located, Verdict};
 pub use index::{ListId, ListSet};
 use index::{Matches, SuffixIndex};
+use networks::NetworkIndex;
 
 /// The compiled policy. Never changes once built: a reload swaps in a whole new one, so a
 /// query sees the old policy or the new, never a mix. Metric handles are resolved here, once.
@@ -36,6 +38,8 @@ pub struct Policy {
     /// Indexed by `ListId`.
     lists: Vec<List>,
     index: SuffixIndex,
+    /// The lists' IP entries, for the addresses in answers.
+    networks: NetworkIndex,
     block: BlockAnswers,
     /// Shared with the queries forwarded under this policy, which hold only this part.
     upstreams: Arc<Upstreams>,
@@ -60,6 +64,8 @@ struct Segment {
     allow: ListSet,
     /// `block` in config order: when several lists block a name, the first one decides.
     block_order: Vec<ListId>,
+    /// Whether a list it blocks has IP entries (else answers' addresses need no check).
+    blocks_addresses: bool,
 }
 
 /// A list as loaded.
@@ -148,6 +154,24 @@ impl Policy {
         }
     }
 
+    /// The list that blocks `addr` (an address in an answer) for `segment`, by the same rule as
+    /// names: allow beats block, the first block list decides.
+    pub fn decide_address(&self, segment: SegmentId, addr: IpAddr) -> Option<ListId> {
+        let segment = &self.segments[segment.0 as usize];
+        if !segment.blocks_addresses {
+            return None;
+        }
+        match segment.rule(self.networks.lookup(addr)) {
+            Rule::Blocked(list) => Some(list),
+            Rule::Allowed | Rule::Excepted(_) => None,
+        }
+    }
+
+    /// Whether answers' addresses can be blocked for `segment` at all.
+    pub(crate) fn blocks_addresses(&self, segment: SegmentId) -> bool {
+        self.segments[segment.0 as usize].blocks_addresses
+    }
+
     /// Where the entry of `list` that matched `name` starts in it; `list` is one that
     /// [`SuffixIndex::lookup`] found for `name`.
     fn zone_of(&self, name: &[u8], matches: &Matches, list: ListId) -> usize {
@@ -197,6 +221,7 @@ mod tests {
             block: set(block),
             allow: set(allow),
             block_order: block.iter().map(|&id| ListId(id)).collect(),
+            blocks_addresses: false,
         }
     }
 

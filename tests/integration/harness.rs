@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, CNAME, SOA, TXT};
+use hickory_proto::rr::rdata::svcb::{
+    Alpn, EchConfigList, IpHint, SVCB, SvcParamKey, SvcParamValue,
+};
+use hickory_proto::rr::rdata::{A, CNAME, HTTPS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use portvakt::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +30,12 @@ pub enum Canned {
     NxDomain,
     Txt(usize),
     Rcode(ResponseCode),
+    /// An HTTPS record (priority 1, target ".") with `alpn=h2`, these `ipv4hint`s and, when
+    /// `ech` is set, an `ech` parameter.
+    Https {
+        hints: Vec<Ipv4Addr>,
+        ech: bool,
+    },
     /// Never answers.
     Silent,
 }
@@ -213,6 +222,28 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
             }
             Canned::Rcode(rcode) => {
                 response.metadata.response_code = rcode;
+                break;
+            }
+            Canned::Https { hints, ech } => {
+                let mut params = vec![
+                    (
+                        SvcParamKey::Alpn,
+                        SvcParamValue::Alpn(Alpn(vec!["h2".into()])),
+                    ),
+                    (
+                        SvcParamKey::Ipv4Hint,
+                        SvcParamValue::Ipv4Hint(IpHint(hints.into_iter().map(A).collect())),
+                    ),
+                ];
+                if ech {
+                    let config = EchConfigList(vec![0xfe, 0x0d, 0, 4, 1, 2, 3, 4]);
+                    params.push((
+                        SvcParamKey::EchConfigList,
+                        SvcParamValue::EchConfigList(config),
+                    ));
+                }
+                let https = HTTPS(SVCB::new(1, Name::root(), params));
+                response.add_answer(Record::from_rdata(owner.clone(), 300, RData::HTTPS(https)));
                 break;
             }
             Canned::Silent => return None,

@@ -4,6 +4,7 @@
 mod binary;
 mod forwarding;
 mod harness;
+mod ip_lists;
 mod list_data;
 mod metrics;
 mod modules;

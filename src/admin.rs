@@ -317,9 +317,12 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         Verdict::Allowed => ("allowed", Value::Null),
         Verdict::AllowedByList(l) => ("allowed", located(l)),
         Verdict::Blocked(l) => ("blocked", located(l)),
+        Verdict::Bypass => ("blocked", Value::Null),
     };
     let answer = match explanation.verdict {
         Verdict::Blocked(_) => block_response,
+        Verdict::Bypass if explanation.bypass == Some("ddr") => "nodata",
+        Verdict::Bypass => "nxdomain",
         Verdict::Refused => "refused",
         _ => "forwarded",
     };
@@ -329,6 +332,7 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         "segment": explanation.segment,
         "verdict": verdict,
         "decided_by": by,
+        "bypass": explanation.bypass,
         "answer": answer,
     }))
     .into_response()

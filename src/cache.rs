@@ -13,7 +13,9 @@ use tokio::time::Instant;
 
 use crate::name::MAX_WIRE_LEN;
 use crate::wire::push_opt;
-use crate::wire::{self, HEADER_LEN, Query, Record, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA};
+use crate::wire::{
+    self, HEADER_LEN, Query, Record, SVC_ECH, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA,
+};
 
 /// Upper bound on how long any answer is kept (and on the TTLs served from it).
 const MAX_TTL: u32 = 86_400;
@@ -32,6 +34,9 @@ pub struct Answer {
     cname_targets: Box<[Box<[u8]>]>,
     /// Addresses in the answer section (A, AAAA, SVCB/HTTPS hints), for IP lists.
     addresses: Box<[IpAddr]>,
+    /// The same answer without the `ech` parameter of its SVCB/HTTPS records, if it had one
+    /// (for segments with `strip_ech`).
+    without_ech: Option<Box<Answer>>,
 }
 
 /// Why an upstream message cannot be stored.
@@ -112,6 +117,13 @@ impl Answer {
         for record in &sections.answers {
             wire::record_addresses(&msg, record, &mut addresses);
         }
+        let has_ech = (sections.answers.iter()).any(|r| wire::has_svc_param(&msg, r, SVC_ECH));
+        let without_ech = if has_ech {
+            let stripped = strip_ech(&msg).ok_or(AnswerError::Malformed)?;
+            Some(Box::new(Answer::from_upstream(query, stripped, now)?))
+        } else {
+            None
+        };
         let cname_targets = sections
             .answers
             .iter()
@@ -125,11 +137,17 @@ impl Answer {
             expires_at: now + Duration::from_secs(keep.into()),
             cname_targets,
             addresses: addresses.into_boxed_slice(),
+            without_ech,
         })
     }
 
     pub fn cname_targets(&self) -> &[Box<[u8]>] {
         &self.cname_targets
+    }
+
+    /// This answer without ECH, if it carried any.
+    pub fn without_ech(&self) -> Option<&Answer> {
+        self.without_ech.as_deref()
     }
 
     /// The addresses the answer section carries.
@@ -155,6 +173,7 @@ impl Answer {
             expires_at: now + lifetime,
             cname_targets: Box::new([]),
             addresses: Box::new([]),
+            without_ech: None,
         }
     }
 
@@ -188,6 +207,25 @@ impl Answer {
         }
         push_opt(query, 0, None, out);
     }
+}
+
+/// `msg` with the `ech` parameter removed from every SVCB/HTTPS answer record, re-encoded by
+/// hickory-proto (once per cached answer, off the per-query path).
+fn strip_ech(msg: &[u8]) -> Option<Vec<u8>> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    use hickory_proto::rr::rdata::svcb::SvcParamKey;
+    let mut message = Message::from_vec(msg).ok()?;
+    for record in &mut message.answers {
+        let svcb = match &mut record.data {
+            RData::SVCB(svcb) => svcb,
+            RData::HTTPS(https) => &mut https.0,
+            _ => continue,
+        };
+        svcb.svc_params
+            .retain(|(key, _)| *key != SvcParamKey::EchConfigList);
+    }
+    message.to_vec().ok()
 }
 
 /// Bounded map from question (name, type, class, DO, CD) to answer.

@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::bypass::BypassKind;
 use crate::cache::{Answer, Cache};
 use crate::metrics::{DecisionLabel, Metrics};
 use crate::policy::{Decision, ListId, Policy};
@@ -64,7 +65,11 @@ type Failure = (Rcode, Option<(EdeCode, &'static str)>);
 enum Outcome {
     Refused,
     Blocked(ListId),
+    /// A built-in bypass name, answered negatively.
+    Bypass(BypassKind),
     Allowed,
+    /// An upstream answer served without its ECH parameters.
+    AllowedWithoutEch,
     /// Answered with an error before any decision: FORMERR or NOTIMP (header only).
     Malformed,
     /// BADVERS (extended RCODE 16) for an EDNS version above 0.
@@ -178,6 +183,11 @@ impl Gateway {
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
             return self.finish(&policy, &ctx, Outcome::BadVersion, out);
+        }
+        if let Some(kind) = policy.bypass_name(segment, query.name()) {
+            debug!(segment = %policy.segment_name(segment), kind = kind.as_str(), "bypass name");
+            reply::bypass(&query, policy.block(), kind, out);
+            return self.finish(&policy, &ctx, Outcome::Bypass(kind), out);
         }
         let outcome = match policy.decide(segment, query.name()) {
             // Answered here and never forwarded: forwarding would leak the lookup.
@@ -335,7 +345,18 @@ impl Gateway {
         let decision = match (outcome, ctx.segment) {
             (Outcome::Blocked(list), _) => {
                 handles.blocked_by(list.0 as usize);
+                if let Some(kind) = policy.list_bypass(list) {
+                    handles.bypass_attempt(kind);
+                }
                 DecisionLabel::Blocked
+            }
+            (Outcome::Bypass(kind), _) => {
+                handles.bypass_attempt(kind);
+                DecisionLabel::Blocked
+            }
+            (Outcome::AllowedWithoutEch, _) => {
+                handles.bypass_attempt(BypassKind::Ech);
+                DecisionLabel::Allowed
             }
             // An error reply decided by no list: allowed in a segment, refused in none.
             (Outcome::Refused, _) | (Outcome::Malformed, None) => DecisionLabel::Refused,
@@ -382,8 +403,16 @@ fn serve(
             return Outcome::Blocked(list);
         }
     }
-    answer.write(query, Instant::now(), out);
-    Outcome::Allowed
+    match answer.without_ech().filter(|_| policy.strips_ech(segment)) {
+        Some(stripped) => {
+            stripped.write(query, Instant::now(), out);
+            Outcome::AllowedWithoutEch
+        }
+        None => {
+            answer.write(query, Instant::now(), out);
+            Outcome::Allowed
+        }
+    }
 }
 
 /// Sets the gauges that describe the policy in force: its load time and list sizes. Called

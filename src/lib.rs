@@ -21,7 +21,8 @@
 
 #![deny(unsafe_code)]
 
-// Bottom layer: names, wire format, segments, error text, metric handles.
+// Bottom layer: names, wire format, segments, bypass kinds, error text, metric handles.
+mod bypass;
 mod error;
 mod metrics;
 mod name;

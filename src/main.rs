@@ -330,7 +330,20 @@ fn write_explanation(
                 "answer:  {}, ttl {}",
                 block.response.as_str(),
                 block.ttl
-            )
+            )?;
+            match explanation.bypass {
+                Some(kind) => writeln!(out, "bypass:  counted as a bypass attempt ({kind})"),
+                None => Ok(()),
+            }
+        }
+        Verdict::Bypass => {
+            let kind = explanation.bypass.unwrap_or("bypass");
+            let answer = if kind == "ddr" { "nodata" } else { "nxdomain" };
+            writeln!(
+                out,
+                "verdict: bypass name ({kind}), answered by the segment's bypass handling"
+            )?;
+            writeln!(out, "answer:  {answer}")
         }
     }
 }

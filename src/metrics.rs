@@ -8,6 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::bypass::BypassKind;
 use crate::segment::NO_SEGMENT;
 use crate::wire::Rcode;
 
@@ -74,6 +75,7 @@ pub struct Metrics {
     registry: Registry,
     queries: IntCounterVec,
     blocked: IntCounterVec,
+    bypass: IntCounterVec,
     upstream_queries: IntCounterVec,
     upstream_duration: HistogramVec,
     list_entries: IntGaugeVec,
@@ -163,6 +165,11 @@ impl Metrics {
             "portvakt_blocked_total",
             "Blocked queries by segment and deciding list.",
             &["segment", "list"],
+        );
+        let bypass = counter(
+            "portvakt_bypass_attempts_total",
+            "Attempts to go around the resolver, by segment and kind (built-in names answered, blocks by lists tagged with a bypass kind, ECH removed).",
+            &["segment", "kind"],
         );
         let responses = counter(
             "portvakt_responses_total",
@@ -258,6 +265,7 @@ impl Metrics {
             registry,
             queries,
             blocked,
+            bypass,
             upstream_queries,
             upstream_duration,
             list_entries,
@@ -289,7 +297,12 @@ impl Metrics {
         for &(id, list) in blocked_lists {
             blocked[id] = Some(self.blocked.with_label_values(&[segment, list]));
         }
-        SegmentMetrics { decisions, blocked }
+        let bypass = BypassKind::ALL.map(|k| self.bypass.with_label_values(&[segment, k.as_str()]));
+        SegmentMetrics {
+            decisions,
+            blocked,
+            bypass,
+        }
     }
 
     /// Handles for one upstream group, indexed by `UpstreamResult as usize`.
@@ -326,6 +339,7 @@ impl Metrics {
         };
         prune(&self.queries, stale);
         prune(&self.blocked, stale);
+        prune(&self.bypass, stale);
         prune(&self.list_entries, stale);
         prune(&self.list_updates, stale);
         prune(&self.upstream_queries, stale);
@@ -370,11 +384,17 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 pub struct SegmentMetrics {
     decisions: [IntCounter; 3],
     blocked: Vec<Option<IntCounter>>,
+    /// Indexed by `BypassKind as usize`.
+    bypass: [IntCounter; 6],
 }
 
 impl SegmentMetrics {
     pub fn decided(&self, decision: DecisionLabel) {
         self.decisions[decision as usize].inc();
+    }
+
+    pub fn bypass_attempt(&self, kind: BypassKind) {
+        self.bypass[kind as usize].inc();
     }
 
     pub fn blocked_by(&self, list: usize) {

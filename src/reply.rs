@@ -4,6 +4,7 @@
 //! (RFC 6891 §7). What a blocked answer holds is prepared per policy (`policy/block.rs`);
 //! forwarded answers are `cache.rs`'s.
 
+use crate::bypass::BypassKind;
 use crate::config::BlockResponse;
 use crate::policy::{BlockAnswers, ListId};
 use crate::wire::{self, CLASS_IN, EdeCode, HEADER_LEN, Query, Rcode, TYPE_SOA, push_opt};
@@ -24,22 +25,63 @@ pub fn blocked(
         BlockResponse::Refused => return error(query, Rcode::Refused, ede, out),
         _ => Rcode::NoError,
     };
-    begin(query, rcode, out);
     if addresses.is_empty() {
-        // NXDOMAIN, or NODATA: the SOA in authority lets the client cache the negative answer.
-        push_pointer(out, HEADER_LEN + zone_at);
-        let soa = answers.soa_rdata();
-        push_record_fixed(out, TYPE_SOA, answers.ttl(), soa.len());
-        out.extend_from_slice(soa);
-        wire::set_u16(out, 8, 1);
-    } else {
-        for address in addresses {
-            push_pointer(out, HEADER_LEN);
-            push_record_fixed(out, query.qtype, answers.ttl(), address.len());
-            out.extend_from_slice(address);
-        }
-        wire::set_u16(out, 6, addresses.len() as u16);
+        return negative(query, answers, rcode, zone_at, ede, out);
     }
+    begin(query, rcode, out);
+    for address in addresses {
+        push_pointer(out, HEADER_LEN);
+        push_record_fixed(out, query.qtype, answers.ttl(), address.len());
+        out.extend_from_slice(address);
+    }
+    wire::set_u16(out, 6, addresses.len() as u16);
+    push_opt(query, 0, ede, out);
+}
+
+/// The answer to a built-in bypass name, whatever `[block] response` says: the clients act
+/// only on a negative answer (Firefox turns its DoH back on for an address). NXDOMAIN for the
+/// canary and Private Relay, NODATA for DDR (`_dns.resolver.arpa` exists), with EDE 15.
+pub fn bypass(query: &Query, answers: &BlockAnswers, kind: BypassKind, out: &mut Vec<u8>) {
+    let (rcode, text) = match kind {
+        BypassKind::Ddr => (
+            Rcode::NoError,
+            "this network's resolver is the only one offered",
+        ),
+        BypassKind::PrivateRelay => (
+            Rcode::NxDomain,
+            "iCloud Private Relay is not available on this network",
+        ),
+        _ => (
+            Rcode::NxDomain,
+            "browser DNS over HTTPS is not used on this network",
+        ),
+    };
+    negative(
+        query,
+        answers,
+        rcode,
+        0,
+        Some((EdeCode::Blocked, text)),
+        out,
+    );
+}
+
+/// NXDOMAIN or NODATA with the SOA of the zone at `zone_at` in the question name in
+/// authority, which lets the client cache the negative answer.
+fn negative(
+    query: &Query,
+    answers: &BlockAnswers,
+    rcode: Rcode,
+    zone_at: usize,
+    ede: Option<(EdeCode, &str)>,
+    out: &mut Vec<u8>,
+) {
+    begin(query, rcode, out);
+    push_pointer(out, HEADER_LEN + zone_at);
+    let soa = answers.soa_rdata();
+    push_record_fixed(out, TYPE_SOA, answers.ttl(), soa.len());
+    out.extend_from_slice(soa);
+    wire::set_u16(out, 8, 1);
     push_opt(query, 0, ede, out);
 }
 

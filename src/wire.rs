@@ -15,8 +15,9 @@ pub const TYPE_SOA: u16 = 6;
 /// RFC 9460 service binding records.
 pub const TYPE_SVCB: u16 = 64;
 pub const TYPE_HTTPS: u16 = 65;
-/// SvcParamKeys of the address hints (RFC 9460 §7.3).
+/// SvcParamKeys of the address hints (RFC 9460 §7.3) and of ECH (§7.2 ... "ech", key 5).
 const SVC_IPV4HINT: u16 = 4;
+pub const SVC_ECH: u16 = 5;
 const SVC_IPV6HINT: u16 = 6;
 pub const CLASS_IN: u16 = 1;
 
@@ -283,14 +284,7 @@ pub fn record_addresses(msg: &[u8], record: &Record, out: &mut Vec<std::net::IpA
         TYPE_AAAA if rdata.len() == 16 => out
             .push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(rdata).expect("16 bytes")).into()),
         TYPE_SVCB | TYPE_HTTPS => {
-            let Some(mut at) = skip_name(rdata, 2).filter(|_| rdata.len() > 2) else {
-                return;
-            };
-            while at + 4 <= rdata.len() {
-                let (key, len) = (u16_at(rdata, at), u16_at(rdata, at + 2) as usize);
-                let Some(value) = rdata.get(at + 4..at + 4 + len) else {
-                    return;
-                };
+            for (key, value) in svc_params(rdata) {
                 match key {
                     SVC_IPV4HINT => {
                         out.extend(value.chunks_exact(4).map(|a| {
@@ -302,11 +296,29 @@ pub fn record_addresses(msg: &[u8], record: &Record, out: &mut Vec<std::net::IpA
                     })),
                     _ => {}
                 }
-                at += 4 + len;
             }
         }
         _ => {}
     }
+}
+
+/// Whether `record` is an SVCB or HTTPS record with the SvcParam `key`.
+pub fn has_svc_param(msg: &[u8], record: &Record, key: u16) -> bool {
+    matches!(record.rtype, TYPE_SVCB | TYPE_HTTPS)
+        && svc_params(&msg[record.rdata_at..record.end]).any(|(k, _)| k == key)
+}
+
+/// The (key, value) SvcParams of SVCB/HTTPS RDATA, until the first malformed one.
+fn svc_params(rdata: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = skip_name(rdata, 2).filter(|_| rdata.len() > 2);
+    std::iter::from_fn(move || {
+        let start = at?;
+        let header = rdata.get(start..start + 4)?;
+        let (key, len) = (u16_at(header, 0), u16_at(header, 2) as usize);
+        let value = rdata.get(start + 4..start + 4 + len);
+        at = value.map(|_| start + 4 + len);
+        Some((key, value?))
+    })
 }
 
 /// Skips a possibly compressed name; returns the offset after it.

@@ -10,6 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::bypass::BypassKind;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +169,9 @@ pub struct ListSection {
     pub max_shrink: Option<Spanned<f64>>,
     /// EDE extra-text for names this list blocks.
     pub message: Option<String>,
+    /// What a block by this list also counts as: `"encrypted_dns_endpoint"` or
+    /// `"telegram_fallback"` (in `portvakt_bypass_attempts_total`).
+    pub bypass: Option<Spanned<BypassKind>>,
 }
 
 /// `[[segment]]`
@@ -181,6 +186,23 @@ pub struct SegmentSection {
     /// Lists whose names are never blocked for this segment.
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    /// Built-in bypass handling; each defaults to on when the segment blocks any list.
+    #[serde(default)]
+    pub bypass: BypassSection,
+}
+
+/// `bypass` of a `[[segment]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BypassSection {
+    /// NXDOMAIN for Firefox's canary `use-application-dns.net` (keeps its default DoH off).
+    pub canary: Option<bool>,
+    /// NXDOMAIN, for every type, for iCloud Private Relay's `mask.icloud.com` and `mask-h2.icloud.com`.
+    pub private_relay: Option<bool>,
+    /// NODATA for DDR's `_dns.resolver.arpa` (no upgrade to another encrypted resolver).
+    pub ddr: Option<bool>,
+    /// The `ech` parameter removed from HTTPS/SVCB answers, so the TLS server name stays visible.
+    pub strip_ech: Option<bool>,
 }
 
 /// `[[upstream]]`

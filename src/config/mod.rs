@@ -14,6 +14,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use crate::bypass::BypassKind;
+
 use error::Source;
 pub use error::{ConfigError, Problem};
 pub use file::BlockResponse;
@@ -70,6 +72,8 @@ pub struct ListConfig {
     /// Share of a source's entries an update may lose (0.5: half).
     pub max_shrink: f64,
     pub message: Option<String>,
+    /// What a block by this list also counts as, if anything.
+    pub bypass: Option<BypassKind>,
 }
 
 impl ListConfig {
@@ -122,6 +126,29 @@ pub struct SegmentConfig {
     pub networks: Vec<IpNet>,
     pub block: Vec<usize>,
     pub allow: Vec<usize>,
+    pub bypass: BypassHandling,
+}
+
+/// Which built-in bypass handling a segment applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BypassHandling {
+    pub canary: bool,
+    pub private_relay: bool,
+    pub ddr: bool,
+    pub strip_ech: bool,
+}
+
+impl BypassHandling {
+    /// Whether the built-in name of `kind` is answered here.
+    pub fn handles(&self, kind: BypassKind) -> bool {
+        match kind {
+            BypassKind::Canary => self.canary,
+            BypassKind::PrivateRelay => self.private_relay,
+            BypassKind::Ddr => self.ddr,
+            BypassKind::Ech => self.strip_ech,
+            BypassKind::EncryptedDnsEndpoint | BypassKind::TelegramFallback => false,
+        }
+    }
 }
 
 /// One `[[upstream]]`; `zones` is empty for the default group.
@@ -318,6 +345,7 @@ impl Checks<'_> {
                 refresh: self.refresh(list.refresh.as_ref()),
                 max_shrink: self.max_shrink(list.max_shrink.as_ref()),
                 message: list.message.clone(),
+                bypass: list.bypass.as_ref().and_then(|kind| self.list_bypass(kind)),
             });
         }
         out
@@ -354,6 +382,21 @@ impl Checks<'_> {
             }
         }
         remote
+    }
+
+    /// A list's `bypass` tag: only the kinds that a list's names can be.
+    fn list_bypass(&mut self, kind: &Spanned<BypassKind>) -> Option<BypassKind> {
+        match *kind.get_ref() {
+            k @ (BypassKind::EncryptedDnsEndpoint | BypassKind::TelegramFallback) => Some(k),
+            other => {
+                let message = format!(
+                    "a list's bypass is \"encrypted_dns_endpoint\" or \"telegram_fallback\"; \"{}\" is handled by the segments' `bypass` settings",
+                    other.as_str()
+                );
+                self.report(kind, message);
+                None
+            }
+        }
     }
 
     /// A list's `refresh`: a duration of at least 1 s, `DEFAULT_REFRESH` when absent.
@@ -460,11 +503,21 @@ impl Checks<'_> {
             };
             let block = ids(&segment.block, "blocks", self);
             let allow = ids(&segment.allow, "allows", self);
+            // On by default where the segment blocks anything: a bypass would defeat it.
+            let on = !segment.block.is_empty();
+            let b = &segment.bypass;
+            let bypass = BypassHandling {
+                canary: b.canary.unwrap_or(on),
+                private_relay: b.private_relay.unwrap_or(on),
+                ddr: b.ddr.unwrap_or(on),
+                strip_ech: b.strip_ech.unwrap_or(on),
+            };
             out.push(SegmentConfig {
                 name: name.to_owned(),
                 networks: segment.networks.iter().map(|n| n.get_ref().0).collect(),
                 block,
                 allow,
+                bypass,
             });
         }
         out
@@ -643,6 +696,31 @@ networks = ["10.10.0.0/16"]
         assert_eq!(
             problems(&text),
             ["t.toml:2:12: block.response is \"sinkhole\" but block.sinkhole lists no addresses"]
+        );
+    }
+
+    #[test]
+    fn bypass_settings_default_to_on_where_a_segment_blocks() {
+        let text = format!(
+            "[lists.t]\nfiles = [\"tests/fixtures/tiktok.txt\"]\nbypass = \"encrypted_dns_endpoint\"\n\
+             [[segment]]\nname = \"staff\"\nnetworks = [\"10.0.0.0/8\"]\nblock = [\"t\"]\nbypass = {{ ddr = false }}\n\
+             [[segment]]\nname = \"open\"\nnetworks = [\"10.1.0.0/16\"]\n{UPSTREAM}"
+        );
+        let config = Config::parse("t.toml", &text).unwrap();
+        let (staff, open) = (config.segments[0].bypass, config.segments[1].bypass);
+        assert!(staff.canary && staff.private_relay && staff.strip_ech && !staff.ddr);
+        assert!(!open.canary && !open.private_relay && !open.ddr && !open.strip_ech);
+        assert_eq!(
+            config.lists[0].bypass,
+            Some(BypassKind::EncryptedDnsEndpoint)
+        );
+
+        let built_in = "[lists.t]\nfiles = [\"tests/fixtures/tiktok.txt\"]\nbypass = \"canary\"\n";
+        assert_eq!(
+            problems(&format!("{built_in}{UPSTREAM}")),
+            [
+                "t.toml:3:10: a list's bypass is \"encrypted_dns_endpoint\" or \"telegram_fallback\"; \"canary\" is handled by the segments' `bypass` settings"
+            ]
         );
     }
 }

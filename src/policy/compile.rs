@@ -117,6 +117,7 @@ fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
     Segment {
         name: config.name.clone(),
         blocks_addresses: !block.intersect(ip_lists).is_empty(),
+        bypass: config.bypass,
         block,
         allow: set(&config.allow),
         block_order: config.block.iter().map(|&id| ListId(id as u8)).collect(),

@@ -16,6 +16,8 @@ pub struct Explanation {
     pub name: String,
     pub segment: Option<String>,
     pub verdict: Verdict,
+    /// The bypass kind the query counts as (`portvakt_bypass_attempts_total`), if any.
+    pub bypass: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum Verdict {
     /// One of the segment's allow lists contains the name: forwarded.
     AllowedByList(Located),
     Blocked(Located),
+    /// A built-in bypass name the segment answers itself (negatively).
+    Bypass,
 }
 
 /// A list entry that decided, and where it is written.
@@ -36,42 +40,83 @@ pub struct Located {
     pub entry: String,
     /// File and line, once [`Explanation::locate`] found them.
     pub at: Option<(PathBuf, u32)>,
-    /// The entry in lowercase wire format, and the list's files to find it in.
-    zone: Vec<u8>,
+    /// What to look for in the list's files.
+    key: Key,
     files: Vec<PathBuf>,
+}
+
+/// A name's matched entry (lowercase wire format), or an address whose network is wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Zone(Vec<u8>),
+    Address(IpAddr),
 }
 
 impl Policy {
     /// Why `client` gets what it gets for `text_name`, by the same decision as a query. Pure:
     /// the deciding entry's file and line are left to [`Explanation::locate`].
+    /// `text_name` may also be an address, as found in an answer: then the verdict is that of
+    /// the IP lists.
     pub fn explain(&self, client: IpAddr, text_name: &str) -> Result<Explanation, NameError> {
-        let wire = name::from_text(text_name)?;
-        let Some(segment) = self.classify(client) else {
-            return Ok(Explanation {
-                name: name::to_text(&wire),
-                segment: None,
-                verdict: Verdict::Refused,
-            });
-        };
-        let located = |list: ListId, zone_at: usize| Located {
+        let segment = self.classify(client);
+        let segment_name = segment.map(|s| self.segment_name(s).to_owned());
+        let located = |list: ListId, entry: String, key: Key| Located {
             list: self.list_name(list).to_owned(),
-            entry: name::to_text(&wire[zone_at..]),
+            entry,
             at: None,
-            zone: wire[zone_at..].to_vec(),
+            key,
             files: self.lists[list.0 as usize].files.clone(),
         };
-        let verdict = match self.decide(segment, &wire) {
-            Decision::Allowed => Verdict::Allowed,
-            Decision::Excepted(list) => {
-                Verdict::AllowedByList(located(list, self.entry_of(&wire, list)))
-            }
-            Decision::Blocked { list, zone_at } => Verdict::Blocked(located(list, zone_at)),
+        if let Ok(addr) = text_name.parse::<IpAddr>() {
+            let verdict = match segment.map(|s| self.decide_address(s, addr)) {
+                None => Verdict::Refused,
+                Some(None) => Verdict::Allowed,
+                Some(Some(list)) => {
+                    Verdict::Blocked(located(list, addr.to_string(), Key::Address(addr)))
+                }
+            };
+            return Ok(Explanation {
+                name: addr.to_string(),
+                segment: segment_name,
+                bypass: self.bypass_of(&verdict),
+                verdict,
+            });
+        }
+        let wire = name::from_text(text_name)?;
+        let entry = |list: ListId, zone_at: usize| {
+            let zone = wire[zone_at..].to_vec();
+            located(list, name::to_text(&zone), Key::Zone(zone))
+        };
+        let verdict = match segment {
+            None => Verdict::Refused,
+            Some(s) if self.bypass_name(s, &wire).is_some() => Verdict::Bypass,
+            Some(s) => match self.decide(s, &wire) {
+                Decision::Allowed => Verdict::Allowed,
+                Decision::Excepted(list) => {
+                    Verdict::AllowedByList(entry(list, self.entry_of(&wire, list)))
+                }
+                Decision::Blocked { list, zone_at } => Verdict::Blocked(entry(list, zone_at)),
+            },
+        };
+        let bypass = match verdict {
+            Verdict::Bypass => crate::bypass::built_in(&wire).map(|k| k.as_str()),
+            _ => self.bypass_of(&verdict),
         };
         Ok(Explanation {
             name: name::to_text(&wire),
-            segment: Some(self.segment_name(segment).to_owned()),
+            segment: segment_name,
             verdict,
+            bypass,
         })
+    }
+
+    /// The bypass kind of the list that blocked, if it is tagged with one.
+    fn bypass_of(&self, verdict: &Verdict) -> Option<&'static str> {
+        let Verdict::Blocked(located) = verdict else {
+            return None;
+        };
+        let list = self.lists.iter().position(|l| l.name == located.list)?;
+        self.list_bypass(ListId(list as u8)).map(|k| k.as_str())
     }
 }
 
@@ -80,14 +125,27 @@ impl Explanation {
     /// from async code, call it through `spawn_blocking`.
     pub fn locate(mut self) -> Explanation {
         if let Verdict::AllowedByList(located) | Verdict::Blocked(located) = &mut self.verdict {
-            located.at = located.files.iter().find_map(|path| {
+            let found = located.files.iter().find_map(|path| {
                 let file = lists::read(path).ok()?;
-                let entry = file
-                    .entries
-                    .iter()
-                    .find(|e| e.name == located.zone && e.kind == EntryKind::Block)?;
-                Some((path.clone(), entry.line))
+                match &located.key {
+                    Key::Zone(zone) => {
+                        let entry = (file.entries.iter())
+                            .find(|e| e.name == *zone && e.kind == EntryKind::Block)?;
+                        Some((path.clone(), entry.line, None))
+                    }
+                    Key::Address(addr) => {
+                        let (net, line) = (file.networks.iter())
+                            .find(|(net, _)| net.contains(&addr.to_canonical()))?;
+                        Some((path.clone(), *line, Some(net.to_string())))
+                    }
+                }
             });
+            if let Some((path, line, network)) = found {
+                located.at = Some((path, line));
+                if let Some(network) = network {
+                    located.entry = network;
+                }
+            }
         }
         self
     }

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::Config;
+use crate::bypass::{self, BypassKind};
+use crate::config::{BypassHandling, Config};
 use crate::lists::Rejected;
 use crate::metrics::SegmentMetrics;
 use crate::segment::{SegmentId, SegmentTable};
@@ -66,6 +67,7 @@ struct Segment {
     block_order: Vec<ListId>,
     /// Whether a list it blocks has IP entries (else answers' addresses need no check).
     blocks_addresses: bool,
+    bypass: BypassHandling,
 }
 
 /// A list as loaded.
@@ -167,6 +169,22 @@ impl Policy {
         }
     }
 
+    /// The built-in bypass name `name` is (or is below), if `segment` answers it itself.
+    pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<BypassKind> {
+        let handling = &self.segments[segment.0 as usize].bypass;
+        bypass::built_in(name).filter(|&kind| handling.handles(kind))
+    }
+
+    /// Whether `segment` gets HTTPS/SVCB answers without their `ech` parameter.
+    pub(crate) fn strips_ech(&self, segment: SegmentId) -> bool {
+        self.segments[segment.0 as usize].bypass.strip_ech
+    }
+
+    /// What a block by `list` also counts as, if anything.
+    pub(crate) fn list_bypass(&self, list: ListId) -> Option<BypassKind> {
+        self.config.lists[list.0 as usize].bypass
+    }
+
     /// Whether answers' addresses can be blocked for `segment` at all.
     pub(crate) fn blocks_addresses(&self, segment: SegmentId) -> bool {
         self.segments[segment.0 as usize].blocks_addresses
@@ -222,6 +240,12 @@ mod tests {
             allow: set(allow),
             block_order: block.iter().map(|&id| ListId(id)).collect(),
             blocks_addresses: false,
+            bypass: BypassHandling {
+                canary: true,
+                private_relay: true,
+                ddr: true,
+                strip_ech: true,
+            },
         }
     }
 

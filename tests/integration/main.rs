@@ -2,6 +2,7 @@
 //! different source addresses, over real UDP and TCP. One binary, so it links once.
 
 mod binary;
+mod bypass;
 mod forwarding;
 mod harness;
 mod ip_lists;

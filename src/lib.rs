@@ -38,6 +38,7 @@ mod policy;
 mod reply;
 // The path of one query, then what runs around it.
 mod admin;
+mod export;
 mod gateway;
 mod reload;
 mod transport;
@@ -51,6 +52,7 @@ use admin::Admin;
 pub use admin::AdminBindError;
 pub use config::{Config, ConfigError, Problem};
 pub use error::chain as error_chain;
+pub use export::{ExportFormat, export};
 pub use gateway::{Gateway, Pending, Step, Transport};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError};

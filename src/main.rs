@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portvakt::{
-    CompileError, ConfigError, ConfigSource, Explanation, Located, Metrics, Policy, Reloader,
-    StartError, Trigger, Verdict, error_chain, start,
+    CompileError, ConfigError, ConfigSource, Explanation, ExportFormat, Located, Metrics, Policy,
+    Reloader, StartError, Trigger, Verdict, error_chain, start,
 };
 use tracing::{error, info};
 
@@ -43,9 +43,24 @@ enum Command {
         /// The client's source address.
         #[arg(long)]
         client: IpAddr,
-        /// The queried name.
+        /// The queried name, or an address as found in an answer (checked against IP lists).
         name: String,
     },
+    /// Print what the blocking segments may not reach, for the firewall: an nftables ruleset
+    /// (its own `table inet portvakt`), plain CIDR lists, or JSON.
+    Export {
+        #[arg(value_enum)]
+        format: ExportArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportArg {
+    Nftables,
+    Cidr,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -88,6 +103,7 @@ fn main() -> ExitCode {
             client,
             name,
         }) => runtime.block_on(explain(config, client, &name)),
+        Some(Command::Export { format, config }) => export(&config, format),
     }
 }
 
@@ -344,6 +360,31 @@ fn write_explanation(
                 "verdict: bypass name ({kind}), answered by the segment's bypass handling"
             )?;
             writeln!(out, "answer:  {answer}")
+        }
+    }
+}
+
+fn export(arg: &ConfigArg, format: ExportArg) -> ExitCode {
+    let config = match arg.source().load() {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    let format = match format {
+        ExportArg::Nftables => ExportFormat::Nftables,
+        ExportArg::Cidr => ExportFormat::Cidr,
+        ExportArg::Json => ExportFormat::Json,
+    };
+    match portvakt::export(&config, format) {
+        Ok(text) => match print_to_stdout(|out| out.write_all(text.as_bytes())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => code,
+        },
+        Err(err) => {
+            report(&err);
+            ExitCode::from(2)
         }
     }
 }

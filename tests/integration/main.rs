@@ -3,6 +3,7 @@
 
 mod binary;
 mod bypass;
+mod export;
 mod forwarding;
 mod harness;
 mod ip_lists;

@@ -1,0 +1,314 @@
+//! `portvakt export`: what DNS cannot stop, as firewall input. The apps' non-DNS paths
+//! (Telegram's built-in data-centre addresses, DoT/DoQ on port 853 to other resolvers) need
+//! the network to drop them; this renders the config's segments and IP lists for it:
+//! an nftables ruleset of its own (`table inet portvakt`), plain CIDR lists for any firewall,
+//! or JSON. Reads the config and the list files; serves nothing.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::json;
+
+use crate::config::{Config, ListConfig};
+use crate::lists::{self, Item, ListError};
+
+/// The port of DNS over TLS and DNS over QUIC (RFC 7858, RFC 9250).
+const ENCRYPTED_DNS_PORT: u16 = 853;
+
+/// What `export` can render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    Nftables,
+    Cidr,
+    Json,
+}
+
+/// A segment that blocks something: the addresses it has (its networks less the more
+/// specific networks of other segments, as the longest prefix decides), and the IP lists it
+/// blocks.
+struct Blocking<'a> {
+    name: &'a str,
+    networks: Vec<IpNet>,
+    ip_lists: Vec<&'a str>,
+}
+
+/// An IP list with its networks, in file order without repeats.
+struct IpList<'a> {
+    name: &'a str,
+    networks: Vec<IpNet>,
+}
+
+/// Renders `config` (with the IP entries of its list files) as `format`.
+pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError> {
+    let ip_lists = read_ip_lists(&config.lists)?;
+    let all: Vec<(usize, IpNet)> = (config.segments.iter().enumerate())
+        .flat_map(|(id, s)| s.networks.iter().map(move |n| (id, n.trunc())))
+        .collect();
+    let blocking: Vec<Blocking> = (config.segments.iter().enumerate())
+        .filter(|(_, s)| !s.block.is_empty())
+        .map(|(id, s)| Blocking {
+            name: &s.name,
+            networks: addresses_of(id, &all, config.unknown_clients == Some(id)),
+            ip_lists: s
+                .block
+                .iter()
+                .map(|&id| config.lists[id].name.as_str())
+                .filter(|name| ip_lists.iter().any(|l| l.name == *name))
+                .collect(),
+        })
+        .collect();
+    // portvakt's own addresses: where the blocking segments may still send encrypted DNS.
+    let resolvers: Vec<IpAddr> = config
+        .listen
+        .iter()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    Ok(match format {
+        ExportFormat::Nftables => nftables(config, &blocking, &ip_lists, &resolvers),
+        ExportFormat::Cidr => cidr(&blocking, &ip_lists),
+        ExportFormat::Json => {
+            let value = json!({
+                "config": config.origin,
+                "segments": blocking.iter().map(|s| json!({
+                    "name": s.name,
+                    "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ip_lists": s.ip_lists,
+                })).collect::<Vec<_>>(),
+                "ip_lists": ip_lists.iter().map(|l| json!({
+                    "name": l.name,
+                    "networks": l.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "resolvers": resolvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "encrypted_dns_port": ENCRYPTED_DNS_PORT,
+            });
+            serde_json::to_string_pretty(&value).expect("JSON of strings") + "\n"
+        }
+    })
+}
+
+/// The networks whose addresses classify into segment `id`: its own networks without the more
+/// specific networks of other segments inside them; with `catch_all` (it is `unknown_clients`)
+/// also every address in no segment.
+fn addresses_of(id: usize, all: &[(usize, IpNet)], catch_all: bool) -> Vec<IpNet> {
+    let mut own: Vec<IpNet> = all
+        .iter()
+        .filter(|(s, _)| *s == id)
+        .map(|(_, n)| *n)
+        .collect();
+    if catch_all {
+        own.push("0.0.0.0/0".parse().expect("a network"));
+        own.push("::/0".parse().expect("a network"));
+    }
+    let mut out = Vec::new();
+    for net in own {
+        // Networks inside `net` that decide otherwise: those of other segments, and for the
+        // catch-all, every segment's (its own included, which appear on their own).
+        let inner: Vec<IpNet> = all
+            .iter()
+            .filter(|(s, n)| (*s != id || net.prefix_len() == 0) && *n != net && net.contains(n))
+            .map(|(_, n)| *n)
+            .collect();
+        out.extend(exclude(net, &inner));
+    }
+    IpNet::aggregate(&out)
+}
+
+/// `net` less every network of `inner` (each inside it), as CIDRs: halve `net` until the
+/// halves are either free of `inner` (kept) or one of them (dropped).
+fn exclude(net: IpNet, inner: &[IpNet]) -> Vec<IpNet> {
+    let touching: Vec<IpNet> = inner
+        .iter()
+        .filter(|n| net.contains(*n) || n.contains(&net))
+        .copied()
+        .collect();
+    if touching.is_empty() {
+        return vec![net];
+    }
+    if touching.iter().any(|n| n.contains(&net)) {
+        return Vec::new();
+    }
+    let Ok(halves) = net.subnets(net.prefix_len() + 1) else {
+        return Vec::new();
+    };
+    halves.flat_map(|half| exclude(half, &touching)).collect()
+}
+
+/// Every list with IP entries, read from its files (and downloaded copies).
+fn read_ip_lists(lists: &[ListConfig]) -> Result<Vec<IpList<'_>>, ListError> {
+    let mut out = Vec::new();
+    for list in lists {
+        let mut seen = BTreeSet::new();
+        let mut networks = Vec::new();
+        for path in list.sources() {
+            lists::read_with(path, |item, _line| {
+                if let Item::Network(net) = item
+                    && seen.insert(net)
+                {
+                    networks.push(net);
+                }
+            })?;
+        }
+        if !networks.is_empty() {
+            out.push(IpList {
+                name: &list.name,
+                networks,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Text safe inside an nftables `comment "…"`.
+fn comment(text: &str) -> String {
+    text.chars().filter(|c| *c != '"' && *c != '\\').collect()
+}
+
+/// A name nftables accepts for a set: letters, digits and `_`.
+fn set_name(kind: &str, name: &str, family: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{kind}_{safe}_{family}")
+}
+
+/// One `set` of `ipv4_addr` or `ipv6_addr` intervals; empty sets are valid.
+fn push_set(out: &mut String, name: &str, v6: bool, elements: impl Iterator<Item = String>) {
+    let kind = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+    let elements: Vec<String> = elements.collect();
+    let _ = writeln!(
+        out,
+        "\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\tauto-merge"
+    );
+    if !elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+    }
+    let _ = writeln!(out, "\t}}");
+}
+
+fn nets(networks: &[IpNet], v6: bool) -> impl Iterator<Item = String> + '_ {
+    networks
+        .iter()
+        .filter(move |n| matches!(n, IpNet::V6(_)) == v6)
+        .map(|n| n.trunc().to_string())
+}
+
+fn nftables(
+    config: &Config,
+    blocking: &[Blocking],
+    ip_lists: &[IpList],
+    resolvers: &[IpAddr],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "#!/usr/sbin/nft -f\n# portvakt export nftables, from {}.\n# Load on the router or firewall between the segments and the internet: `nft -f FILE`.\n# It replaces only its own table. Segments that block nothing are not in it.\n",
+        config.origin
+    );
+    out.push_str("table inet portvakt\ndelete table inet portvakt\n\ntable inet portvakt {\n");
+    for family in ["v4", "v6"] {
+        let v6 = family == "v6";
+        for segment in blocking {
+            let name = set_name("segment", segment.name, family);
+            push_set(&mut out, &name, v6, nets(&segment.networks, v6));
+        }
+        for list in ip_lists {
+            let name = set_name("list", list.name, family);
+            push_set(&mut out, &name, v6, nets(&list.networks, v6));
+        }
+        let own = resolvers
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(ToString::to_string);
+        push_set(&mut out, &format!("portvakt_{family}"), v6, own);
+    }
+    out.push_str(
+        "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n",
+    );
+    for segment in blocking {
+        for (family, ip) in [("v4", "ip"), ("v6", "ip6")] {
+            let source = set_name("segment", segment.name, family);
+            for list in &segment.ip_lists {
+                let target = set_name("list", list, family);
+                let _ = writeln!(
+                    out,
+                    "\t\t{ip} saddr @{source} {ip} daddr @{target} counter reject comment \"{} may not reach {}\"",
+                    comment(segment.name),
+                    comment(list)
+                );
+            }
+            for proto in ["tcp", "udp"] {
+                let _ = writeln!(
+                    out,
+                    "\t\t{ip} saddr @{source} {ip} daddr != @portvakt_{family} {proto} dport {ENCRYPTED_DNS_PORT} counter reject comment \"{}: encrypted DNS only to portvakt\"",
+                    comment(segment.name)
+                );
+            }
+        }
+    }
+    out.push_str("\t}\n}\n");
+    out
+}
+
+fn cidr(blocking: &[Blocking], ip_lists: &[IpList]) -> String {
+    let mut out = String::new();
+    for list in ip_lists {
+        let segments: Vec<&str> = blocking
+            .iter()
+            .filter(|s| s.ip_lists.contains(&list.name))
+            .map(|s| s.name)
+            .collect();
+        let _ = writeln!(
+            out,
+            "# list {}, blocked for: {}",
+            list.name,
+            segments.join(", ")
+        );
+        for net in &list.networks {
+            let _ = writeln!(out, "{}", net.trunc());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(text: &[&str]) -> Vec<IpNet> {
+        text.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_segment_has_its_networks_less_the_more_specific_ones_of_others() {
+        // 0: staff 10.0.0.0/8 and 192.0.2.0/24; 1: devices 10.1.2.0/24 inside staff's /8.
+        let all: Vec<(usize, IpNet)> = [(0, "10.0.0.0/8"), (0, "192.0.2.0/24"), (1, "10.1.2.0/24")]
+            .iter()
+            .map(|(s, n)| (*s, n.parse().unwrap()))
+            .collect();
+        let staff = addresses_of(0, &all, false);
+        let inside = |addr: &str| {
+            let addr: IpAddr = addr.parse().unwrap();
+            staff.iter().any(|n| n.contains(&addr))
+        };
+        assert!(inside("10.0.0.1") && inside("10.1.3.1") && inside("192.0.2.9"));
+        assert!(!inside("10.1.2.7"), "the devices' /24 is theirs");
+        assert_eq!(staff.len(), 17, "{staff:?}");
+        assert_eq!(addresses_of(1, &all, false), nets(&["10.1.2.0/24"]));
+        // As unknown_clients, devices also get every address in no segment.
+        let catch_all = addresses_of(1, &all, true);
+        assert!(
+            catch_all
+                .iter()
+                .any(|n| n.contains(&"203.0.113.1".parse::<IpAddr>().unwrap()))
+        );
+        assert!(
+            !catch_all
+                .iter()
+                .any(|n| n.contains(&"10.0.0.1".parse::<IpAddr>().unwrap()))
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 mod binary;
 mod bypass;
+mod catalogue;
 mod export;
 mod forwarding;
 mod harness;

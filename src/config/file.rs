@@ -172,6 +172,21 @@ pub struct ListSection {
     /// What a block by this list also counts as: `"encrypted_dns_endpoint"` or
     /// `"telegram_fallback"` (in `portvakt_bypass_attempts_total`).
     pub bypass: Option<Spanned<BypassKind>>,
+    /// `"ip"`: only addresses and networks (a name line is rejected); by default each line's
+    /// format is detected, and a line that is only an address or network is an IP entry.
+    #[serde(default)]
+    pub kind: ListKind,
+}
+
+/// What a list holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListKind {
+    /// Names and IP entries, detected per line.
+    #[default]
+    Any,
+    /// IP entries only.
+    Ip,
 }
 
 /// `[[segment]]`

@@ -18,8 +18,8 @@ use crate::bypass::BypassKind;
 
 use error::Source;
 pub use error::{ConfigError, Problem};
-pub use file::BlockResponse;
 use file::ConfigFile;
+pub use file::{BlockResponse, ListKind};
 
 /// The annotated example config, also the default when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");
@@ -74,6 +74,7 @@ pub struct ListConfig {
     pub message: Option<String>,
     /// What a block by this list also counts as, if anything.
     pub bypass: Option<BypassKind>,
+    pub kind: ListKind,
 }
 
 impl ListConfig {
@@ -346,6 +347,7 @@ impl Checks<'_> {
                 max_shrink: self.max_shrink(list.max_shrink.as_ref()),
                 message: list.message.clone(),
                 bypass: list.bypass.as_ref().and_then(|kind| self.list_bypass(kind)),
+                kind: list.kind,
             });
         }
         out

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{Config, SegmentConfig};
-use crate::lists::{self, Item, ListError};
+use crate::config::{Config, ListKind, SegmentConfig};
+use crate::lists::{self, Item, ListError, Rejected};
 use crate::metrics::Metrics;
+use crate::name;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
@@ -91,13 +92,26 @@ fn read_lists(
             rejected: Vec::new(),
         };
         for path in list.sources() {
-            let rejected = lists::read_with(path, |item, _line| {
+            let mut names_in_ip_list = Vec::new();
+            let rejected = lists::read_with(path, |item, line| {
                 match item {
+                    Item::Name(name, _) if list.kind == ListKind::Ip => {
+                        names_in_ip_list.push((line, name::to_text(name)));
+                        return;
+                    }
                     Item::Name(name, kind) => index.insert(name, id, kind),
                     Item::Network(net) => networks.insert(net, id),
                 }
                 loaded.entries += 1;
             })?;
+            let mut rejected = rejected;
+            rejected.extend(names_in_ip_list.into_iter().map(|(line, text)| Rejected {
+                path: path.to_owned(),
+                line,
+                reason: "a name in a list of kind \"ip\" (only addresses and networks)".into(),
+                text,
+            }));
+            rejected.sort_by_key(|r| r.line);
             loaded.rejected.extend(rejected);
         }
         lists.push(loaded);

@@ -13,8 +13,9 @@ use crate::harness::{Answered, Canned, FakeUpstream, RunningUpstream, TestGatewa
 const POLICY: &str = r#"
 lists.tiktok.files = ["tests/fixtures/tiktok.txt"]
 lists.doh = { files = ["tests/fixtures/doh.txt"], bypass = "encrypted_dns_endpoint" }
+lists.fallback = { files = ["tests/fixtures/telegram-fallback.txt"], bypass = "telegram_fallback" }
 segment = [
-  { name = "staff",   networks = ["127.0.0.2/32"], block = ["tiktok", "doh"] },
+  { name = "staff",   networks = ["127.0.0.2/32"], block = ["tiktok", "doh", "fallback"] },
   { name = "open",    networks = ["127.0.0.3/32"] },
   { name = "lenient", networks = ["127.0.0.4/32"], block = ["tiktok"], bypass = { canary = false, strip_ech = false } },
 ]
@@ -102,9 +103,13 @@ async fn bypass_names_are_answered_negatively_where_the_segment_blocks() {
     assert!(ddr.answers.is_empty());
     assert!(ddr.soa_owner().is_some());
 
-    // A list tagged as encrypted DNS: blocked, and counted as a bypass attempt too.
+    // Lists tagged with a bypass kind: blocked, and counted as a bypass attempt too.
     let doh = staff.udp_a("dns.google.").await;
     assert_eq!(doh.metadata.response_code, ResponseCode::NXDomain);
+    for name in ["apv3.stel.com.", "tapv3.stel.com."] {
+        let txt = staff.udp(&question(name, RecordType::TXT, true)).await;
+        assert_eq!(txt.metadata.response_code, ResponseCode::NXDomain);
+    }
 
     assert_eq!(upstream.queries_for("mask-h2.icloud.com."), 0);
     assert_eq!(upstream.queries_for("_dns.resolver.arpa."), 0);
@@ -115,6 +120,7 @@ async fn bypass_names_are_answered_negatively_where_the_segment_blocks() {
     assert_eq!(moved("staff", "private_relay"), 4.0);
     assert_eq!(moved("staff", "ddr"), 1.0);
     assert_eq!(moved("staff", "encrypted_dns_endpoint"), 1.0);
+    assert_eq!(moved("staff", "telegram_fallback"), 2.0);
     assert_eq!(moved("open", "canary"), 0.0);
     assert_eq!(moved("lenient", "canary"), 0.0);
     gateway.shutdown().await;

@@ -93,3 +93,27 @@ async fn an_ipv4hint_in_an_https_answer_is_blocked_like_an_address() {
     assert_eq!(other.answers.len(), 1, "hints outside the list pass");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_name_in_a_list_of_kind_ip_is_a_rejected_line() {
+    let upstream = FakeUpstream::new()
+        .with_a("example.org.", "192.0.2.10")
+        .start()
+        .await;
+    let policy = r#"
+lists.ips = { files = ["tests/fixtures/ip-with-name.txt"], kind = "ip" }
+segment = [{ name = "staff", networks = ["127.0.0.2/32"], block = ["ips"] }]
+"#;
+    let gateway = TestGateway::start(&upstream, policy).await;
+    let (_, status) = gateway.admin_get("/api/v1/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["lists"][0]["entries"], 1);
+    assert_eq!(status["lists"][0]["rejected_lines"], 1);
+    let staff = gateway.client_from("127.0.0.2");
+    assert_eq!(
+        staff.udp_a("example.org.").await.addresses(),
+        ["192.0.2.10"],
+        "the name is not blocked"
+    );
+    gateway.shutdown().await;
+}

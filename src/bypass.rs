@@ -63,8 +63,15 @@ const BUILT_IN: [(&[u8], BypassKind); 5] = [
     (b"\x04_dns\x08resolver\x04arpa\x00", BypassKind::Ddr),
 ];
 
-/// The built-in bypass name `name` (lowercase wire format) is, or is below, if any.
+/// The built-in bypass name `name` (lowercase wire format) is, or is below, if any. Asked for
+/// every query of a segment with bypass handling, so the last 8 bytes are compared first: no
+/// built-in name shares them with most names.
 pub fn built_in(name: &[u8]) -> Option<BypassKind> {
+    let at = name.len().checked_sub(8)?;
+    let tail = u64::from_le_bytes(name[at..].try_into().expect("8 bytes"));
+    if !TAILS.contains(&tail) {
+        return None;
+    }
     BUILT_IN.iter().find_map(|&(zone, kind)| {
         let below = name.len() > zone.len() && {
             let at = name.len() - zone.len();
@@ -72,6 +79,27 @@ pub fn built_in(name: &[u8]) -> Option<BypassKind> {
         };
         (name == zone || below).then_some(kind)
     })
+}
+
+/// The last 8 bytes of each built-in name, as a number.
+const TAILS: [u64; 3] = [
+    tail8(BUILT_IN[0].0),
+    tail8(BUILT_IN[1].0),
+    tail8(BUILT_IN[4].0),
+];
+
+const fn tail8(zone: &[u8]) -> u64 {
+    let n = zone.len();
+    u64::from_le_bytes([
+        zone[n - 8],
+        zone[n - 7],
+        zone[n - 6],
+        zone[n - 5],
+        zone[n - 4],
+        zone[n - 3],
+        zone[n - 2],
+        zone[n - 1],
+    ])
 }
 
 /// Whether a label starts at `at` in `name` (walking its length bytes from the start).

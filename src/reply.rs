@@ -68,6 +68,7 @@ pub fn bypass(query: &Query, answers: &BlockAnswers, kind: BypassKind, out: &mut
 
 /// NXDOMAIN or NODATA with the SOA of the zone at `zone_at` in the question name in
 /// authority, which lets the client cache the negative answer.
+#[inline(always)]
 fn negative(
     query: &Query,
     answers: &BlockAnswers,

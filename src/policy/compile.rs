@@ -56,6 +56,7 @@ impl Policy {
                 .map(|s| segment(s, addresses.lists()))
                 .collect(),
             networks: addresses,
+            list_bypass: config.lists.iter().map(|l| l.bypass).collect(),
             table,
             lists,
             index: index.build(),

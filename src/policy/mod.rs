@@ -41,6 +41,8 @@ pub struct Policy {
     index: SuffixIndex,
     /// The lists' IP entries, for the addresses in answers.
     networks: NetworkIndex,
+    /// Each list's bypass tag, indexed by `ListId` (read for every blocked query).
+    list_bypass: Vec<Option<BypassKind>>,
     block: BlockAnswers,
     /// Shared with the queries forwarded under this policy, which hold only this part.
     upstreams: Arc<Upstreams>,
@@ -182,7 +184,7 @@ impl Policy {
 
     /// What a block by `list` also counts as, if anything.
     pub(crate) fn list_bypass(&self, list: ListId) -> Option<BypassKind> {
-        self.config.lists[list.0 as usize].bypass
+        self.list_bypass[list.0 as usize]
     }
 
     /// Whether answers' addresses can be blocked for `segment` at all.

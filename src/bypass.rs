@@ -63,30 +63,32 @@ const BUILT_IN: [(&[u8], BypassKind); 5] = [
     (b"\x04_dns\x08resolver\x04arpa\x00", BypassKind::Ddr),
 ];
 
-/// The built-in bypass name `name` (lowercase wire format) is, or is below, if any. Asked for
-/// every query of a segment with bypass handling, so the last 8 bytes are compared first: no
-/// built-in name shares them with most names.
-pub fn built_in(name: &[u8]) -> Option<BypassKind> {
+/// The built-in bypass name `name` (lowercase wire format) is, or is below, if any, with where
+/// that built-in name starts in `name`. Asked for every query of a segment with bypass
+/// handling, so the last 8 bytes are compared first: no built-in name shares them with most
+/// names.
+pub fn built_in(name: &[u8]) -> Option<(BypassKind, usize)> {
     let at = name.len().checked_sub(8)?;
     let tail = u64::from_le_bytes(name[at..].try_into().expect("8 bytes"));
     if !TAILS.contains(&tail) {
         return None;
     }
     BUILT_IN.iter().find_map(|&(zone, kind)| {
-        let below = name.len() > zone.len() && {
-            let at = name.len() - zone.len();
-            name.ends_with(zone) && is_label_start(name, at)
-        };
-        (name == zone || below).then_some(kind)
+        let at = name.len().checked_sub(zone.len())?;
+        (name.ends_with(zone) && is_label_start(name, at)).then_some((kind, at))
     })
 }
 
 /// The last 8 bytes of each built-in name, as a number.
-const TAILS: [u64; 3] = [
-    tail8(BUILT_IN[0].0),
-    tail8(BUILT_IN[1].0),
-    tail8(BUILT_IN[4].0),
-];
+const TAILS: [u64; BUILT_IN.len()] = {
+    let mut tails = [0; BUILT_IN.len()];
+    let mut i = 0;
+    while i < BUILT_IN.len() {
+        tails[i] = tail8(BUILT_IN[i].0);
+        i += 1;
+    }
+    tails
+};
 
 const fn tail8(zone: &[u8]) -> u64 {
     let n = zone.len();
@@ -133,7 +135,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let wire = from_text(text).unwrap();
-            assert_eq!(built_in(&wire), want, "{text}");
+            assert_eq!(built_in(&wire).map(|(kind, _)| kind), want, "{text}");
         }
     }
 }

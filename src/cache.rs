@@ -34,9 +34,20 @@ pub struct Answer {
     cname_targets: Box<[Box<[u8]>]>,
     /// Addresses in the answer section (A, AAAA, SVCB/HTTPS hints), for IP lists.
     addresses: Box<[IpAddr]>,
-    /// The same answer without the `ech` parameter of its SVCB/HTTPS records, if it had one
-    /// (for segments with `strip_ech`).
-    without_ech: Option<Box<Answer>>,
+    /// What segments with `strip_ech` get instead, if the answer carries ECH.
+    without_ech: WithoutEch,
+}
+
+/// The answer for segments with `strip_ech`.
+#[derive(Debug)]
+pub enum WithoutEch {
+    /// It carries no ECH: the answer itself.
+    Same,
+    /// The same answer without its SVCB/HTTPS records' `ech` parameter.
+    Stripped(Box<Answer>),
+    /// It carries ECH that could not be removed (a record hickory-proto cannot re-encode): such
+    /// segments get NODATA, and the client falls back to A/AAAA without ECH.
+    Unstrippable,
 }
 
 /// Why an upstream message cannot be stored.
@@ -119,10 +130,13 @@ impl Answer {
         }
         let has_ech = (sections.answers.iter()).any(|r| wire::has_svc_param(&msg, r, SVC_ECH));
         let without_ech = if has_ech {
-            let stripped = strip_ech(&msg).ok_or(AnswerError::Malformed)?;
-            Some(Box::new(Answer::from_upstream(query, stripped, now)?))
+            strip_ech(&msg)
+                .and_then(|stripped| Answer::from_upstream(query, stripped, now).ok())
+                .map_or(WithoutEch::Unstrippable, |a| {
+                    WithoutEch::Stripped(Box::new(a))
+                })
         } else {
-            None
+            WithoutEch::Same
         };
         let cname_targets = sections
             .answers
@@ -145,9 +159,9 @@ impl Answer {
         &self.cname_targets
     }
 
-    /// This answer without ECH, if it carried any.
-    pub fn without_ech(&self) -> Option<&Answer> {
-        self.without_ech.as_deref()
+    /// What a segment with `strip_ech` gets.
+    pub fn without_ech(&self) -> &WithoutEch {
+        &self.without_ech
     }
 
     /// The addresses the answer section carries.
@@ -173,7 +187,7 @@ impl Answer {
             expires_at: now + lifetime,
             cname_targets: Box::new([]),
             addresses: Box::new([]),
-            without_ech: None,
+            without_ech: WithoutEch::Same,
         }
     }
 
@@ -209,13 +223,19 @@ impl Answer {
     }
 }
 
-/// `msg` with the `ech` parameter removed from every SVCB/HTTPS answer record, re-encoded by
-/// hickory-proto (once per cached answer, off the per-query path).
+/// `msg` with the `ech` parameter removed from every SVCB/HTTPS answer record (and from their
+/// `mandatory` lists), re-encoded by hickory-proto once per cached answer, off the per-query
+/// path. The data is changed, so it is no longer authenticated: AD is cleared and the answer
+/// section's signatures are dropped.
 fn strip_ech(msg: &[u8]) -> Option<Vec<u8>> {
     use hickory_proto::op::Message;
-    use hickory_proto::rr::RData;
-    use hickory_proto::rr::rdata::svcb::SvcParamKey;
+    use hickory_proto::rr::rdata::svcb::{SvcParamKey, SvcParamValue};
+    use hickory_proto::rr::{RData, RecordType};
     let mut message = Message::from_vec(msg).ok()?;
+    message.metadata.authentic_data = false;
+    message
+        .answers
+        .retain(|r| r.record_type() != RecordType::RRSIG);
     for record in &mut message.answers {
         let svcb = match &mut record.data {
             RData::SVCB(svcb) => svcb,
@@ -224,6 +244,11 @@ fn strip_ech(msg: &[u8]) -> Option<Vec<u8>> {
         };
         svcb.svc_params
             .retain(|(key, _)| *key != SvcParamKey::EchConfigList);
+        for (_, value) in &mut svcb.svc_params {
+            if let SvcParamValue::Mandatory(mandatory) = value {
+                mandatory.0.retain(|key| *key != SvcParamKey::EchConfigList);
+            }
+        }
     }
     message.to_vec().ok()
 }
@@ -426,5 +451,56 @@ mod tests {
             Answer::from_upstream(&wrong, upstream_answer(60), now).err(),
             Some(AnswerError::WrongQuestion)
         );
+    }
+
+    /// An HTTPS answer for `a.example` with `ech` and an `ipv4hint` of `hint` bytes.
+    fn https_answer(hint: &[u8], ad: bool) -> Vec<u8> {
+        let flags = if ad { 0xA0 } else { 0x80 };
+        let mut m = vec![0x99, 0x99, 0x81, flags, 0, 1, 0, 1, 0, 0, 0, 0];
+        m.extend_from_slice(b"\x01a\x07example\x00\x00\x41\x00\x01");
+        let mut rdata = vec![0, 1, 0]; // priority 1, target "."
+        rdata.extend_from_slice(&[0, 4, 0, hint.len() as u8]);
+        rdata.extend_from_slice(hint);
+        rdata.extend_from_slice(&[0, 5, 0, 4, 0xfe, 0x0d, 0, 0]);
+        m.extend_from_slice(&[0xC0, 12, 0, 65, 0, 1, 0, 0, 1, 0x2c]);
+        m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        m.extend_from_slice(&rdata);
+        m
+    }
+
+    fn https_query() -> Vec<u8> {
+        let mut q = query_bytes(5, b"\x01a\x07example\x00", false);
+        let at = q.len() - 3;
+        q[at] = 65; // type HTTPS
+        q
+    }
+
+    #[test]
+    fn ech_is_removed_once_and_the_copy_is_no_longer_authenticated() {
+        let packet = https_query();
+        let query = Query::parse(&packet).unwrap();
+        let answer =
+            Answer::from_upstream(&query, https_answer(&[192, 0, 2, 1], true), Instant::now())
+                .unwrap();
+        assert_eq!(answer.addresses(), ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        let WithoutEch::Stripped(stripped) = answer.without_ech() else {
+            panic!("not stripped: {:?}", answer.without_ech());
+        };
+        let sections = Sections::read(&stripped.wire).unwrap();
+        let https = &sections.answers[0];
+        assert!(!wire::has_svc_param(&stripped.wire, https, SVC_ECH));
+        assert_eq!(stripped.addresses(), answer.addresses(), "the hints stay");
+        assert_eq!(stripped.wire[3] & 0x20, 0, "AD cleared");
+    }
+
+    #[test]
+    fn ech_that_cannot_be_removed_leaves_the_answer_usable() {
+        // An ipv4hint of 5 bytes: hickory-proto will not decode it; portvakt reads the 4.
+        let packet = https_query();
+        let query = Query::parse(&packet).unwrap();
+        let msg = https_answer(&[192, 0, 2, 1, 9], false);
+        let answer = Answer::from_upstream(&query, msg, Instant::now()).unwrap();
+        assert!(matches!(answer.without_ech(), WithoutEch::Unstrippable));
+        assert_eq!(answer.addresses().len(), 1);
     }
 }

@@ -27,11 +27,13 @@ pub enum ExportFormat {
 
 /// A segment that blocks something: the addresses it has (its networks less the more
 /// specific networks of other segments, as the longest prefix decides), and the IP lists it
-/// blocks.
+/// blocks and allows (indexes into the IP lists; allow beats block, as for answers).
 struct Blocking<'a> {
+    id: usize,
     name: &'a str,
     networks: Vec<IpNet>,
-    ip_lists: Vec<&'a str>,
+    ip_lists: Vec<usize>,
+    allowed: Vec<usize>,
 }
 
 /// An IP list with its networks, in file order without repeats.
@@ -46,17 +48,24 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
     let all: Vec<(usize, IpNet)> = (config.segments.iter().enumerate())
         .flat_map(|(id, s)| s.networks.iter().map(move |n| (id, n.trunc())))
         .collect();
+    // The IP lists among `ids` (list ids of the config), as indexes into `ip_lists`.
+    let ip_ids = |ids: &[usize]| -> Vec<usize> {
+        ids.iter()
+            .filter_map(|&id| {
+                ip_lists
+                    .iter()
+                    .position(|l| l.name == config.lists[id].name)
+            })
+            .collect()
+    };
     let blocking: Vec<Blocking> = (config.segments.iter().enumerate())
         .filter(|(_, s)| !s.block.is_empty())
         .map(|(id, s)| Blocking {
+            id,
             name: &s.name,
             networks: addresses_of(id, &all, config.unknown_clients == Some(id)),
-            ip_lists: s
-                .block
-                .iter()
-                .map(|&id| config.lists[id].name.as_str())
-                .filter(|name| ip_lists.iter().any(|l| l.name == *name))
-                .collect(),
+            ip_lists: ip_ids(&s.block),
+            allowed: ip_ids(&s.allow),
         })
         .collect();
     // portvakt's own addresses: where the blocking segments may still send encrypted DNS.
@@ -75,7 +84,8 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
                 "segments": blocking.iter().map(|s| json!({
                     "name": s.name,
                     "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "ip_lists": s.ip_lists,
+                    "ip_lists": s.ip_lists.iter().map(|&i| ip_lists[i].name).collect::<Vec<_>>(),
+                    "allowed_ip_lists": s.allowed.iter().map(|&i| ip_lists[i].name).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "ip_lists": ip_lists.iter().map(|l| json!({
                     "name": l.name,
@@ -161,18 +171,30 @@ fn read_ip_lists(lists: &[ListConfig]) -> Result<Vec<IpList<'_>>, ListError> {
     Ok(out)
 }
 
-/// Text safe inside an nftables `comment "…"`.
+/// Text safe inside an nftables `comment "…"` (at most 128 bytes there).
 fn comment(text: &str) -> String {
-    text.chars().filter(|c| *c != '"' && *c != '\\').collect()
+    let mut out = String::new();
+    for c in text
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+    {
+        if out.len() + c.len_utf8() > 120 {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
-/// A name nftables accepts for a set: letters, digits and `_`.
-fn set_name(kind: &str, name: &str, family: &str) -> String {
+/// A unique name nftables accepts for a set: the index keeps `byod-vpn` and `byod_vpn` apart,
+/// the name (letters, digits and `_`, shortened) is for the reader.
+fn set_name(kind: &str, index: usize, name: &str, family: &str) -> String {
     let safe: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(32)
         .collect();
-    format!("{kind}_{safe}_{family}")
+    format!("{kind}{index}_{safe}_{family}")
 }
 
 /// One `set` of `ipv4_addr` or `ipv6_addr` intervals; empty sets are valid.
@@ -212,11 +234,11 @@ fn nftables(
     for family in ["v4", "v6"] {
         let v6 = family == "v6";
         for segment in blocking {
-            let name = set_name("segment", segment.name, family);
+            let name = set_name("segment", segment.id, segment.name, family);
             push_set(&mut out, &name, v6, nets(&segment.networks, v6));
         }
-        for list in ip_lists {
-            let name = set_name("list", list.name, family);
+        for (index, list) in ip_lists.iter().enumerate() {
+            let name = set_name("list", index, list.name, family);
             push_set(&mut out, &name, v6, nets(&list.networks, v6));
         }
         let own = resolvers
@@ -230,21 +252,32 @@ fn nftables(
     );
     for segment in blocking {
         for (family, ip) in [("v4", "ip"), ("v6", "ip6")] {
-            let source = set_name("segment", segment.name, family);
-            for list in &segment.ip_lists {
-                let target = set_name("list", list, family);
+            let source = set_name("segment", segment.id, segment.name, family);
+            // Allow beats block: the segment's allowed ranges are accepted first.
+            for &index in &segment.allowed {
+                let target = set_name("list", index, ip_lists[index].name, family);
                 let _ = writeln!(
                     out,
-                    "\t\t{ip} saddr @{source} {ip} daddr @{target} counter reject comment \"{} may not reach {}\"",
-                    comment(segment.name),
-                    comment(list)
+                    "\t\t{ip} saddr @{source} {ip} daddr @{target} accept comment \"{}\"",
+                    comment(&format!("{} allows {}", segment.name, ip_lists[index].name))
+                );
+            }
+            for &index in &segment.ip_lists {
+                let target = set_name("list", index, ip_lists[index].name, family);
+                let _ = writeln!(
+                    out,
+                    "\t\t{ip} saddr @{source} {ip} daddr @{target} counter reject comment \"{}\"",
+                    comment(&format!(
+                        "{} may not reach {}",
+                        segment.name, ip_lists[index].name
+                    ))
                 );
             }
             for proto in ["tcp", "udp"] {
                 let _ = writeln!(
                     out,
-                    "\t\t{ip} saddr @{source} {ip} daddr != @portvakt_{family} {proto} dport {ENCRYPTED_DNS_PORT} counter reject comment \"{}: encrypted DNS only to portvakt\"",
-                    comment(segment.name)
+                    "\t\t{ip} saddr @{source} {ip} daddr != @portvakt_{family} {proto} dport {ENCRYPTED_DNS_PORT} counter reject comment \"{}\"",
+                    comment(&format!("{}: encrypted DNS only to portvakt", segment.name))
                 );
             }
         }
@@ -255,10 +288,10 @@ fn nftables(
 
 fn cidr(blocking: &[Blocking], ip_lists: &[IpList]) -> String {
     let mut out = String::new();
-    for list in ip_lists {
+    for (index, list) in ip_lists.iter().enumerate() {
         let segments: Vec<&str> = blocking
             .iter()
-            .filter(|s| s.ip_lists.contains(&list.name))
+            .filter(|s| s.ip_lists.contains(&index))
             .map(|s| s.name)
             .collect();
         let _ = writeln!(

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::bypass::BypassKind;
-use crate::cache::{Answer, Cache};
+use crate::cache::{Answer, Cache, WithoutEch};
 use crate::metrics::{DecisionLabel, Metrics};
 use crate::policy::{Decision, ListId, Policy};
 use crate::reply;
@@ -184,9 +184,9 @@ impl Gateway {
             reply::bad_version(&query, out);
             return self.finish(&policy, &ctx, Outcome::BadVersion, out);
         }
-        if let Some(kind) = policy.bypass_name(segment, query.name()) {
+        if let Some((kind, zone_at)) = policy.bypass_name(segment, query.name()) {
             debug!(segment = %policy.segment_name(segment), kind = kind.as_str(), "bypass name");
-            reply::bypass(&query, policy.block(), kind, out);
+            reply::bypass(&query, policy.block(), kind, zone_at, out);
             return self.finish(&policy, &ctx, Outcome::Bypass(kind), out);
         }
         let outcome = match policy.decide(segment, query.name()) {
@@ -403,12 +403,17 @@ fn serve(
             return Outcome::Blocked(list);
         }
     }
-    match answer.without_ech().filter(|_| policy.strips_ech(segment)) {
-        Some(stripped) => {
+    let without_ech = policy.strips_ech(segment).then(|| answer.without_ech());
+    match without_ech {
+        Some(WithoutEch::Stripped(stripped)) => {
             stripped.write(query, Instant::now(), out);
             Outcome::AllowedWithoutEch
         }
-        None => {
+        Some(WithoutEch::Unstrippable) => {
+            reply::error(query, Rcode::NoError, None, out);
+            Outcome::AllowedWithoutEch
+        }
+        Some(WithoutEch::Same) | None => {
             answer.write(query, Instant::now(), out);
             Outcome::Allowed
         }

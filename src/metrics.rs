@@ -385,7 +385,7 @@ pub struct SegmentMetrics {
     decisions: [IntCounter; 3],
     blocked: Vec<Option<IntCounter>>,
     /// Indexed by `BypassKind as usize`.
-    bypass: [IntCounter; 6],
+    bypass: [IntCounter; BypassKind::ALL.len()],
 }
 
 impl SegmentMetrics {

@@ -38,13 +38,25 @@ pub fn blocked(
     push_opt(query, 0, ede, out);
 }
 
-/// The answer to a built-in bypass name, whatever `[block] response` says: the clients act
-/// only on a negative answer (Firefox turns its DoH back on for an address). NXDOMAIN for the
-/// canary and Private Relay, NODATA for DDR (`_dns.resolver.arpa` exists), with EDE 15.
-pub fn bypass(query: &Query, answers: &BlockAnswers, kind: BypassKind, out: &mut Vec<u8>) {
+/// The answer to a built-in bypass name (at `zone_at` in the question name), whatever
+/// `[block] response` says: the clients act only on a negative answer (Firefox turns its DoH
+/// back on for an address). NXDOMAIN for the canary and Private Relay, NODATA for DDR's
+/// `_dns.resolver.arpa` itself (it exists; names below it do not), with EDE 15 and the SOA of
+/// that name.
+pub fn bypass(
+    query: &Query,
+    answers: &BlockAnswers,
+    kind: BypassKind,
+    zone_at: usize,
+    out: &mut Vec<u8>,
+) {
     let (rcode, text) = match kind {
         BypassKind::Ddr => (
-            Rcode::NoError,
+            if zone_at == 0 {
+                Rcode::NoError
+            } else {
+                Rcode::NxDomain
+            },
             "this network's resolver is the only one offered",
         ),
         BypassKind::PrivateRelay => (
@@ -56,14 +68,8 @@ pub fn bypass(query: &Query, answers: &BlockAnswers, kind: BypassKind, out: &mut
             "browser DNS over HTTPS is not used on this network",
         ),
     };
-    negative(
-        query,
-        answers,
-        rcode,
-        0,
-        Some((EdeCode::Blocked, text)),
-        out,
-    );
+    let ede = Some((EdeCode::Blocked, text));
+    negative(query, answers, rcode, zone_at, ede, out);
 }
 
 /// NXDOMAIN or NODATA with the SOA of the zone at `zone_at` in the question name in

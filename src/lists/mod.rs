@@ -259,6 +259,11 @@ fn parse_line(raw: &str, wire: &mut Vec<u8>, push: &mut impl FnMut(Item)) -> Res
     }
     let Some(second) = fields.next() else {
         if let Ok(net) = first.parse::<IpNet>() {
+            // A stray `0.0.0.0/0` would block every answer (and, exported, all traffic).
+            let widest = if net.addr().is_ipv4() { 8 } else { 16 };
+            if net.prefix_len() < widest {
+                return Err(format!("a network wider than /{widest} is not accepted"));
+            }
             push(Item::Network(net.trunc()));
             return Ok(());
         }
@@ -427,7 +432,7 @@ mod tests {
     fn lines_of_only_an_address_or_network_are_ip_entries() {
         let file = parse(
             Path::new("t.txt"),
-            "149.154.160.0/20\n2001:b28:f23d::/48\n91.108.4.1\n10.1.2.3/8\n0.0.0.0 10.0.0.1\n",
+            "149.154.160.0/20\n2001:b28:f23d::/48\n91.108.4.1\n10.1.2.3/8\n0.0.0.0 10.0.0.1\n0.0.0.0/0\n::/8\n",
         );
         let networks: Vec<(String, u32)> = file
             .networks
@@ -442,7 +447,17 @@ mod tests {
         ];
         assert_eq!(networks, want.map(|(n, l)| (n.to_owned(), l)));
         assert!(file.entries.is_empty());
-        assert_eq!(file.rejected.len(), 1, "a hosts line naming an address");
+        let rejected: Vec<(u32, &str)> = (file.rejected.iter())
+            .map(|r| (r.line, r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                (5, "an IP address is not a domain name"),
+                (6, "a network wider than /8 is not accepted"),
+                (7, "a network wider than /16 is not accepted"),
+            ]
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Policy {
             },
         };
         let bypass = match verdict {
-            Verdict::Bypass => crate::bypass::built_in(&wire).map(|k| k.as_str()),
+            Verdict::Bypass => crate::bypass::built_in(&wire).map(|(k, _)| k.as_str()),
             _ => self.bypass_of(&verdict),
         };
         Ok(Explanation {

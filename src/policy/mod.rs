@@ -171,10 +171,11 @@ impl Policy {
         }
     }
 
-    /// The built-in bypass name `name` is (or is below), if `segment` answers it itself.
-    pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<BypassKind> {
+    /// The built-in bypass name `name` is (or is below), if `segment` answers it itself, with
+    /// where that name starts in `name`.
+    pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<(BypassKind, usize)> {
         let handling = &self.segments[segment.0 as usize].bypass;
-        bypass::built_in(name).filter(|&kind| handling.handles(kind))
+        bypass::built_in(name).filter(|&(kind, _)| handling.handles(kind))
     }
 
     /// Whether `segment` gets HTTPS/SVCB answers without their `ech` parameter.

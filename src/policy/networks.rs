@@ -48,6 +48,14 @@ impl<K: Copy + Eq + std::hash::Hash> ByLength<K> {
 
 impl NetworkIndex {
     pub(crate) fn insert(&mut self, network: IpNet, list: ListId) {
+        // An IPv4-mapped IPv6 network is the IPv4 network it maps (lookups map back too).
+        let network = match network {
+            IpNet::V6(net) if net.prefix_len() >= 96 => match net.network().to_ipv4_mapped() {
+                Some(v4) => IpNet::new(v4.into(), net.prefix_len() - 96).unwrap_or(network),
+                None => network,
+            },
+            other => other,
+        };
         match network {
             IpNet::V4(net) => {
                 let len = u32::from(net.prefix_len());
@@ -101,6 +109,7 @@ mod tests {
         index.insert(net("149.154.167.0/24"), ListId(1));
         index.insert(net("2001:b28:f23d::/48"), ListId(0));
         index.insert(net("0.0.0.0/0"), ListId(2));
+        index.insert(net("::ffff:192.0.2.0/120"), ListId(3));
         let cases = [
             ("149.154.167.51", ListSet(0b111)),
             ("149.154.160.1", ListSet(0b101)),
@@ -108,10 +117,12 @@ mod tests {
             ("::ffff:149.154.167.51", ListSet(0b111)),
             ("2001:b28:f23d:f001::a", ListSet(0b001)),
             ("2001:b28:f23e::1", ListSet(0)),
+            ("192.0.2.7", ListSet(0b1100)),
+            ("::ffff:192.0.2.7", ListSet(0b1100)),
         ];
         for (addr, want) in cases {
             assert_eq!(index.lookup(addr.parse().unwrap()), want, "{addr}");
         }
-        assert_eq!(index.lists(), ListSet(0b111));
+        assert_eq!(index.lists(), ListSet(0b1111));
     }
 }

@@ -101,7 +101,16 @@ async fn bypass_names_are_answered_negatively_where_the_segment_blocks() {
         .await;
     assert_eq!(ddr.metadata.response_code, ResponseCode::NoError);
     assert!(ddr.answers.is_empty());
-    assert!(ddr.soa_owner().is_some());
+    assert_eq!(ddr.soa_owner().as_deref(), Some("_dns.resolver.arpa."));
+    let below = staff
+        .udp(&question("x._dns.resolver.arpa.", RecordType::SVCB, true))
+        .await;
+    assert_eq!(
+        below.metadata.response_code,
+        ResponseCode::NXDomain,
+        "names below do not exist"
+    );
+    assert_eq!(below.soa_owner().as_deref(), Some("_dns.resolver.arpa."));
 
     // Lists tagged with a bypass kind: blocked, and counted as a bypass attempt too.
     let doh = staff.udp_a("dns.google.").await;
@@ -118,7 +127,7 @@ async fn bypass_names_are_answered_negatively_where_the_segment_blocks() {
     let moved = |segment, kind| attempts(&after, segment, kind) - attempts(&before, segment, kind);
     assert_eq!(moved("staff", "canary"), 1.0);
     assert_eq!(moved("staff", "private_relay"), 4.0);
-    assert_eq!(moved("staff", "ddr"), 1.0);
+    assert_eq!(moved("staff", "ddr"), 2.0);
     assert_eq!(moved("staff", "encrypted_dns_endpoint"), 1.0);
     assert_eq!(moved("staff", "telegram_fallback"), 2.0);
     assert_eq!(moved("open", "canary"), 0.0);

@@ -68,12 +68,19 @@ impl Policy {
             files: self.lists[list.0 as usize].files.clone(),
         };
         if let Ok(addr) = text_name.parse::<IpAddr>() {
-            let verdict = match segment.map(|s| self.decide_address(s, addr)) {
+            let key = || Key::Address(addr);
+            let verdict = match segment {
                 None => Verdict::Refused,
-                Some(None) => Verdict::Allowed,
-                Some(Some(list)) => {
-                    Verdict::Blocked(located(list, addr.to_string(), Key::Address(addr)))
-                }
+                Some(s) => match (
+                    self.decide_address(s, addr),
+                    self.address_exception(s, addr),
+                ) {
+                    (Some(list), _) => Verdict::Blocked(located(list, addr.to_string(), key())),
+                    (None, Some(list)) => {
+                        Verdict::AllowedByList(located(list, addr.to_string(), key()))
+                    }
+                    (None, None) => Verdict::Allowed,
+                },
             };
             return Ok(Explanation {
                 name: addr.to_string(),

@@ -161,14 +161,27 @@ impl Policy {
     /// The list that blocks `addr` (an address in an answer) for `segment`, by the same rule as
     /// names: allow beats block, the first block list decides.
     pub fn decide_address(&self, segment: SegmentId, addr: IpAddr) -> Option<ListId> {
-        let segment = &self.segments[segment.0 as usize];
-        if !segment.blocks_addresses {
-            return None;
-        }
-        match segment.rule(self.networks.lookup(addr)) {
+        match self.address_rule(segment, addr) {
             Rule::Blocked(list) => Some(list),
             Rule::Allowed | Rule::Excepted(_) => None,
         }
+    }
+
+    /// The allow list that exempts `addr` for `segment` from an IP list it blocks, if any
+    /// (for `explain`).
+    pub(crate) fn address_exception(&self, segment: SegmentId, addr: IpAddr) -> Option<ListId> {
+        match self.address_rule(segment, addr) {
+            Rule::Excepted(list) => Some(list),
+            Rule::Allowed | Rule::Blocked(_) => None,
+        }
+    }
+
+    fn address_rule(&self, segment: SegmentId, addr: IpAddr) -> Rule {
+        let segment = &self.segments[segment.0 as usize];
+        if !segment.blocks_addresses {
+            return Rule::Allowed;
+        }
+        segment.rule(self.networks.lookup(addr))
     }
 
     /// The built-in bypass name `name` is (or is below), if `segment` answers it itself, with

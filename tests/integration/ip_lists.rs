@@ -117,3 +117,34 @@ segment = [{ name = "staff", networks = ["127.0.0.2/32"], block = ["ips"] }]
     );
     gateway.shutdown().await;
 }
+
+#[test]
+fn explain_names_the_network_that_blocks_or_exempts_an_address() {
+    let text = r#"
+lists.telegram-ip = { files = ["tests/fixtures/telegram-ip.txt"], kind = "ip" }
+lists.partner = { files = ["tests/fixtures/partner-ip.txt"], kind = "ip" }
+segment = [{ name = "staff", networks = ["127.0.0.2/32"], block = ["telegram-ip"], allow = ["partner"] }]
+[[upstream]]
+servers = ["127.0.0.1:53"]
+"#;
+    let config = portvakt::Config::parse("t.toml", text).unwrap();
+    let policy = portvakt::Policy::compile(config, &portvakt::Metrics::new(), 0).unwrap();
+    let staff: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let explain = |addr| policy.explain(staff, addr).unwrap().locate().verdict;
+    let portvakt::Verdict::Blocked(blocked) = explain("149.154.160.9") else {
+        panic!("not blocked")
+    };
+    assert_eq!(
+        (blocked.list.as_str(), blocked.entry.as_str()),
+        ("telegram-ip", "149.154.160.0/20")
+    );
+    assert_eq!(blocked.at.unwrap().1, 2);
+    let portvakt::Verdict::AllowedByList(allowed) = explain("149.154.167.9") else {
+        panic!("not allowed by the partner list")
+    };
+    assert_eq!(
+        (allowed.list.as_str(), allowed.entry.as_str()),
+        ("partner", "149.154.167.0/24")
+    );
+    assert_eq!(explain("192.0.2.1"), portvakt::Verdict::Allowed);
+}

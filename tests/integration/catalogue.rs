@@ -8,20 +8,15 @@ use std::path::Path;
 
 use portvakt::{Config, Metrics, Policy, Verdict, core};
 
+use crate::harness::present_or_skip;
+
 const DATA: &str = "../shared/data";
 const SERVICES_MD: &str = "../shared/reference/services.md";
 
-/// Present, or a skip with a message; in CI (`CI` set) the shared files must be there.
+/// The shared data and reference (see `present_or_skip`).
 fn shared() -> bool {
     let here = Path::new(DATA).is_dir() && Path::new(SERVICES_MD).is_file();
-    assert!(
-        here || std::env::var_os("CI").is_none(),
-        "{DATA} or {SERVICES_MD} is not there, and CI is set"
-    );
-    if !here {
-        eprintln!("skipping: {DATA} is not there (it sits beside the repository in CI)");
-    }
-    here
+    present_or_skip(here, "../shared/data or ../shared/reference/services.md")
 }
 
 /// The entries of a shipped list, as text.

@@ -550,3 +550,17 @@ impl Answered for Message {
             .map(|r| r.name.to_string())
     }
 }
+
+/// Whether what a test needs (`what`: shared data, a tool) is here. Without `CI` a missing
+/// one skips the test with a message; in CI it fails it: a test that passes because what it
+/// needs is absent proves nothing.
+pub fn present_or_skip(present: bool, what: &str) -> bool {
+    assert!(
+        present || std::env::var_os("CI").is_none(),
+        "{what} is missing, and CI is set"
+    );
+    if !present {
+        eprintln!("skipping: {what} is missing");
+    }
+    present
+}

@@ -7,21 +7,15 @@ use std::path::{Path, PathBuf};
 
 use portvakt::core::{self, ListFile};
 
+use crate::harness::present_or_skip;
+
 const DATA: &str = "../shared/data";
 
-/// The shared data, or `None` with a message when it is absent. In CI (`CI` set) it must be
-/// there: a test that passes because its data is missing proves nothing.
+/// The shared data, or `None` (see `present_or_skip`).
 fn data_dir() -> Option<PathBuf> {
     let dir = Path::new(DATA);
-    if dir.is_dir() {
-        return Some(dir.to_owned());
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{DATA} is not there, and CI is set: the tests over real lists cannot run"
-    );
-    eprintln!("skipping: {DATA} is not there (it sits beside the repository in CI)");
-    None
+    present_or_skip(dir.is_dir(), "../shared/data (beside the repository in CI)")
+        .then(|| dir.to_owned())
 }
 
 fn read(rel: &str) -> ListFile {

@@ -14,11 +14,13 @@ use tokio::time::Instant;
 use crate::name::MAX_WIRE_LEN;
 use crate::wire::push_opt;
 use crate::wire::{
-    self, HEADER_LEN, Query, Record, SVC_ECH, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA,
+    self, EdeCode, HEADER_LEN, Query, Record, SVC_ECH, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA,
 };
 
 /// Upper bound on how long any answer is kept (and on the TTLs served from it).
 const MAX_TTL: u32 = 86_400;
+/// The TTL of every record of a stale answer (RFC 8767 §4: "30 seconds is a reasonable value").
+const STALE_TTL: u32 = 30;
 const KEY_LEN: usize = MAX_WIRE_LEN + 5;
 
 /// An upstream answer ready to be served to any client asking the same question.
@@ -36,6 +38,8 @@ pub struct Answer {
     addresses: Box<[IpAddr]>,
     /// What segments with `strip_ech` get instead, if the answer carries ECH.
     without_ech: WithoutEch,
+    /// For a failure entry: the expired answer it replaced, served stale meanwhile.
+    stale: Option<Arc<Answer>>,
 }
 
 /// The answer for segments with `strip_ech`.
@@ -152,11 +156,34 @@ impl Answer {
             cname_targets,
             addresses: addresses.into_boxed_slice(),
             without_ech,
+            stale: None,
         })
     }
 
     pub fn cname_targets(&self) -> &[Box<[u8]>] {
         &self.cname_targets
+    }
+
+    /// For a failure entry, the answer to serve stale instead, while it is within
+    /// `stale_for` of its expiry.
+    pub fn stale(&self, now: Instant, stale_for: Duration) -> Option<&Arc<Answer>> {
+        self.stale
+            .as_ref()
+            .filter(|s| now < s.expires_at + stale_for)
+    }
+
+    /// Writes this (expired) answer for `query` as a stale answer (RFC 8767): every TTL 30,
+    /// and EDE 3 (Stale Answer) when the client has EDNS.
+    pub fn write_stale(&self, query: &Query, out: &mut Vec<u8>) {
+        let ede = (
+            EdeCode::StaleAnswer,
+            "upstreams unreachable: an expired answer",
+        );
+        self.write_with(query, self.stored_at, Some(ede), out);
+        for &at in self.ttl_at.iter() {
+            let at = at as usize;
+            out[at..at + 4].copy_from_slice(&STALE_TTL.to_be_bytes());
+        }
     }
 
     /// What a segment with `strip_ech` gets.
@@ -175,8 +202,14 @@ impl Answer {
 
     /// A SERVFAIL for `query`, kept `lifetime`: after an upstream failure, the same question
     /// is answered at once instead of waiting out another timeout (RFC 2308 §7.1 allows
-    /// caching server failures, for at most five minutes).
-    pub fn failure(query: &Query, now: Instant, lifetime: Duration) -> Answer {
+    /// caching server failures, for at most five minutes). With `stale`, the expired answer
+    /// it replaces is served stale instead, meanwhile (RFC 8767 §5: no retry for a while).
+    pub fn failure(
+        query: &Query,
+        now: Instant,
+        lifetime: Duration,
+        stale: Option<Arc<Answer>>,
+    ) -> Answer {
         let mut wire = Vec::with_capacity(HEADER_LEN + query.question().len());
         wire.extend_from_slice(&[0, 0, 0x80, 0x80 | 2, 0, 1, 0, 0, 0, 0, 0, 0]);
         wire.extend_from_slice(&query.question().to_ascii_lowercase());
@@ -188,7 +221,13 @@ impl Answer {
             cname_targets: Box::new([]),
             addresses: Box::new([]),
             without_ech: WithoutEch::Same,
+            stale,
         }
+    }
+
+    /// Whether this is a failure entry (a cached SERVFAIL).
+    fn is_failure(&self) -> bool {
+        self.wire.get(3).is_some_and(|b| b & 0x0F == 2) && self.ttl_at.is_empty()
     }
 
     /// Whether it may be stored at all: answers with a TTL of 0 are served once, not kept.
@@ -200,6 +239,16 @@ impl Answer {
     /// reduced by the time spent in the cache, and the client's OPT. AD is kept only for a
     /// client that asked for DNSSEC (RFC 6840 §5.8).
     pub fn write(&self, query: &Query, now: Instant, out: &mut Vec<u8>) {
+        self.write_with(query, now, None, out);
+    }
+
+    fn write_with(
+        &self,
+        query: &Query,
+        now: Instant,
+        ede: Option<(EdeCode, &str)>,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.wire);
         out[0..2].copy_from_slice(&query.id().to_be_bytes());
@@ -219,7 +268,7 @@ impl Answer {
                 out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
             }
         }
-        push_opt(query, 0, None, out);
+        push_opt(query, 0, ede, out);
     }
 }
 
@@ -266,15 +315,34 @@ impl Cache {
         })
     }
 
-    /// A live answer for `query`, if any; expired entries are dropped here.
-    pub fn get(&self, query: &Query, now: Instant) -> Option<Arc<Answer>> {
+    /// A live answer for `query`, if any. Expired entries are dropped here once they are past
+    /// `stale_for` too (until then they may still be served stale).
+    pub fn get(&self, query: &Query, now: Instant, stale_for: Duration) -> Option<Arc<Answer>> {
         let (key, len) = key(query);
         let answer = self.map.get(&key[..len])?;
         if answer.is_expired(now) {
-            self.map.remove(&key[..len]);
+            let keep_until = answer
+                .stale
+                .as_ref()
+                .map_or(answer.expires_at, |s| s.expires_at);
+            if now >= keep_until + stale_for {
+                self.map.remove(&key[..len]);
+            }
             return None;
         }
         Some(answer)
+    }
+
+    /// An expired answer for `query` still within `stale_for` of its expiry (or the one a
+    /// failure entry keeps), to serve when the upstreams fail.
+    pub fn stale(&self, query: &Query, now: Instant, stale_for: Duration) -> Option<Arc<Answer>> {
+        let (key, len) = key(query);
+        let entry = self.map.get(&key[..len])?;
+        if let Some(kept) = entry.stale(now, stale_for) {
+            return Some(kept.clone());
+        }
+        let usable = entry.stale.is_none() && !entry.is_failure() && entry.is_expired(now);
+        (usable && now < entry.expires_at + stale_for).then_some(entry)
     }
 
     pub fn insert(&self, query: &Query, answer: Arc<Answer>) {
@@ -344,12 +412,12 @@ mod tests {
         let cache = Cache::new(10).unwrap();
         let answer = Answer::from_upstream(&plain, upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&plain, Arc::new(answer));
-        assert!(cache.get(&plain, Instant::now()).is_some());
+        assert!(cache.get(&plain, Instant::now(), Duration::ZERO).is_some());
         for (dnssec_ok, cd) in [(true, false), (false, true), (true, true)] {
             let other = query_with_flags(2, name, true, dnssec_ok, cd);
             let other = Query::parse(&other).unwrap();
             assert!(
-                cache.get(&other, Instant::now()).is_none(),
+                cache.get(&other, Instant::now(), Duration::ZERO).is_none(),
                 "DO={dnssec_ok} CD={cd} must not share DO=0 CD=0's answer"
             );
         }
@@ -366,11 +434,12 @@ mod tests {
                 &query,
                 Instant::now(),
                 Duration::from_secs(2),
+                None,
             )),
         );
         let mut out = Vec::new();
         cache
-            .get(&query, Instant::now())
+            .get(&query, Instant::now(), Duration::ZERO)
             .expect("kept")
             .write(&query, Instant::now(), &mut out);
         assert_eq!(
@@ -381,7 +450,7 @@ mod tests {
         assert_eq!(&out[12..], &packet[12..], "the client's question");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
-            cache.get(&query, Instant::now()).is_none(),
+            cache.get(&query, Instant::now(), Duration::ZERO).is_none(),
             "gone after its lifetime"
         );
     }
@@ -406,7 +475,9 @@ mod tests {
         cache.insert(&query, Arc::new(answer));
 
         tokio::time::advance(Duration::from_secs(100)).await;
-        let hit = cache.get(&query, Instant::now()).expect("live entry");
+        let hit = cache
+            .get(&query, Instant::now(), Duration::ZERO)
+            .expect("live entry");
         let mut out = Vec::new();
         hit.write(&query, Instant::now(), &mut out);
         assert_eq!(&out[..2], &[0, 7], "client's ID");
@@ -423,7 +494,7 @@ mod tests {
         let plain = query_bytes(8, b"\x01a\x07example\x00", false);
         let plain = Query::parse(&plain).unwrap();
         let shared = cache
-            .get(&plain, Instant::now())
+            .get(&plain, Instant::now(), Duration::ZERO)
             .expect("EDNS itself is not in the key, DO and CD are");
         shared.write(&plain, Instant::now(), &mut out);
         assert_eq!(
@@ -433,7 +504,7 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(201)).await;
         assert!(
-            cache.get(&query, Instant::now()).is_none(),
+            cache.get(&query, Instant::now(), Duration::ZERO).is_none(),
             "expired after its TTL"
         );
     }

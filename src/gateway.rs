@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -70,6 +71,8 @@ enum Outcome {
     Allowed,
     /// An upstream answer served without its ECH parameters.
     AllowedWithoutEch,
+    /// An expired answer served because the upstreams failed (RFC 8767).
+    Stale,
     /// Answered with an error before any decision: FORMERR or NOTIMP (header only).
     Malformed,
     /// BADVERS (extended RCODE 16) for an EDNS version above 0.
@@ -198,7 +201,8 @@ impl Gateway {
             }
             Decision::Allowed | Decision::Excepted(_) => {
                 let cached = self.cache.as_ref().and_then(|cache| {
-                    let hit = cache.get(&query, Instant::now());
+                    let stale_for = policy.config().cache_stale_for;
+                    let hit = cache.get(&query, Instant::now(), stale_for);
                     let counter = if hit.is_some() {
                         &self.metrics.query.cache_hits
                     } else {
@@ -238,8 +242,8 @@ impl Gateway {
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
         let forwarded = pending.upstreams.forward(&query).await;
-        let answer = self.accept(&query, forwarded);
         let policy = self.policy.load();
+        let answer = self.accept(&query, forwarded, policy.config().cache_stale_for);
         let segment = policy.classify(pending.client);
         let ctx = Context::new(pending.transport, pending.started, segment, Some(&query));
         // A reload meanwhile may have moved the client or blocked the name: decide again.
@@ -264,10 +268,13 @@ impl Gateway {
 
     /// What the client gets from an upstream result: the answer (cached), or the error to
     /// answer with (a failure is cached for `FAILURE_CACHE`).
+    /// When the upstreams failed and the cache holds an expired answer within `stale_for`, the
+    /// failure entry keeps it, and it is served stale (RFC 8767).
     fn accept(
         &self,
         query: &Query,
         forwarded: Result<Vec<u8>, UpstreamError>,
+        stale_for: Duration,
     ) -> Result<Arc<Answer>, Failure> {
         let now = Instant::now();
         let message = match forwarded {
@@ -286,8 +293,12 @@ impl Gateway {
                     _ => (EdeCode::NetworkError, "upstream failed"),
                 };
                 if let Some(cache) = &self.cache {
-                    let failure = Answer::failure(query, now, FAILURE_CACHE);
-                    cache.insert(query, Arc::new(failure));
+                    let stale = cache.stale(query, now, stale_for);
+                    let failure = Arc::new(Answer::failure(query, now, FAILURE_CACHE, stale));
+                    cache.insert(query, failure.clone());
+                    if failure.stale(now, stale_for).is_some() {
+                        return Ok(failure);
+                    }
                 }
                 return Err((Rcode::ServFail, Some(ede)));
             }
@@ -358,6 +369,10 @@ impl Gateway {
                 handles.bypass_attempt(BypassKind::Ech);
                 DecisionLabel::Allowed
             }
+            (Outcome::Stale, _) => {
+                self.metrics.query.stale_answers.inc();
+                DecisionLabel::Allowed
+            }
             // An error reply decided by no list: allowed in a segment, refused in none.
             (Outcome::Refused, _) | (Outcome::Malformed, None) => DecisionLabel::Refused,
             (Outcome::Allowed | Outcome::Malformed | Outcome::BadVersion, _) => {
@@ -387,6 +402,10 @@ fn serve(
     answer: &Answer,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    // A failure entry that keeps an expired answer: that one, served stale (RFC 8767).
+    let now = Instant::now();
+    let stale = answer.stale(now, policy.config().cache_stale_for);
+    let answer = stale.map_or(answer, |s| &**s);
     for target in answer.cname_targets() {
         if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
             debug!(list = %policy.list_name(list), "blocked: CNAME target");
@@ -403,10 +422,14 @@ fn serve(
             return Outcome::Blocked(list);
         }
     }
+    let write = |answer: &Answer, out: &mut Vec<u8>| match stale {
+        Some(_) => answer.write_stale(query, out),
+        None => answer.write(query, now, out),
+    };
     let without_ech = policy.strips_ech(segment).then(|| answer.without_ech());
-    match without_ech {
+    let outcome = match without_ech {
         Some(WithoutEch::Stripped(stripped)) => {
-            stripped.write(query, Instant::now(), out);
+            write(stripped, out);
             Outcome::AllowedWithoutEch
         }
         Some(WithoutEch::Unstrippable) => {
@@ -414,9 +437,13 @@ fn serve(
             Outcome::AllowedWithoutEch
         }
         Some(WithoutEch::Same) | None => {
-            answer.write(query, Instant::now(), out);
+            write(answer, out);
             Outcome::Allowed
         }
+    };
+    match (stale, outcome) {
+        (Some(_), Outcome::Allowed) => Outcome::Stale,
+        _ => outcome,
     }
 }
 

@@ -97,6 +97,8 @@ pub struct QueryMetrics {
     duration: Vec<Histogram>,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
+    /// Expired answers served because every upstream failed (RFC 8767).
+    pub stale_answers: IntCounter,
 }
 
 impl QueryMetrics {
@@ -251,6 +253,14 @@ impl Metrics {
                 .collect(),
             cache_hits: cache.with_label_values(&["hit"]),
             cache_misses: cache.with_label_values(&["miss"]),
+            stale_answers: register(
+                &registry,
+                IntCounter::new(
+                    "portvakt_stale_answers_total",
+                    "Expired answers served (TTL 30, EDE 3) because the upstreams failed.",
+                )
+                .expect("valid metric"),
+            ),
         };
         // Series a dashboard expects even before the first query.
         for rcode in [

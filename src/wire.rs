@@ -28,6 +28,7 @@ pub const OUR_UDP_PAYLOAD: u16 = 1232;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum EdeCode {
+    StaleAnswer = 3,
     Blocked = 15,
     Prohibited = 18,
     NoReachableAuthority = 22,

@@ -244,12 +244,16 @@ pub struct CacheSection {
     /// Upstream answers kept; 0 turns the cache off.
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
+    /// How long after expiry an answer may still be served when every upstream fails
+    /// (RFC 8767), e.g. `"1d"`; `"0s"` turns serve-stale off.
+    pub stale_for: Option<Spanned<String>>,
 }
 
 impl Default for CacheSection {
     fn default() -> Self {
         CacheSection {
             max_entries: default_cache_entries(),
+            stale_for: None,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Config {
     /// The default group first, then conditional groups in file order.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache_max_entries: usize,
+    /// How long after expiry an answer may be served stale (RFC 8767); zero: never.
+    pub cache_stale_for: Duration,
 }
 
 /// `[block]`, checked.
@@ -117,6 +119,8 @@ impl std::fmt::Debug for AdminToken {
 
 /// Default `refresh` of lists with `urls`.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// Default `[cache] stale_for` (RFC 8767 §5 suggests 1 to 3 days).
+pub const DEFAULT_STALE_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Default `max_shrink`.
 pub const DEFAULT_MAX_SHRINK: f64 = 0.5;
 
@@ -303,7 +307,20 @@ impl Checks<'_> {
             segments,
             upstreams: self.upstreams(&file.upstream),
             cache_max_entries: file.cache.max_entries,
+            cache_stale_for: self.stale_for(file.cache.stale_for.as_ref()),
         }
+    }
+
+    /// `[cache] stale_for`: a duration, `DEFAULT_STALE_FOR` when absent.
+    fn stale_for(&mut self, text: Option<&Spanned<String>>) -> Duration {
+        let Some(text) = text else {
+            return DEFAULT_STALE_FOR;
+        };
+        humantime::parse_duration(text.get_ref()).unwrap_or_else(|err| {
+            let message = format!("`{}` is not a duration, e.g. \"1d\": {err}", text.get_ref());
+            self.report(text, message);
+            DEFAULT_STALE_FOR
+        })
     }
 
     fn lists(
@@ -723,6 +740,23 @@ networks = ["10.10.0.0/16"]
             [
                 "t.toml:3:10: a list's bypass is \"encrypted_dns_endpoint\" or \"telegram_fallback\"; \"canary\" is handled by the segments' `bypass` settings"
             ]
+        );
+    }
+
+    #[test]
+    fn stale_for_is_a_duration() {
+        let config = Config::parse(
+            "t.toml",
+            &format!("[cache]\nstale_for = \"2h\"\n{UPSTREAM}"),
+        );
+        assert_eq!(config.unwrap().cache_stale_for, Duration::from_secs(7200));
+        let default = Config::parse("t.toml", UPSTREAM).unwrap();
+        assert_eq!(default.cache_stale_for, DEFAULT_STALE_FOR);
+        let problems = problems(&format!("[cache]\nstale_for = \"soon\"\n{UPSTREAM}"));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("t.toml:2:13: `soon` is not a duration, e.g. \"1d\""),
+            "{problems:?}"
         );
     }
 }

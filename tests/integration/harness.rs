@@ -131,6 +131,11 @@ impl FakeUpstream {
 }
 
 impl RunningUpstream {
+    /// Answers `name` with `canned` from now on.
+    pub fn set(&self, name: &str, canned: Canned) {
+        self.state.lock().unwrap().answers.insert(key(name), canned);
+    }
+
     /// Queries the upstream received for `name` (any type, UDP and TCP).
     pub fn queries_for(&self, name: &str) -> usize {
         self.state

@@ -15,4 +15,5 @@ mod reload;
 mod remote;
 mod responses;
 mod segments;
+mod stale;
 mod wire;

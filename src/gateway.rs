@@ -13,13 +13,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::budget::{ClientBudget, ClientPermit};
 use crate::bypass::BypassKind;
 use crate::cache::{Answer, Cache, WithoutEch};
-use crate::metrics::{DecisionLabel, Metrics};
+use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
 use crate::reply;
 use crate::segment::SegmentId;
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::upstream::{Admitted, UpstreamError};
 use crate::wire::{self, EdeCode, Malformed, Query, Rcode};
 
 /// How long a SERVFAIL caused by an upstream failure is answered from the cache.
@@ -50,13 +51,20 @@ pub enum Step {
 /// started under and its in-flight permit, never the policy itself: the answer is decided
 /// under the policy in force when it arrives, so no query in flight keeps an old policy alive.
 pub struct Pending {
-    upstreams: Arc<Upstreams>,
+    /// Admitted to its upstream group (of the policy it started under).
+    upstream: Admitted,
     client: IpAddr,
     packet: Vec<u8>,
     transport: Transport,
     started: std::time::Instant,
     _permit: OwnedSemaphorePermit,
+    _client_permit: ClientPermit,
 }
+
+/// Forwards in flight from one client at most (an IPv6 /56 counts as one client): a client
+/// flooding names of a dead zone gets SERVFAIL for the rest, and every other client's misses
+/// still go upstream.
+pub const CLIENT_IN_FLIGHT: u32 = 128;
 
 /// An error answer instead of an upstream one: its RCODE and Extended DNS Error.
 type Failure = (Rcode, Option<(EdeCode, &'static str)>);
@@ -73,6 +81,8 @@ enum Outcome {
     AllowedWithoutEch,
     /// An expired answer served because the upstreams failed (RFC 8767).
     Stale,
+    /// SERVFAIL: an in-flight budget was full.
+    Shed(ShedReason),
     /// Answered with an error before any decision: FORMERR or NOTIMP (header only).
     Malformed,
     /// BADVERS (extended RCODE 16) for an EDNS version above 0.
@@ -110,6 +120,7 @@ pub struct Gateway {
     policy: ArcSwap<Policy>,
     cache: Option<Cache>,
     in_flight: Arc<Semaphore>,
+    clients: Arc<ClientBudget>,
     metrics: Arc<Metrics>,
 }
 
@@ -121,6 +132,7 @@ impl Gateway {
             cache: Cache::new(policy.config().cache_max_entries),
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            clients: ClientBudget::new(CLIENT_IN_FLIGHT),
             metrics,
         }
     }
@@ -217,31 +229,54 @@ impl Gateway {
                     // RD=0 asks for what we hold; we never forward it.
                     reply::error(&query, Rcode::Refused, None, out);
                     Outcome::Allowed
-                } else if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-                    return Step::Forward(Pending {
-                        upstreams: policy.upstreams().clone(),
-                        client,
-                        packet: packet.to_vec(),
-                        transport,
-                        started,
-                        _permit: permit,
-                    });
                 } else {
-                    debug!("servfail: too many upstream queries in flight");
-                    let ede = (EdeCode::NetworkError, "too many queries in flight");
-                    reply::error(&query, Rcode::ServFail, Some(ede), out);
-                    Outcome::Allowed
+                    match self.admit(&policy, &query, client) {
+                        Ok((upstream, permit, client_permit)) => {
+                            return Step::Forward(Pending {
+                                upstream,
+                                client,
+                                packet: packet.to_vec(),
+                                transport,
+                                started,
+                                _permit: permit,
+                                _client_permit: client_permit,
+                            });
+                        }
+                        Err(shed) => {
+                            debug!(
+                                reason = shed.as_str(),
+                                "servfail: too many queries in flight"
+                            );
+                            let ede = (EdeCode::NetworkError, "too many queries in flight");
+                            reply::error(&query, Rcode::ServFail, Some(ede), out);
+                            Outcome::Shed(shed)
+                        }
+                    }
                 }
             }
         };
         self.finish(&policy, &ctx, outcome, out)
     }
 
+    /// Admits a miss within every in-flight budget: the client's, the total, its upstream
+    /// group's (in that order, so a flooding client is stopped by its own budget first).
+    fn admit(
+        &self,
+        policy: &Policy,
+        query: &Query,
+        client: IpAddr,
+    ) -> Result<(Admitted, OwnedSemaphorePermit, ClientPermit), ShedReason> {
+        let client_permit = self.clients.admit(client).ok_or(ShedReason::Client)?;
+        let permit = (self.in_flight.clone().try_acquire_owned()).map_err(|_| ShedReason::Total)?;
+        let upstream = (policy.upstreams().admit(query.name())).ok_or(ShedReason::Group)?;
+        Ok((upstream, permit, client_permit))
+    }
+
     /// Forwards a miss, caches the answer, and writes the reply to `out`. The answer is
     /// decided under the policy in force when it arrives (a reload meanwhile applies to it).
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
-        let forwarded = pending.upstreams.forward(&query).await;
+        let forwarded = pending.upstream.forward(&query).await;
         let policy = self.policy.load();
         let answer = self.accept(&query, forwarded, policy.config().cache_stale_for);
         let segment = policy.classify(pending.client);
@@ -371,6 +406,10 @@ impl Gateway {
             }
             (Outcome::Stale, _) => {
                 self.metrics.query.stale_answers.inc();
+                DecisionLabel::Allowed
+            }
+            (Outcome::Shed(reason), _) => {
+                handles.shed(reason);
                 DecisionLabel::Allowed
             }
             // An error reply decided by no list: allowed in a segment, refused in none.

@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 
 // Bottom layer: names, wire format, segments, bypass kinds, error text, metric handles.
+mod budget;
 mod bypass;
 mod error;
 mod metrics;

@@ -46,6 +46,30 @@ impl DecisionLabel {
     }
 }
 
+/// Which in-flight budget was full when a miss was answered SERVFAIL, as the `reason` label
+/// of `portvakt_shed_total` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The client's own budget.
+    Client,
+    /// The total budget.
+    Total,
+    /// The budget of the upstream group the name goes to.
+    Group,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 3] = [ShedReason::Client, ShedReason::Total, ShedReason::Group];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Client => "client",
+            ShedReason::Total => "total",
+            ShedReason::Group => "group",
+        }
+    }
+}
+
 /// Result of one upstream exchange, as the `result` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamResult {
@@ -76,6 +100,7 @@ pub struct Metrics {
     queries: IntCounterVec,
     blocked: IntCounterVec,
     bypass: IntCounterVec,
+    shed: IntCounterVec,
     upstream_queries: IntCounterVec,
     upstream_duration: HistogramVec,
     list_entries: IntGaugeVec,
@@ -172,6 +197,11 @@ impl Metrics {
             "portvakt_bypass_attempts_total",
             "Attempts to go around the resolver, by segment and kind (built-in names answered, blocks by lists tagged with a bypass kind, ECH removed).",
             &["segment", "kind"],
+        );
+        let shed = counter(
+            "portvakt_shed_total",
+            "Cache misses answered SERVFAIL because an in-flight budget was full: the client's, the total, or the upstream group's.",
+            &["segment", "reason"],
         );
         let responses = counter(
             "portvakt_responses_total",
@@ -276,6 +306,7 @@ impl Metrics {
             queries,
             blocked,
             bypass,
+            shed,
             upstream_queries,
             upstream_duration,
             list_entries,
@@ -308,10 +339,12 @@ impl Metrics {
             blocked[id] = Some(self.blocked.with_label_values(&[segment, list]));
         }
         let bypass = BypassKind::ALL.map(|k| self.bypass.with_label_values(&[segment, k.as_str()]));
+        let shed = ShedReason::ALL.map(|r| self.shed.with_label_values(&[segment, r.as_str()]));
         SegmentMetrics {
             decisions,
             blocked,
             bypass,
+            shed,
         }
     }
 
@@ -350,6 +383,7 @@ impl Metrics {
         prune(&self.queries, stale);
         prune(&self.blocked, stale);
         prune(&self.bypass, stale);
+        prune(&self.shed, stale);
         prune(&self.list_entries, stale);
         prune(&self.list_updates, stale);
         prune(&self.upstream_queries, stale);
@@ -396,11 +430,17 @@ pub struct SegmentMetrics {
     blocked: Vec<Option<IntCounter>>,
     /// Indexed by `BypassKind as usize`.
     bypass: [IntCounter; BypassKind::ALL.len()],
+    /// Indexed by `ShedReason as usize`.
+    shed: [IntCounter; ShedReason::ALL.len()],
 }
 
 impl SegmentMetrics {
     pub fn decided(&self, decision: DecisionLabel) {
         self.decisions[decision as usize].inc();
+    }
+
+    pub fn shed(&self, reason: ShedReason) {
+        self.shed[reason as usize].inc();
     }
 
     pub fn bypass_attempt(&self, kind: BypassKind) {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{NameServerConfig, ResolverOpts};
@@ -67,6 +67,36 @@ struct Group {
     /// Set by a failure, cleared by an answer: failures are logged when they start and end,
     /// not once per query.
     failing: AtomicBool,
+    /// Forwards in flight to this group (see [`GROUP_IN_FLIGHT`]).
+    in_flight: AtomicU32,
+}
+
+/// Forwards in flight to one group at most: a dead group's timeouts cannot take the whole
+/// in-flight budget from the other groups.
+pub const GROUP_IN_FLIGHT: u32 = 3072;
+
+/// A forward admitted to its group, counted there until dropped.
+pub struct Admitted {
+    upstreams: Arc<Upstreams>,
+    group: usize,
+}
+
+impl Admitted {
+    /// Asks the admitted group: the upstream's answer as wire bytes (ID and OPT as the upstream
+    /// sent them). The question goes upstream in lowercase, with RD, the client's CD and DO,
+    /// and our UDP size.
+    pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+        self.upstreams
+            .forward_to(&self.upstreams.groups[self.group], query)
+            .await
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let group = &self.upstreams.groups[self.group];
+        group.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Upstreams {
@@ -110,22 +140,37 @@ impl Upstreams {
                 pool,
                 timeout: config.timeout,
                 failing: AtomicBool::new(false),
+                in_flight: AtomicU32::new(0),
             });
         }
         Ok(Upstreams { groups, zones })
     }
 
     /// The group for `name`: the longest configured zone containing it, else the default.
-    fn group_for(&self, name: &[u8]) -> &Group {
+    fn group_for(&self, name: &[u8]) -> usize {
         let conditional = name::suffixes(name).find_map(|(_, suffix)| self.zones.get(suffix));
-        &self.groups[conditional.copied().unwrap_or(0)]
+        conditional.copied().unwrap_or(0)
     }
 
-    /// Asks the query's group and returns the upstream's answer as wire bytes (ID and OPT as
-    /// the upstream sent them). The question goes upstream in lowercase, with RD, the
-    /// client's CD and DO, and our UDP size.
-    pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
-        let group = self.group_for(query.name());
+    /// Admits a forward of `name` to its group, unless the group has [`GROUP_IN_FLIGHT`] in
+    /// flight already.
+    pub fn admit(self: &Arc<Self>, name: &[u8]) -> Option<Admitted> {
+        let group = self.group_for(name);
+        let count = &self.groups[group].in_flight;
+        if count.fetch_add(1, Ordering::Relaxed) >= GROUP_IN_FLIGHT {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted {
+            upstreams: self.clone(),
+            group,
+        })
+    }
+
+    /// Asks `group` and returns the upstream's answer as wire bytes (ID and OPT as the
+    /// upstream sent them). The question goes upstream in lowercase, with RD, the client's CD
+    /// and DO, and our UDP size.
+    async fn forward_to(&self, group: &Group, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
         let started = Instant::now();
         let result = exchange(group, query).await;
         group

@@ -43,6 +43,8 @@ pub enum Canned {
 #[derive(Default)]
 struct UpstreamState {
     answers: HashMap<String, Canned>,
+    /// For names without an answer of their own (NXDOMAIN when `None`).
+    otherwise: Option<Canned>,
     queries: HashMap<String, usize>,
 }
 
@@ -67,6 +69,12 @@ impl FakeUpstream {
 
     pub fn with(self, name: &str, canned: Canned) -> Self {
         self.state.lock().unwrap().answers.insert(key(name), canned);
+        self
+    }
+
+    /// Answers every name it has no answer for with `canned` (e.g. `Silent`: a dead server).
+    pub fn otherwise(self, canned: Canned) -> Self {
+        self.state.lock().unwrap().otherwise = Some(canned);
         self
     }
 
@@ -178,7 +186,11 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
     let canned = {
         let mut state = state.lock().unwrap();
         *state.queries.entry(name.clone()).or_default() += 1;
-        state.answers.get(&name).cloned()
+        state
+            .answers
+            .get(&name)
+            .or(state.otherwise.as_ref())
+            .cloned()
     };
     let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
     response.metadata.recursion_desired = request.metadata.recursion_desired;

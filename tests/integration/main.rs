@@ -5,6 +5,7 @@ mod binary;
 mod bypass;
 mod catalogue;
 mod export;
+mod fairness;
 mod forwarding;
 mod harness;
 mod ip_lists;

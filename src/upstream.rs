@@ -1,33 +1,30 @@
-//! Upstream groups over hickory-resolver's `NameServerPool`: conditional zones first (the
-//! longest matching zone wins), then the default group. The pool gives server selection,
-//! coalescing of identical in-flight queries and TC→TCP fallback, and hands back the raw
-//! upstream message for every answer with records, so CNAME chains ending in NXDOMAIN or
-//! NODATA survive. Negative answers without records come back as `NoRecords` and are
-//! rebuilt from their SOA and authority section. Each forward is bounded by the group's
-//! timeout. Deciding and caching are the handler's.
+//! Upstream groups: conditional zones first (the longest matching zone wins), then the
+//! default group. Each forward is our own exchange: the question (lowercase, RD, the client's
+//! CD and DO, our UDP size) goes to the group's servers in order, each try bounded by its share
+//! of the group's timeout, over UDP from a fresh socket on a port the kernel picks at random,
+//! with a random ID; an answer counts only from that server, to that port, with that ID and
+//! the question as asked. A truncated answer is asked again over TCP. So an off-path attacker
+//! must guess port and ID of a query in flight (about 2^32 tries, RFC 5452), and a port never
+//! outlives its query. The upstream's message is relayed as it came: deciding and caching are
+//! the gateway's.
 
 use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::{
-    DnsRequest, DnsRequestOptions, Edns, Message, OpCode, ResponseCode,
-};
-use hickory_resolver::proto::rr::{DNSClass, Name, RecordType};
-use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+use hickory_proto::op::ResponseCode;
 use rustc_hash::FxBuildHasher;
-use tracing::{info, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tracing::{debug, info, warn};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
-use crate::wire::OUR_UDP_PAYLOAD;
-use crate::wire::Query;
+use crate::wire::{self, HEADER_LEN, OUR_UDP_PAYLOAD, Query, TYPE_OPT};
 
 /// Why a forward produced no upstream answer to relay.
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +35,11 @@ pub enum UpstreamError {
     Failed {
         group: String,
         #[source]
-        source: NetError,
+        source: io::Error,
     },
     /// The upstream answered with an error rcode (SERVFAIL, REFUSED, …): relayed, not cached.
     #[error("upstream group {group} answered {rcode}")]
     Rcode { group: String, rcode: ResponseCode },
-    #[error("failed to set up upstream group {group}")]
-    Setup {
-        group: String,
-        #[source]
-        source: NetError,
-    },
 }
 
 /// All upstream groups of a policy.
@@ -61,7 +52,7 @@ pub struct Upstreams {
 struct Group {
     /// `default`, or the group's first zone: the label in logs and metrics.
     name: String,
-    pool: NameServerPool<TokioRuntimeProvider>,
+    servers: Vec<SocketAddr>,
     timeout: Duration,
     metrics: UpstreamMetrics,
     /// Set by a failure, cleared by an answer: failures are logged when they start and end,
@@ -106,7 +97,7 @@ impl Upstreams {
     }
 
     /// `configs` has the default group first (as `Config` orders them).
-    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
+    pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Upstreams {
         let mut groups = Vec::with_capacity(configs.len());
         let mut zones = HashMap::default();
         for (i, config) in configs.iter().enumerate() {
@@ -117,33 +108,16 @@ impl Upstreams {
             for zone in &config.zones {
                 zones.insert(zone.clone().into_boxed_slice(), i);
             }
-            let mut options = ResolverOpts::default();
-            options.timeout = config.timeout;
-            options.attempts = 0;
-            let tls = TlsConfig::new().map_err(|source| UpstreamError::Setup {
-                group: name.clone(),
-                source,
-            })?;
-            let servers = config.servers.iter().map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                server
-            });
-            let context = Arc::new(PoolContext::new(options, tls));
-            let pool =
-                NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
             groups.push(Group {
                 metrics: metrics.upstream(&name),
                 name,
-                pool,
+                servers: config.servers.clone(),
                 timeout: config.timeout,
                 failing: AtomicBool::new(false),
                 in_flight: AtomicU32::new(0),
             });
         }
-        Ok(Upstreams { groups, zones })
+        Upstreams { groups, zones }
     }
 
     /// The group for `name`: the longest configured zone containing it, else the default.
@@ -199,61 +173,152 @@ impl Upstreams {
     }
 }
 
-/// One exchange with the group, bounded by its timeout.
+/// One exchange with the group, bounded by its timeout: its servers in order, each with an
+/// equal share of the timeout.
 async fn exchange(group: &Group, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
-    let question = question(query);
-    let mut message = Message::query();
-    message.metadata.recursion_desired = true;
-    message.metadata.checking_disabled = query.checking_disabled();
-    message.add_query(question.clone());
-    let mut edns = Edns::new();
-    edns.set_max_payload(OUR_UDP_PAYLOAD)
-        .set_dnssec_ok(query.dnssec_ok());
-    message.set_edns(edns);
-    let mut options = DnsRequestOptions::default();
-    options.use_edns = true;
-    options.edns_set_dnssec_ok = query.dnssec_ok();
-    options.recursion_desired = true;
-    let request = DnsRequest::new(message, options);
-
-    let answer = tokio::time::timeout(group.timeout, group.pool.send(request).first_answer()).await;
-    let fail = |source| UpstreamError::Failed {
-        group: group.name.clone(),
-        source,
-    };
-    match answer {
-        // Our bound, or the pool's own per-server timeout: the same for the client.
-        Err(_) | Ok(Err(NetError::Timeout)) => Err(UpstreamError::Timeout {
+    let share = group.timeout / group.servers.len().max(1) as u32;
+    let mut last_error = None;
+    for &server in &group.servers {
+        let id: u16 = rand::random();
+        let request = request(query, id);
+        match tokio::time::timeout(share, ask(server, &request)).await {
+            Ok(Ok(answer)) => return judge(group, answer),
+            Ok(Err(err)) => {
+                debug!(%server, %err, "upstream server failed");
+                last_error = Some(err);
+            }
+            Err(_) => debug!(%server, "upstream server timed out"),
+        }
+    }
+    Err(match last_error {
+        Some(source) => UpstreamError::Failed {
+            group: group.name.clone(),
+            source,
+        },
+        None => UpstreamError::Timeout {
             group: group.name.clone(),
             timeout: group.timeout,
-        }),
-        Ok(Ok(response)) => Ok(response.into_buffer()),
-        Ok(Err(NetError::Dns(DnsError::NoRecordsFound(negative)))) => {
-            let mut message = Message::response(0, OpCode::Query);
-            message.metadata.recursion_available = true;
-            message.metadata.response_code = negative.response_code;
-            message.add_query(*negative.query);
-            match (negative.authorities, negative.soa) {
-                (Some(authorities), _) => message.insert_authorities(authorities.to_vec()),
-                (None, Some(soa)) => message.insert_authorities(vec![soa.into_record_of_rdata()]),
-                (None, None) => {}
-            }
-            message.to_vec().map_err(|err| fail(NetError::from(err)))
-        }
-        Ok(Err(NetError::Dns(DnsError::ResponseCode(rcode)))) => Err(UpstreamError::Rcode {
+        },
+    })
+}
+
+/// An answer to relay, or the upstream's error rcode.
+fn judge(group: &Group, answer: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
+    let rcode = ResponseCode::from_low(answer[3] & 0x0F);
+    match rcode {
+        ResponseCode::NoError | ResponseCode::NXDomain => Ok(answer),
+        rcode => Err(UpstreamError::Rcode {
             group: group.name.clone(),
             rcode,
         }),
-        Ok(Err(err)) => Err(fail(err)),
     }
 }
 
-fn question(query: &Query) -> hickory_resolver::proto::op::Query {
-    let labels: Vec<&[u8]> = name::labels(query.name()).collect();
-    let mut name = Name::from_labels(labels).unwrap_or_else(|_| Name::root());
-    name.set_fqdn(true);
-    let mut question =
-        hickory_resolver::proto::op::Query::query(name, RecordType::from(query.qtype));
-    question.set_query_class(DNSClass::from(query.qclass));
-    question
+/// The query portvakt sends: ID `id`, RD, the client's CD, the question in lowercase, and an
+/// OPT with our UDP size and the client's DO.
+fn request(query: &Query, id: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + query.question().len() + 11);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(0x01);
+    out.push(if query.checking_disabled() { 0x10 } else { 0 });
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]);
+    out.extend_from_slice(query.name());
+    out.extend_from_slice(&query.qtype.to_be_bytes());
+    out.extend_from_slice(&query.qclass.to_be_bytes());
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
+    let dnssec_ok = if query.dnssec_ok() { 0x80 } else { 0 };
+    out.extend_from_slice(&[0, 0, dnssec_ok, 0, 0, 0]);
+    out
+}
+
+/// Whether `answer` answers `request`: a response with its ID and its question (any case).
+fn answers(request: &[u8], answer: &[u8]) -> bool {
+    let question_end = request.len() - 11; // the OPT record is 11 bytes
+    answer.len() >= question_end
+        && answer[..2] == request[..2]
+        && answer[2] & 0x80 != 0
+        && wire::u16_at(answer, 4) == 1
+        && answer[HEADER_LEN..question_end].eq_ignore_ascii_case(&request[HEADER_LEN..question_end])
+}
+
+/// Asks `server` over UDP from a fresh socket (connected: only that server's datagrams reach
+/// it), ignoring datagrams that do not answer; over TCP when the answer is truncated.
+async fn ask(server: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+    let local = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(server).await?;
+    socket.send(request).await?;
+    // A responder keeps to our advertised payload (RFC 6891 §6.2.5); larger comes truncated.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let len = socket.recv(&mut buf).await?;
+        if !answers(request, &buf[..len]) {
+            continue; // not ours: a forgery, or a late answer to an earlier query
+        }
+        if buf[2] & 0x02 != 0 {
+            return ask_tcp(server, request).await;
+        }
+        buf.truncate(len);
+        return Ok(buf);
+    }
+}
+
+/// Asks `server` over TCP (RFC 7766 framing), one query on a fresh connection.
+async fn ask_tcp(server: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(server).await?;
+    let mut framed = (request.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(request);
+    stream.write_all(&framed).await?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await?;
+    let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut answer).await?;
+    if !answers(request, &answer) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TCP answer does not match the query",
+        ));
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_counts_only_with_our_id_and_question() {
+        let mut client = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        client.extend_from_slice(b"\x03WwW\x07example\x00\x00\x01\x00\x01");
+        let query = Query::parse(&client).unwrap();
+        let sent = request(&query, 0x1234);
+        assert_eq!(&sent[..4], &[0x12, 0x34, 0x01, 0x00], "our ID, RD");
+        assert_eq!(
+            &sent[HEADER_LEN..HEADER_LEN + 13],
+            b"\x03www\x07example\x00",
+            "lowercase"
+        );
+        assert_eq!(wire::u16_at(&sent, 10), 1, "an OPT");
+
+        let mut answer = sent[..sent.len() - 11].to_vec();
+        answer[2] |= 0x80;
+        answer[HEADER_LEN + 1] = b'W'; // 0x20 case from the upstream is fine
+        assert!(answers(&sent, &answer));
+        let mut wrong_id = answer.clone();
+        wrong_id[1] ^= 1;
+        assert!(!answers(&sent, &wrong_id));
+        let mut not_a_response = answer.clone();
+        not_a_response[2] &= !0x80;
+        assert!(!answers(&sent, &not_a_response));
+        let mut other_name = answer.clone();
+        other_name[HEADER_LEN + 2] = b'x';
+        assert!(!answers(&sent, &other_name));
+        assert!(!answers(&sent, &answer[..HEADER_LEN + 5]), "cut short");
+    }
 }

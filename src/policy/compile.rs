@@ -13,15 +13,13 @@ use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
 use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::upstream::Upstreams;
 
 /// Why a checked config could still not become a policy.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     #[error(transparent)]
     List(#[from] ListError),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
     #[error(
         "list \"{list}\": no downloaded copy of {url} yet (`portvakt serve` downloads it at start)"
     )]
@@ -61,7 +59,7 @@ impl Policy {
             lists,
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
-            upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)?),
+            upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)),
             metrics: policy_metrics(&config, metrics),
             generation,
             loaded_at: SystemTime::now(),

@@ -16,5 +16,6 @@ mod reload;
 mod remote;
 mod responses;
 mod segments;
+mod spoofing;
 mod stale;
 mod wire;

@@ -358,7 +358,7 @@ impl Cache {
 }
 
 /// DO and CD change what an upstream returns (RFC 4035 §3.2), so they are part of the key.
-fn key(query: &Query) -> ([u8; KEY_LEN], usize) {
+pub(crate) fn key(query: &Query) -> ([u8; KEY_LEN], usize) {
     let mut key = [0u8; KEY_LEN];
     let name = query.name();
     key[..name.len()].copy_from_slice(name);

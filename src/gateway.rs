@@ -15,7 +15,8 @@ use tracing::debug;
 
 use crate::budget::{ClientBudget, ClientPermit};
 use crate::bypass::BypassKind;
-use crate::cache::{Answer, Cache, WithoutEch};
+use crate::cache::{self, Answer, Cache, WithoutEch};
+use crate::coalesce::{self, InFlight, Join};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
 use crate::reply;
@@ -121,6 +122,8 @@ pub struct Gateway {
     cache: Option<Cache>,
     in_flight: Arc<Semaphore>,
     clients: Arc<ClientBudget>,
+    /// Questions in flight upstream, shared by identical misses.
+    questions: InFlight<Result<Arc<Answer>, Failure>>,
     metrics: Arc<Metrics>,
 }
 
@@ -133,6 +136,7 @@ impl Gateway {
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             clients: ClientBudget::new(CLIENT_IN_FLIGHT),
+            questions: InFlight::new(),
             metrics,
         }
     }
@@ -276,9 +280,22 @@ impl Gateway {
     /// decided under the policy in force when it arrives (a reload meanwhile applies to it).
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
         let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
-        let forwarded = pending.upstream.forward(&query).await;
+        let (key, len) = cache::key(&query);
+        let answer = match self.questions.join(&key[..len]) {
+            Join::Leader(lead) => {
+                let forwarded = pending.upstream.forward(&query).await;
+                let stale_for = self.policy.load().config().cache_stale_for;
+                let answer = self.accept(&query, forwarded, stale_for);
+                lead.finish(answer.clone());
+                answer
+            }
+            // The same question is in flight: its answer serves this one too.
+            Join::Follower(result) => coalesce::followed(result).await.unwrap_or(Err((
+                Rcode::ServFail,
+                Some((EdeCode::NetworkError, "upstream failed")),
+            ))),
+        };
         let policy = self.policy.load();
-        let answer = self.accept(&query, forwarded, policy.config().cache_stale_for);
         let segment = policy.classify(pending.client);
         let ctx = Context::new(pending.transport, pending.started, segment, Some(&query));
         // A reload meanwhile may have moved the client or blocked the name: decide again.

@@ -35,6 +35,7 @@ mod lists;
 mod upstream;
 // The compiled policy, then the answers written from its decisions.
 mod cache;
+mod coalesce;
 mod policy;
 mod reply;
 // The path of one query, then what runs around it.

@@ -251,3 +251,36 @@ async fn upstream_failures_are_answered_from_the_cache_briefly() {
     );
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_questions_in_flight_share_one_upstream_query() {
+    let upstream = FakeUpstream::new()
+        .with_a("slow.example.org.", "192.0.2.90")
+        .delay("slow.example.org.", Duration::from_millis(300))
+        .start()
+        .await;
+    let gateway = TestGateway::start(&upstream, POLICY).await;
+    // Five clients of two segments ask at once, while the first question is in flight.
+    let askers: Vec<_> = [
+        "127.0.0.3",
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.2",
+        "127.0.0.3",
+    ]
+    .into_iter()
+    .map(|source| {
+        let client = gateway.client_from(source);
+        tokio::spawn(async move { client.udp_a("slow.example.org.").await })
+    })
+    .collect();
+    for asker in askers {
+        assert_eq!(asker.await.unwrap().addresses(), ["192.0.2.90"]);
+    }
+    assert_eq!(
+        upstream.queries_for("slow.example.org."),
+        1,
+        "one upstream query for five"
+    );
+    gateway.shutdown().await;
+}

@@ -45,6 +45,8 @@ struct UpstreamState {
     answers: HashMap<String, Canned>,
     /// For names without an answer of their own (NXDOMAIN when `None`).
     otherwise: Option<Canned>,
+    /// How long UDP answers to a name are held back.
+    delays: HashMap<String, Duration>,
     queries: HashMap<String, usize>,
 }
 
@@ -69,6 +71,12 @@ impl FakeUpstream {
 
     pub fn with(self, name: &str, canned: Canned) -> Self {
         self.state.lock().unwrap().answers.insert(key(name), canned);
+        self
+    }
+
+    /// Holds back its UDP answers for `name` by `delay` (the upstream is slow).
+    pub fn delay(self, name: &str, delay: Duration) -> Self {
+        self.state.lock().unwrap().delays.insert(key(name), delay);
         self
     }
 
@@ -97,13 +105,29 @@ impl FakeUpstream {
         let state = self.state;
         let udp_state = state.clone();
         let udp_task = tokio::spawn(async move {
+            let udp = Arc::new(udp);
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((len, from)) = udp.recv_from(&mut buf).await else {
                     continue;
                 };
+                let delay = Message::from_vec(&buf[..len]).ok().and_then(|m| {
+                    let name = key(&m.queries.first()?.name().to_ascii());
+                    udp_state.lock().unwrap().delays.get(&name).copied()
+                });
                 if let Some(reply) = respond(&udp_state, &buf[..len], true) {
-                    let _ = udp.send_to(&reply, from).await;
+                    match delay {
+                        None => {
+                            let _ = udp.send_to(&reply, from).await;
+                        }
+                        Some(delay) => {
+                            let udp = udp.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                let _ = udp.send_to(&reply, from).await;
+                            });
+                        }
+                    }
                 }
             }
         });

@@ -36,9 +36,7 @@ impl ClientBudget {
     /// A permit for one more forward of `client`, or `None` when it has `limit` in flight.
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Option<ClientPermit> {
         let slot = slot_of(client);
-        let count = &self.slots[slot];
-        if count.fetch_add(1, Ordering::Relaxed) >= self.limit {
-            count.fetch_sub(1, Ordering::Relaxed);
+        if !take(&self.slots[slot], self.limit) {
             return None;
         }
         Some(ClientPermit {
@@ -52,6 +50,16 @@ impl Drop for ClientPermit {
     fn drop(&mut self) {
         self.budget.slots[self.slot].fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Counts one more in `count` if that stays within `limit`; whether it did. The caller gives
+/// it back with `fetch_sub(1)` when done.
+pub fn take(count: &AtomicU32, limit: u32) -> bool {
+    if count.fetch_add(1, Ordering::Relaxed) >= limit {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 /// The slot of a client: IPv4 (and IPv4-mapped) by address, IPv6 by its /56.

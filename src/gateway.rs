@@ -70,6 +70,12 @@ pub const CLIENT_IN_FLIGHT: u32 = 128;
 /// An error answer instead of an upstream one: its RCODE and Extended DNS Error.
 type Failure = (Rcode, Option<(EdeCode, &'static str)>);
 
+/// The answer when the upstream exchange failed (other than by timing out).
+const UPSTREAM_FAILED: Failure = (
+    Rcode::ServFail,
+    Some((EdeCode::NetworkError, "upstream failed")),
+);
+
 /// What decided a reply, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -290,10 +296,9 @@ impl Gateway {
                 answer
             }
             // The same question is in flight: its answer serves this one too.
-            Join::Follower(result) => coalesce::followed(result).await.unwrap_or(Err((
-                Rcode::ServFail,
-                Some((EdeCode::NetworkError, "upstream failed")),
-            ))),
+            Join::Follower(result) => {
+                (coalesce::followed(result).await).unwrap_or(Err(UPSTREAM_FAILED))
+            }
         };
         let policy = self.policy.load();
         let segment = policy.classify(pending.client);
@@ -319,9 +324,9 @@ impl Gateway {
     }
 
     /// What the client gets from an upstream result: the answer (cached), or the error to
-    /// answer with (a failure is cached for `FAILURE_CACHE`).
-    /// When the upstreams failed and the cache holds an expired answer within `stale_for`, the
-    /// failure entry keeps it, and it is served stale (RFC 8767).
+    /// answer with (a failure is cached for `FAILURE_CACHE`). When the upstreams failed and
+    /// the cache holds an expired answer within `stale_for`, the failure entry keeps it, and
+    /// it is served stale (RFC 8767).
     fn accept(
         &self,
         query: &Query,
@@ -342,13 +347,14 @@ impl Gateway {
                     UpstreamError::Timeout { .. } => {
                         (EdeCode::NoReachableAuthority, "upstream timed out")
                     }
-                    _ => (EdeCode::NetworkError, "upstream failed"),
+                    _ => UPSTREAM_FAILED.1.expect("an EDE"),
                 };
                 if let Some(cache) = &self.cache {
                     let stale = cache.stale(query, now, stale_for);
+                    let serve_stale = stale.is_some();
                     let failure = Arc::new(Answer::failure(query, now, FAILURE_CACHE, stale));
                     cache.insert(query, failure.clone());
-                    if failure.stale(now, stale_for).is_some() {
+                    if serve_stale {
                         return Ok(failure);
                     }
                 }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::{debug, info, warn};
 
+use crate::budget;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
@@ -77,9 +78,7 @@ impl Admitted {
     /// sent them). The question goes upstream in lowercase, with RD, the client's CD and DO,
     /// and our UDP size.
     pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
-        self.upstreams
-            .forward_to(&self.upstreams.groups[self.group], query)
-            .await
+        self.upstreams.groups[self.group].forward(query).await
     }
 }
 
@@ -130,9 +129,7 @@ impl Upstreams {
     /// flight already.
     pub fn admit(self: &Arc<Self>, name: &[u8]) -> Option<Admitted> {
         let group = self.group_for(name);
-        let count = &self.groups[group].in_flight;
-        if count.fetch_add(1, Ordering::Relaxed) >= GROUP_IN_FLIGHT {
-            count.fetch_sub(1, Ordering::Relaxed);
+        if !budget::take(&self.groups[group].in_flight, GROUP_IN_FLIGHT) {
             return None;
         }
         Some(Admitted {
@@ -140,11 +137,13 @@ impl Upstreams {
             group,
         })
     }
+}
 
-    /// Asks `group` and returns the upstream's answer as wire bytes (ID and OPT as the
-    /// upstream sent them). The question goes upstream in lowercase, with RD, the client's CD
-    /// and DO, and our UDP size.
-    async fn forward_to(&self, group: &Group, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+impl Group {
+    /// Asks this group and returns the upstream's answer as wire bytes (ID and OPT as the
+    /// upstream sent them), counted in its metrics; failing and recovering are logged once.
+    async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+        let group = self;
         let started = Instant::now();
         let result = exchange(group, query).await;
         group

@@ -33,10 +33,13 @@ impl ClientBudget {
         })
     }
 
-    /// A permit for one more forward of `client`, or `None` when it has `limit` in flight.
-    pub fn admit(self: &Arc<Self>, client: IpAddr) -> Option<ClientPermit> {
+    /// A permit for one more forward of `client`, or `None` when it has `limit` in flight
+    /// and the gateway is `pressed` (its forwards are counted either way: while the gateway
+    /// has room, one busy client, e.g. a NAT, may use it).
+    pub fn admit(self: &Arc<Self>, client: IpAddr, pressed: bool) -> Option<ClientPermit> {
         let slot = slot_of(client);
-        if !take(&self.slots[slot], self.limit) {
+        let limit = if pressed { self.limit } else { u32::MAX };
+        if !take(&self.slots[slot], limit) {
             return None;
         }
         Some(ClientPermit {
@@ -82,12 +85,17 @@ mod tests {
         let budget = ClientBudget::new(2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = budget.admit(a).unwrap();
-        let _second = budget.admit(a).unwrap();
-        assert!(budget.admit(a).is_none(), "a third one in flight");
-        assert!(budget.admit(b).is_some(), "another client is not affected");
-        drop(first);
-        assert!(budget.admit(a).is_some(), "given back");
+        let first = budget.admit(a, true).unwrap();
+        let _second = budget.admit(a, true).unwrap();
+        assert!(budget.admit(a, true).is_none(), "a third one in flight");
+        assert!(
+            budget.admit(b, true).is_some(),
+            "another client is not affected"
+        );
+        let borrowed = budget.admit(a, false).expect("room while not pressed");
+        assert!(budget.admit(a, true).is_none(), "borrowed ones count");
+        drop((first, borrowed));
+        assert!(budget.admit(a, true).is_some(), "given back");
         // One IPv6 /56 is one client.
         let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(

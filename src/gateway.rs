@@ -62,10 +62,14 @@ pub struct Pending {
     _client_permit: ClientPermit,
 }
 
-/// Forwards in flight from one client at most (an IPv6 /56 counts as one client): a client
-/// flooding names of a dead zone gets SERVFAIL for the rest, and every other client's misses
-/// still go upstream.
+/// Forwards in flight from one client at most (an IPv6 /56 counts as one client) once the
+/// gateway has [`PRESSED_AT`] in flight: a client flooding names of a dead zone gets SERVFAIL
+/// for the rest, and every other client's misses still go upstream. Below that, one busy
+/// client (a NAT, a load test) may use the room nobody else needs.
 pub const CLIENT_IN_FLIGHT: u32 = 128;
+
+/// Forwards in flight from which every client is held to [`CLIENT_IN_FLIGHT`].
+pub const PRESSED_AT: usize = MAX_IN_FLIGHT / 2;
 
 /// An error answer instead of an upstream one: its RCODE and Extended DNS Error.
 type Failure = (Rcode, Option<(EdeCode, &'static str)>);
@@ -160,7 +164,8 @@ impl Gateway {
 
     /// Puts `policy` in force for every query that starts from now on, and hands back the
     /// one it replaces (for the caller to drop off the runtime: it may be large).
-    pub(crate) fn swap(&self, policy: Policy) -> Arc<Policy> {
+    pub(crate) fn swap(&self, mut policy: Policy) -> Arc<Policy> {
+        policy.inherit_upstream_health(&self.policy.load());
         debug_assert_eq!(
             policy.generation(),
             self.generation() + 1,
@@ -276,7 +281,8 @@ impl Gateway {
         query: &Query,
         client: IpAddr,
     ) -> Result<(Admitted, OwnedSemaphorePermit, ClientPermit), ShedReason> {
-        let client_permit = self.clients.admit(client).ok_or(ShedReason::Client)?;
+        let pressed = self.in_flight.available_permits() <= MAX_IN_FLIGHT - PRESSED_AT;
+        let client_permit = (self.clients.admit(client, pressed)).ok_or(ShedReason::Client)?;
         let permit = (self.in_flight.clone().try_acquire_owned()).map_err(|_| ShedReason::Total)?;
         let upstream = (policy.upstreams().admit(query.name())).ok_or(ShedReason::Group)?;
         Ok((upstream, permit, client_permit))

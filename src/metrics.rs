@@ -4,7 +4,7 @@
 //! Rendering `/metrics` is `admin.rs`'s.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -103,6 +103,11 @@ pub struct Metrics {
     shed: IntCounterVec,
     upstream_queries: IntCounterVec,
     upstream_duration: HistogramVec,
+    server_queries: IntCounterVec,
+    server_srtt: GaugeVec,
+    server_in_flight: IntGaugeVec,
+    server_up: IntGaugeVec,
+    server_connections: IntCounterVec,
     list_entries: IntGaugeVec,
     list_updates: IntCounterVec,
     /// Handles that do not depend on the policy.
@@ -228,6 +233,37 @@ impl Metrics {
             "Time an upstream group took to answer (or to time out).",
             &["group"],
         );
+        let server_queries = counter(
+            "portvakt_upstream_server_queries_total",
+            "Tries of each upstream server, by result (ok: it answered, also with an error rcode).",
+            &["group", "server", "result"],
+        );
+        let server_srtt = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "portvakt_upstream_server_srtt_seconds",
+                    "Smoothed round-trip time of each upstream server; a failed try counts as its wait.",
+                ),
+                &["group", "server"],
+            )
+            .expect("valid metric"),
+        );
+        let server_in_flight = gauge(
+            "portvakt_upstream_server_in_flight",
+            "Tries of each upstream server waiting for an answer now.",
+            &["group", "server"],
+        );
+        let server_up = gauge(
+            "portvakt_upstream_server_up",
+            "1 while an upstream server is used, 0 while it is down (failed tries in a row; probed in the background).",
+            &["group", "server"],
+        );
+        let server_connections = counter(
+            "portvakt_upstream_server_connections_total",
+            "TCP and TLS connections opened to each upstream server (they are reused: a high rate means reconnects).",
+            &["group", "server"],
+        );
         let list_entries = gauge(
             "portvakt_list_entries",
             "Entries in each list of the running policy.",
@@ -309,6 +345,11 @@ impl Metrics {
             shed,
             upstream_queries,
             upstream_duration,
+            server_queries,
+            server_srtt,
+            server_in_flight,
+            server_up,
+            server_connections,
             list_entries,
             list_updates,
             query,
@@ -359,6 +400,21 @@ impl Metrics {
         }
     }
 
+    /// Handles for one upstream server of `group`.
+    pub fn server(&self, group: &str, server: &str) -> ServerMetrics {
+        let labels = [group, server];
+        ServerMetrics {
+            results: UpstreamResult::ALL.map(|r| {
+                self.server_queries
+                    .with_label_values(&[group, server, r.as_str()])
+            }),
+            srtt: self.server_srtt.with_label_values(&labels),
+            in_flight: self.server_in_flight.with_label_values(&labels),
+            up: self.server_up.with_label_values(&labels),
+            connections: self.server_connections.with_label_values(&labels),
+        }
+    }
+
     /// Counts one download of a list source; `result` is one of [`LIST_UPDATE_RESULTS`].
     pub fn list_update(&self, list: &str, result: &str) {
         self.list_updates.with_label_values(&[list, result]).inc();
@@ -373,11 +429,12 @@ impl Metrics {
 
     /// Drops the series of segments, lists and upstream groups that the running config no
     /// longer has (after a reload), so dashboards stop showing them.
-    pub fn retain(&self, segments: &[&str], lists: &[&str], groups: &[&str]) {
+    pub fn retain(&self, segments: &[&str], lists: &[&str], groups: &[&str], servers: &[&str]) {
         let stale = |name: &str, value: &str| match name {
             "segment" => value != NO_SEGMENT && !segments.contains(&value),
             "list" => !lists.contains(&value),
             "group" => !groups.contains(&value),
+            "server" => !servers.contains(&value),
             _ => false,
         };
         prune(&self.queries, stale);
@@ -388,6 +445,11 @@ impl Metrics {
         prune(&self.list_updates, stale);
         prune(&self.upstream_queries, stale);
         prune(&self.upstream_duration, stale);
+        prune(&self.server_queries, stale);
+        prune(&self.server_srtt, stale);
+        prune(&self.server_in_flight, stale);
+        prune(&self.server_up, stale);
+        prune(&self.server_connections, stale);
     }
 
     pub fn set_list_entries(&self, list: &str, entries: usize) {
@@ -451,6 +513,22 @@ impl SegmentMetrics {
         if let Some(counter) = &self.blocked[list] {
             counter.inc();
         }
+    }
+}
+
+/// One upstream server's handles.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    results: [IntCounter; 3],
+    pub srtt: Gauge,
+    pub in_flight: IntGauge,
+    pub up: IntGauge,
+    pub connections: IntCounter,
+}
+
+impl ServerMetrics {
+    pub fn result(&self, result: UpstreamResult) {
+        self.results[result as usize].inc();
     }
 }
 

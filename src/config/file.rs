@@ -228,9 +228,13 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub zones: Vec<Spanned<Zone>>,
     pub servers: Spanned<Vec<ServerAddr>>,
-    /// Time to wait for an answer before SERVFAIL, in milliseconds.
+    /// Time to wait for an answer before SERVFAIL, in milliseconds: the budget of all tries.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: Spanned<u64>,
+    /// The longest one try may wait before the next server is asked, in milliseconds.
+    pub try_timeout_ms: Option<Spanned<u64>>,
+    /// PEM file of the CA certificates `tls://` servers must chain to; the system's by default.
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 fn default_timeout_ms() -> Spanned<u64> {
@@ -301,20 +305,55 @@ impl TryFrom<String> for ListenAddr {
     }
 }
 
-/// An upstream server, e.g. `"9.9.9.9:53"`; the port defaults to 53.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// An upstream server: `"9.9.9.9:53"` (the port defaults to 53), or DNS over TLS as
+/// `"tls://9.9.9.9:853#dns.quad9.net"` (port 853 by default; the name after `#` is the one
+/// the certificate must carry, the address itself when there is none).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct ServerAddr(pub SocketAddr);
+pub struct ServerAddr {
+    pub addr: SocketAddr,
+    /// For DNS over TLS: the name to verify the certificate against.
+    pub tls: Option<String>,
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tls {
+            Some(name) => write!(f, "tls://{}#{name}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
 
 impl TryFrom<String> for ServerAddr {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Ok(ServerAddr(addr));
+        let address = |text: &str, port: u16| {
+            (text.parse::<SocketAddr>())
+                .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
+                .ok()
+        };
+        if let Some(rest) = text.strip_prefix("tls://") {
+            let (at, name) = rest.split_once('#').unwrap_or((rest, ""));
+            let addr = address(at, 853).ok_or_else(|| {
+                format!("`{text}` is not a TLS server, e.g. `tls://9.9.9.9:853#dns.quad9.net`")
+            })?;
+            let name = match name {
+                "" => addr.ip().to_string(),
+                name => rustls::pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|_| format!("`{name}` in `{text}` is not a server name"))?
+                    .to_str()
+                    .into_owned(),
+            };
+            return Ok(ServerAddr {
+                addr,
+                tls: Some(name),
+            });
         }
-        text.parse::<IpAddr>()
-            .map(|ip| ServerAddr(SocketAddr::new(ip, 53)))
-            .map_err(|_| format!("`{text}` is not a server address, e.g. `9.9.9.9:53`"))
+        let addr = address(&text, 53).ok_or_else(|| {
+            format!("`{text}` is not a server address, e.g. `9.9.9.9:53` or `tls://9.9.9.9:853#dns.quad9.net`")
+        })?;
+        Ok(ServerAddr { addr, tls: None })
     }
 }
 

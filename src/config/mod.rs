@@ -9,6 +9,7 @@ pub mod file;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -19,7 +20,7 @@ use crate::bypass::BypassKind;
 use error::Source;
 pub use error::{ConfigError, Problem};
 use file::ConfigFile;
-pub use file::{BlockResponse, ListKind};
+pub use file::{BlockResponse, ListKind, ServerAddr};
 
 /// The annotated example config, also the default when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");
@@ -160,9 +161,21 @@ impl BypassHandling {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub zones: Vec<Vec<u8>>,
-    pub servers: Vec<SocketAddr>,
+    pub servers: Vec<ServerAddr>,
+    /// The budget of all tries of one query.
     pub timeout: Duration,
+    /// The longest one try waits before the next server is asked.
+    pub try_timeout: Duration,
+    /// The roots `tls://` servers must chain to (`ca_file`); `None`: the system's.
+    pub ca: Option<Arc<rustls::RootCertStore>>,
+    pub ca_file: Option<PathBuf>,
 }
+
+/// A try waits at most this long by default (or the group's `timeout_ms`, if shorter).
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Servers one group may have at most.
+pub const MAX_SERVERS: usize = 16;
 
 /// Where the copy of `url` in list `list` lives: stable across restarts, one file per URL.
 pub fn copy_path(state_dir: &Path, list: &str, url: &str) -> PathBuf {
@@ -452,6 +465,28 @@ impl Checks<'_> {
         }
     }
 
+    /// Reads the CA certificates of an upstream group's `ca_file` (PEM).
+    fn roots(&mut self, file: &Spanned<PathBuf>) -> Option<Arc<rustls::RootCertStore>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let shown = file.get_ref().display();
+        let certs = match CertificateDer::pem_file_iter(file.get_ref()) {
+            Ok(certs) => certs.collect::<Result<Vec<_>, _>>(),
+            Err(err) => Err(err),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let problem = match certs {
+            Ok(certs) if certs.is_empty() => format!("ca_file {shown} holds no certificate"),
+            Ok(certs) => match certs.into_iter().try_for_each(|c| roots.add(c)) {
+                Ok(()) => return Some(Arc::new(roots)),
+                Err(err) => format!("ca_file {shown}: {err}"),
+            },
+            Err(err) => format!("cannot read ca_file {shown}: {err}"),
+        };
+        self.report(file, problem);
+        None
+    }
+
     /// Reads the admin token: the file's first line, which must not be empty.
     fn token(&mut self, file: &Spanned<PathBuf>) -> Option<AdminToken> {
         let shown = file.get_ref().display();
@@ -565,9 +600,33 @@ impl Checks<'_> {
             if g.servers.get_ref().is_empty() {
                 self.report(&g.servers, "upstream group has no servers");
             }
-            if *g.timeout_ms.get_ref() == 0 {
+            if g.servers.get_ref().len() > MAX_SERVERS {
+                self.report(
+                    &g.servers,
+                    format!("an upstream group has {MAX_SERVERS} servers at most"),
+                );
+            }
+            let timeout = *g.timeout_ms.get_ref();
+            if timeout == 0 {
                 self.report(&g.timeout_ms, "timeout_ms must be above 0");
             }
+            let default_try = DEFAULT_TRY_TIMEOUT.as_millis() as u64;
+            let try_timeout = g
+                .try_timeout_ms
+                .as_ref()
+                .map_or(default_try.min(timeout), |t| {
+                    let value = *t.get_ref();
+                    if value == 0 || value > timeout {
+                        self.report(
+                            t,
+                            format!(
+                                "try_timeout_ms must be above 0 and at most timeout_ms ({timeout})"
+                            ),
+                        );
+                    }
+                    value
+                });
+            let ca = g.ca_file.as_ref().and_then(|file| self.roots(file));
             for zone in &g.zones {
                 if zones.insert(&zone.get_ref().0, ()).is_some() {
                     let text = crate::name::to_text(&zone.get_ref().0);
@@ -579,8 +638,11 @@ impl Checks<'_> {
             }
             out.push(UpstreamConfig {
                 zones: g.zones.iter().map(|z| z.get_ref().0.clone()).collect(),
-                servers: g.servers.get_ref().iter().map(|s| s.0).collect(),
-                timeout: Duration::from_millis(*g.timeout_ms.get_ref()),
+                servers: g.servers.get_ref().clone(),
+                timeout: Duration::from_millis(timeout),
+                try_timeout: Duration::from_millis(try_timeout),
+                ca,
+                ca_file: g.ca_file.as_ref().map(|f| f.get_ref().clone()),
             });
         }
         out.sort_by_key(|u| !u.zones.is_empty());
@@ -617,6 +679,51 @@ mod tests {
     }
 
     #[test]
+    fn upstream_servers_tries_and_roots() {
+        let text = "[[upstream]]\nservers = [\"9.9.9.9\", \"[2620:fe::fe]:5353\", \"tls://9.9.9.9#dns.quad9.net\", \"tls://[2620:fe::fe]:8853\"]\n";
+        let config = Config::parse("t.toml", text).unwrap();
+        let group = &config.upstreams[0];
+        let shown: Vec<String> = group.servers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "9.9.9.9:53",
+                "[2620:fe::fe]:5353",
+                "tls://9.9.9.9:853#dns.quad9.net",
+                "tls://[2620:fe::fe]:8853#2620:fe::fe"
+            ]
+        );
+        assert_eq!(group.timeout, Duration::from_millis(1500));
+        assert_eq!(group.try_timeout, DEFAULT_TRY_TIMEOUT);
+        assert!(group.ca.is_none(), "the system's roots");
+
+        let short = "[[upstream]]\nservers = [\"9.9.9.9\"]\ntimeout_ms = 300\n";
+        let config = Config::parse("t.toml", short).unwrap();
+        assert_eq!(
+            config.upstreams[0].try_timeout,
+            Duration::from_millis(300),
+            "within the budget"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("roots.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let bad = format!(
+            "[[upstream]]\nservers = [\"tls://9.9.9.9\"]\ntry_timeout_ms = 2000\nca_file = \"{}\"\n",
+            not_pem.display()
+        );
+        let shown = not_pem.display();
+        assert_eq!(
+            problems(&bad),
+            [
+                "t.toml:3:18: try_timeout_ms must be above 0 and at most timeout_ms (1500)"
+                    .to_owned(),
+                format!("t.toml:4:11: ca_file {shown} holds no certificate"),
+            ]
+        );
+    }
+
+    #[test]
     fn shape_errors_name_line_and_column() {
         let cases = [
             (
@@ -641,7 +748,15 @@ mod tests {
             ),
             (
                 "[[upstream]]\nservers = [\"dns.quad9\"]\n",
-                "t.toml:2:11: `dns.quad9` is not a server address, e.g. `9.9.9.9:53`",
+                "t.toml:2:11: `dns.quad9` is not a server address, e.g. `9.9.9.9:53` or `tls://9.9.9.9:853#dns.quad9.net`",
+            ),
+            (
+                "[[upstream]]\nservers = [\"tls://dns.quad9.net\"]\n",
+                "t.toml:2:11: `tls://dns.quad9.net` is not a TLS server, e.g. `tls://9.9.9.9:853#dns.quad9.net`",
+            ),
+            (
+                "[[upstream]]\nservers = [\"tls://9.9.9.9#bad name\"]\n",
+                "t.toml:2:11: `bad name` in `tls://9.9.9.9#bad name` is not a server name",
             ),
         ];
         for (text, want) in cases {

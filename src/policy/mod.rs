@@ -231,6 +231,13 @@ impl Policy {
         &self.block
     }
 
+    /// Takes over the upstream servers' health from `old` (see [`Upstreams::inherit`]).
+    pub(crate) fn inherit_upstream_health(&mut self, old: &Policy) {
+        if let Some(upstreams) = Arc::get_mut(&mut self.upstreams) {
+            upstreams.inherit(&old.upstreams);
+        }
+    }
+
     pub(crate) fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
     }

@@ -304,7 +304,13 @@ impl Reloader {
             .iter()
             .flat_map(|l| l.files.iter().cloned());
         let token = policy.config().admin_token_file.clone();
-        config.into_iter().chain(lists).chain(token).collect()
+        let roots = (policy.config().upstreams.iter()).filter_map(|u| u.ca_file.clone());
+        config
+            .into_iter()
+            .chain(lists)
+            .chain(token)
+            .chain(roots)
+            .collect()
     }
 }
 
@@ -315,7 +321,10 @@ fn forget_removed(gateway: &Gateway) {
         let segments: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
         let lists: Vec<&str> = config.lists.iter().map(|l| l.name.as_str()).collect();
         let groups: Vec<&str> = policy.upstreams().group_names().collect();
-        gateway.metrics().retain(&segments, &lists, &groups);
+        let servers: Vec<&str> = policy.upstreams().server_labels().map(|(_, s)| s).collect();
+        gateway
+            .metrics()
+            .retain(&segments, &lists, &groups, &servers);
     });
 }
 

@@ -168,6 +168,11 @@ impl RunningUpstream {
         self.state.lock().unwrap().answers.insert(key(name), canned);
     }
 
+    /// Answers names without an answer of their own with `canned` from now on.
+    pub fn set_otherwise(&self, canned: Canned) {
+        self.state.lock().unwrap().otherwise = Some(canned);
+    }
+
     /// Queries the upstream received for `name` (any type, UDP and TCP).
     pub fn queries_for(&self, name: &str) -> usize {
         self.state

@@ -4,7 +4,9 @@
 mod binary;
 mod bypass;
 mod catalogue;
+mod dot;
 mod export;
+mod failover;
 mod fairness;
 mod forwarding;
 mod harness;

@@ -83,7 +83,7 @@ async fn forged_answers_to_earlier_ports_are_never_accepted() {
     let config = format!(
         "server.listen = [\"127.0.0.1:0\"]\nadmin.listen = \"127.0.0.1:0\"\n\
          segment = [{{ name = \"office\", networks = [\"127.0.0.3/32\"] }}]\n\
-         [[upstream]]\nservers = [\"{upstream}\"]\ntimeout_ms = 5000\n"
+         [[upstream]]\nservers = [\"{upstream}\"]\ntimeout_ms = 5000\ntry_timeout_ms = 5000\n"
     );
     let gateway = TestGateway::start_text(config).await;
     let office = gateway.client_from("127.0.0.3");

@@ -3,12 +3,12 @@
 //! CD). A lock is taken only on the miss path, never for blocked or cached answers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 /// Where a question's result comes: `None` until the leader has it.
-type Result<T> = watch::Receiver<Option<T>>;
+pub type Result<T> = watch::Receiver<Option<T>>;
 
 /// Questions in flight, each with the channel its result comes on.
 pub struct InFlight<T> {
@@ -16,29 +16,29 @@ pub struct InFlight<T> {
 }
 
 /// What one asker of a question is to do.
-pub enum Join<'a, T> {
+pub enum Join<T> {
     /// Ask upstream, then `finish`.
-    Leader(Lead<'a, T>),
+    Leader(Lead<T>),
     /// Wait for the leader's result (`None` if the leader went away without one).
     Follower(Result<T>),
 }
 
 /// The leader of a question; dropping it (also without `finish`) frees the question.
-pub struct Lead<'a, T> {
-    in_flight: &'a InFlight<T>,
+pub struct Lead<T> {
+    in_flight: Arc<InFlight<T>>,
     key: Box<[u8]>,
     result: watch::Sender<Option<T>>,
 }
 
 impl<T: Clone> InFlight<T> {
-    pub fn new() -> InFlight<T> {
-        InFlight {
+    pub fn new() -> Arc<InFlight<T>> {
+        Arc::new(InFlight {
             map: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Leads the question `key`, or follows the asker that already leads it.
-    pub fn join(&self, key: &[u8]) -> Join<'_, T> {
+    pub fn join(self: &Arc<Self>, key: &[u8]) -> Join<T> {
         let mut map = self.map.lock().expect("in-flight lock");
         if let Some(result) = map.get(key) {
             return Join::Follower(result.clone());
@@ -46,7 +46,7 @@ impl<T: Clone> InFlight<T> {
         let (tx, rx) = watch::channel(None);
         map.insert(key.into(), rx);
         Join::Leader(Lead {
-            in_flight: self,
+            in_flight: self.clone(),
             key: key.into(),
             result: tx,
         })
@@ -59,14 +59,14 @@ impl<T: Clone> InFlight<T> {
     }
 }
 
-impl<T> Lead<'_, T> {
+impl<T> Lead<T> {
     /// Hands `result` to every follower.
     pub fn finish(self, result: T) {
         self.result.send_replace(Some(result));
     }
 }
 
-impl<T> Drop for Lead<'_, T> {
+impl<T> Drop for Lead<T> {
     fn drop(&mut self) {
         self.in_flight
             .map
@@ -88,7 +88,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_the_leaders_result_and_the_question_is_freed() {
-        let in_flight: InFlight<u32> = InFlight::new();
+        let in_flight: Arc<InFlight<u32>> = InFlight::new();
         let Join::Leader(lead) = in_flight.join(b"q") else {
             panic!("the first asker leads")
         };

@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::budget::{ClientBudget, ClientPermit};
 use crate::bypass::BypassKind;
 use crate::cache::{self, Answer, Cache, WithoutEch};
-use crate::coalesce::{self, InFlight, Join};
+use crate::coalesce::{self, InFlight, Join, Lead};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
 use crate::reply;
@@ -62,6 +62,37 @@ pub struct Pending {
     _client_permit: ClientPermit,
 }
 
+impl Pending {
+    /// The query, parsed again (it was parsed before it became pending).
+    pub fn query(&self) -> Query<'_> {
+        Query::parse(&self.packet).expect("a pending query was parsed before")
+    }
+
+    /// Its upstream group.
+    pub fn upstream(&self) -> &Admitted {
+        &self.upstream
+    }
+}
+
+/// A miss whose question is not in flight yet: this asker leads it upstream, then hands the
+/// result to [`Gateway::settle`] (the others asking meanwhile get it too).
+pub struct Leading {
+    pub pending: Pending,
+    lead: Lead<Settled>,
+}
+
+/// What one miss is to do about its question.
+pub enum Forwarding {
+    Lead(Leading),
+    Follow(Following),
+}
+
+/// A miss whose question is asked upstream already: [`Gateway::follow`] waits for that.
+pub struct Following {
+    pending: Pending,
+    result: coalesce::Result<Settled>,
+}
+
 /// Forwards in flight from one client at most (an IPv6 /56 counts as one client) once the
 /// gateway has [`PRESSED_AT`] in flight: a client flooding names of a dead zone gets SERVFAIL
 /// for the rest, and every other client's misses still go upstream. Below that, one busy
@@ -73,6 +104,9 @@ pub const PRESSED_AT: usize = MAX_IN_FLIGHT / 2;
 
 /// An error answer instead of an upstream one: its RCODE and Extended DNS Error.
 type Failure = (Rcode, Option<(EdeCode, &'static str)>);
+
+/// What an upstream exchange gave a question: the answer (as cached), or the error to answer.
+type Settled = Result<Arc<Answer>, Failure>;
 
 /// The answer when the upstream exchange failed (other than by timing out).
 const UPSTREAM_FAILED: Failure = (
@@ -133,7 +167,7 @@ pub struct Gateway {
     in_flight: Arc<Semaphore>,
     clients: Arc<ClientBudget>,
     /// Questions in flight upstream, shared by identical misses.
-    questions: InFlight<Result<Arc<Answer>, Failure>>,
+    questions: Arc<InFlight<Settled>>,
     metrics: Arc<Metrics>,
 }
 
@@ -288,41 +322,75 @@ impl Gateway {
         Ok((upstream, permit, client_permit))
     }
 
+    /// Leads a miss upstream, or follows the asker leading the same question.
+    pub fn join(&self, pending: Pending) -> Forwarding {
+        let (key, len) = cache::key(&pending.query());
+        match self.questions.join(&key[..len]) {
+            Join::Leader(lead) => Forwarding::Lead(Leading { pending, lead }),
+            Join::Follower(result) => Forwarding::Follow(Following { pending, result }),
+        }
+    }
+
     /// Forwards a miss, caches the answer, and writes the reply to `out`. The answer is
     /// decided under the policy in force when it arrives (a reload meanwhile applies to it).
     pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
-        let query = Query::parse(&pending.packet).expect("a pending query was parsed before");
-        let (key, len) = cache::key(&query);
-        let answer = match self.questions.join(&key[..len]) {
-            Join::Leader(lead) => {
-                let forwarded = pending.upstream.forward(&query).await;
-                let stale_for = self.policy.load().config().cache_stale_for;
-                let answer = self.accept(&query, forwarded, stale_for);
-                lead.finish(answer.clone());
-                answer
+        match self.join(pending) {
+            Forwarding::Lead(leading) => {
+                let forwarded = {
+                    let pending = &leading.pending;
+                    pending.upstream.forward(&pending.query()).await
+                };
+                self.settle(leading, forwarded, out);
             }
-            // The same question is in flight: its answer serves this one too.
-            Join::Follower(result) => {
-                (coalesce::followed(result).await).unwrap_or(Err(UPSTREAM_FAILED))
-            }
-        };
+            Forwarding::Follow(following) => self.follow(following, out).await,
+        }
+    }
+
+    /// The leader's upstream result: cached, handed to the followers, and the reply in `out`.
+    pub fn settle(
+        &self,
+        leading: Leading,
+        forwarded: Result<Vec<u8>, UpstreamError>,
+        out: &mut Vec<u8>,
+    ) {
+        let query = leading.pending.query();
+        let stale_for = self.policy.load().config().cache_stale_for;
+        let answer = self.accept(&query, forwarded, stale_for);
+        leading.lead.finish(answer.clone());
+        self.reply(&leading.pending, &query, answer, out);
+    }
+
+    /// Waits for the leader of the same question, and writes the reply to `out`.
+    pub async fn follow(&self, following: Following, out: &mut Vec<u8>) {
+        let answer = coalesce::followed(following.result).await;
+        let pending = following.pending;
+        self.reply(
+            &pending,
+            &pending.query(),
+            answer.unwrap_or(Err(UPSTREAM_FAILED)),
+            out,
+        );
+    }
+
+    /// The reply to a forwarded query, decided under the policy in force now.
+    fn reply(&self, pending: &Pending, query: &Query, answer: Settled, out: &mut Vec<u8>) {
         let policy = self.policy.load();
         let segment = policy.classify(pending.client);
-        let ctx = Context::new(pending.transport, pending.started, segment, Some(&query));
+        let ctx = Context::new(pending.transport, pending.started, segment, Some(query));
         // A reload meanwhile may have moved the client or blocked the name: decide again.
         let decision = segment.map(|segment| (segment, policy.decide(segment, query.name())));
         let outcome = match (decision, answer) {
             (None, _) => {
-                reply::refused(&query, out);
+                reply::refused(query, out);
                 Outcome::Refused
             }
             (Some((_, Decision::Blocked { list, zone_at })), _) => {
-                reply::blocked(&query, policy.block(), list, zone_at, out);
+                reply::blocked(query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
             }
-            (Some((segment, _)), Ok(answer)) => serve(&policy, segment, &query, &answer, out),
+            (Some((segment, _)), Ok(answer)) => serve(&policy, segment, query, &answer, out),
             (Some(_), Err((rcode, ede))) => {
-                reply::error(&query, rcode, ede, out);
+                reply::error(query, rcode, ede, out);
                 Outcome::Allowed
             }
         };
@@ -338,7 +406,7 @@ impl Gateway {
         query: &Query,
         forwarded: Result<Vec<u8>, UpstreamError>,
         stale_for: Duration,
-    ) -> Result<Arc<Answer>, Failure> {
+    ) -> Settled {
         let now = Instant::now();
         let message = match forwarded {
             Ok(message) => message,

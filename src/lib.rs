@@ -55,7 +55,7 @@ pub use admin::AdminBindError;
 pub use config::{Config, ConfigError, Problem};
 pub use error::chain as error_chain;
 pub use export::{ExportFormat, export};
-pub use gateway::{Gateway, Pending, Step, Transport};
+pub use gateway::{Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
@@ -63,6 +63,7 @@ pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
 pub use transport::BindError;
 use transport::Listeners;
+pub use upstream::{Admitted, Resume, UdpTry};
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.
 pub mod core {

@@ -1,18 +1,26 @@
-//! UDP: our own receive loop, one per CPU on SO_REUSEPORT sockets, each a thread blocking in
-//! `recvfrom`: blocked and cached answers are sent from the loop itself, misses go to a task
-//! on the tokio runtime that sends its answer on the same socket. All of portvakt's FFI is here.
+//! UDP: our own receive loop, one per CPU on SO_REUSEPORT sockets, each a thread. With no miss
+//! in flight it blocks in `recvfrom`: blocked and cached answers are sent from the loop
+//! itself, with no poller on the path. A miss's first try upstream is sent from the loop too,
+//! and the loop then polls (mio) its client socket and its misses' sockets: the answer is
+//! read, cached and sent to the client by the thread that received the query, with no task
+//! and no hand-over. What a first try leaves to do (a timeout, a truncated answer, an error,
+//! a TLS server), and misses that follow another's, go on as tasks on the tokio runtime that
+//! send their answer on the same socket. All of portvakt's FFI is here.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use crate::gateway::{Gateway, Step, Transport};
+use crate::gateway::{Forwarding, Gateway, Leading, Step, Transport};
+use crate::upstream::{Resume, UdpTry};
 
 /// Tries for a forwarded answer while the socket's send buffer is full.
 const SEND_RETRIES: u32 = 20;
@@ -111,6 +119,34 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::U
     Ok(sockets)
 }
 
+/// Client datagrams read in one go while upstream answers wait.
+const BURST: usize = 64;
+
+/// How long a loop that was stopped keeps reading the answers to its misses in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The poller token of the client socket; a miss in flight has its slot's index + 1.
+const CLIENT: mio::Token = mio::Token(0);
+
+/// A miss this loop leads, waiting for its first UDP try's answer.
+struct Miss {
+    leading: Leading,
+    udp: UdpTry,
+    client: SocketAddr,
+    /// Told apart from a later miss in the same slot (for the timer heap).
+    serial: u64,
+}
+
+/// The misses one receive loop has in flight upstream, and what watches them.
+struct Misses {
+    poll: mio::Poll,
+    events: mio::Events,
+    slots: slab::Slab<Miss>,
+    /// (deadline, slot, serial), earliest first; entries of misses already done are skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    serial: u64,
+}
+
 fn receive_loop(
     socket: &Arc<std::net::UdpSocket>,
     gateway: &Arc<Gateway>,
@@ -118,47 +154,264 @@ fn receive_loop(
     forwards: &TaskTracker,
     runtime: &tokio::runtime::Handle,
 ) {
+    // Tasks started from here (probes of down servers) go to the runtime.
+    let _runtime = runtime.enter();
+    let mut misses = match Misses::new(socket) {
+        Ok(misses) => misses,
+        Err(err) => {
+            error!(%err, "no poller for the UDP receive loop");
+            return;
+        }
+    };
     let mut packet = vec![0u8; 65_535];
+    let mut answer = vec![0u8; usize::from(crate::wire::OUR_UDP_PAYLOAD)];
     let mut out = Vec::with_capacity(4096);
-    while !stopped.load(Ordering::Relaxed) {
-        let (len, client) = match receive(socket, &mut packet) {
-            Ok((len, Some(client))) => (len, client),
-            // Woken by `stop`: no datagram, no sender.
-            Ok((_, None)) => continue,
-            Err(err) => {
-                if err.kind() != io::ErrorKind::Interrupted {
-                    debug!(%err, "udp receive failed");
+    let mut stopping: Option<Instant> = None;
+    let mut client_waiting = false;
+    let mut tokens = Vec::with_capacity(256);
+    let loop_ = Loop {
+        socket,
+        gateway,
+        forwards,
+        runtime,
+    };
+    loop {
+        if stopping.is_none() && stopped.load(Ordering::Relaxed) {
+            stopping = Some(Instant::now() + STOP_GRACE);
+        }
+        if let Some(until) = stopping
+            && (misses.slots.is_empty() || Instant::now() >= until)
+        {
+            break;
+        }
+        if misses.slots.is_empty() && !client_waiting {
+            // Nothing in flight: block in recvfrom, with no poller on the path.
+            match receive(socket, &mut packet, 0) {
+                Ok((len, Some(client))) => {
+                    loop_.handle(&packet[..len], client, &mut out, &mut misses);
                 }
-                continue;
+                Ok((_, None)) => {} // woken by `stop`
+                Err(err) => {
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        debug!(%err, "udp receive failed");
+                    }
+                }
             }
+            continue;
+        }
+        let wait = if client_waiting {
+            Some(Duration::ZERO)
+        } else {
+            misses.next_deadline()
         };
+        if let Err(err) = misses.poll.poll(&mut misses.events, wait)
+            && err.kind() != io::ErrorKind::Interrupted
+        {
+            error!(%err, "udp poller failed");
+            break;
+        }
+        let mut client_ready = client_waiting;
+        tokens.clear();
+        tokens.extend(misses.events.iter().map(mio::event::Event::token));
+        for &token in &tokens {
+            if token == CLIENT {
+                client_ready = true;
+            } else {
+                loop_.answered(token.0 - 1, &mut answer, &mut out, &mut misses);
+            }
+        }
+        client_waiting = false;
+        if client_ready && stopping.is_none() {
+            for n in 0..BURST {
+                match receive(socket, &mut packet, libc::MSG_DONTWAIT) {
+                    Ok((len, Some(client))) => {
+                        loop_.handle(&packet[..len], client, &mut out, &mut misses);
+                        client_waiting = n + 1 == BURST;
+                    }
+                    Ok((_, None)) => break,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) => {
+                        debug!(%err, "udp receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        loop_.expire(Instant::now(), &mut misses);
+    }
+}
+
+/// What a receive loop works with.
+struct Loop<'a> {
+    socket: &'a Arc<std::net::UdpSocket>,
+    gateway: &'a Arc<Gateway>,
+    forwards: &'a TaskTracker,
+    runtime: &'a tokio::runtime::Handle,
+}
+
+impl Loop<'_> {
+    /// Answers one client datagram: at once, or by starting (or joining) a miss.
+    fn handle(&self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>, misses: &mut Misses) {
         // A bug must not take a receive loop, and its share of clients, down with it.
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            gateway.answer_now(&packet[..len], client.ip(), Transport::Udp, &mut out)
+            self.gateway
+                .answer_now(packet, client.ip(), Transport::Udp, out)
         }));
         let Ok(step) = step else {
             error!("panic while answering a UDP query; the loop goes on");
-            continue;
+            return;
         };
         match step {
-            Step::Reply => {
-                if let Err(err) = socket.send_to(&out, client) {
-                    debug!(%err, %client, "udp send failed");
+            Step::Reply => self.send(out, client),
+            Step::Drop => {}
+            Step::Forward(pending) => match self.gateway.join(pending) {
+                Forwarding::Lead(leading) => {
+                    let udp = leading
+                        .pending
+                        .upstream()
+                        .send_udp(&leading.pending.query());
+                    match udp {
+                        Some(udp) => misses.insert(leading, udp, client),
+                        None => self.later(leading, None, client),
+                    }
+                }
+                Forwarding::Follow(following) => {
+                    let (socket, gateway) = (self.socket.clone(), self.gateway.clone());
+                    self.forwards.spawn_on(
+                        async move {
+                            let mut out = Vec::with_capacity(512);
+                            gateway.follow(following, &mut out).await;
+                            send_later(&socket, &out, client).await;
+                        },
+                        self.runtime,
+                    );
+                }
+            },
+        }
+    }
+
+    /// Reads what came for the miss in `slot`; if it is the answer, replies from here.
+    fn answered(&self, slot: usize, buf: &mut [u8], out: &mut Vec<u8>, misses: &mut Misses) {
+        let Some(miss) = misses.slots.get_mut(slot) else {
+            return;
+        };
+        let read = miss.leading.pending.upstream().read_udp(&mut miss.udp, buf);
+        let Some(read) = read else {
+            return; // nothing of ours yet
+        };
+        let miss = misses.remove(slot);
+        match read {
+            Ok(len) => {
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.gateway
+                        .settle(miss.leading, Ok(buf[..len].to_vec()), out);
+                }));
+                match step {
+                    Ok(()) => self.send(out, miss.client),
+                    Err(_) => {
+                        error!("panic while answering a forwarded UDP query; the loop goes on")
+                    }
                 }
             }
-            Step::Drop => {}
-            Step::Forward(pending) => {
-                let (socket, gateway) = (socket.clone(), gateway.clone());
-                forwards.spawn_on(
-                    async move {
-                        let mut out = Vec::with_capacity(512);
-                        gateway.forward(pending, &mut out).await;
-                        send_later(&socket, &out, client).await;
-                    },
-                    runtime,
-                );
+            Err(resume) => self.later(miss.leading, Some(resume), miss.client),
+        }
+    }
+
+    /// Misses whose try waited its whole time go on on the runtime.
+    fn expire(&self, now: Instant, misses: &mut Misses) {
+        while let Some(&Reverse((deadline, slot, serial))) = misses.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            misses.timers.pop();
+            if misses.slots.get(slot).is_some_and(|m| m.serial == serial) {
+                let miss = misses.remove(slot);
+                let resume = miss.leading.pending.upstream().udp_timed_out(miss.udp);
+                self.later(miss.leading, Some(resume), miss.client);
             }
         }
+    }
+
+    /// Goes on with a miss on the runtime: the whole exchange, or from `resume`.
+    fn later(&self, leading: Leading, resume: Option<Resume>, client: SocketAddr) {
+        let (socket, gateway) = (self.socket.clone(), self.gateway.clone());
+        self.forwards.spawn_on(
+            async move {
+                let forwarded = {
+                    let (upstream, query) = (leading.pending.upstream(), leading.pending.query());
+                    match resume {
+                        Some(resume) => upstream.resume(&query, resume).await,
+                        None => upstream.forward(&query).await,
+                    }
+                };
+                let mut out = Vec::with_capacity(512);
+                gateway.settle(leading, forwarded, &mut out);
+                send_later(&socket, &out, client).await;
+            },
+            self.runtime,
+        );
+    }
+
+    fn send(&self, out: &[u8], client: SocketAddr) {
+        if let Err(err) = self.socket.send_to(out, client) {
+            debug!(%err, %client, "udp send failed");
+        }
+    }
+}
+
+impl Misses {
+    fn new(socket: &std::net::UdpSocket) -> io::Result<Misses> {
+        use std::os::fd::AsRawFd;
+        let poll = mio::Poll::new()?;
+        let fd = socket.as_raw_fd();
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            CLIENT,
+            mio::Interest::READABLE,
+        )?;
+        Ok(Misses {
+            poll,
+            events: mio::Events::with_capacity(256),
+            slots: slab::Slab::with_capacity(256),
+            timers: BinaryHeap::with_capacity(256),
+            serial: 0,
+        })
+    }
+
+    fn insert(&mut self, leading: Leading, udp: UdpTry, client: SocketAddr) {
+        use std::os::fd::AsRawFd;
+        self.serial += 1;
+        let deadline = udp.deadline();
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        let fd = udp.socket().as_raw_fd();
+        let token = mio::Token(slot + 1);
+        let registered = self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            token,
+            mio::Interest::READABLE,
+        );
+        if let Err(err) = registered {
+            debug!(%err, "cannot watch an upstream socket");
+        }
+        entry.insert(Miss {
+            leading,
+            udp,
+            client,
+            serial: self.serial,
+        });
+        self.timers.push(Reverse((deadline, slot, self.serial)));
+    }
+
+    /// Takes a miss out; its socket leaves the poller as it closes (no other descriptor
+    /// refers to it), so there is no deregistering call.
+    fn remove(&mut self, slot: usize) -> Miss {
+        self.slots.remove(slot)
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        let Reverse((deadline, _, _)) = self.timers.peek()?;
+        Some(deadline.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -168,11 +421,12 @@ fn receive_loop(
 fn receive(
     socket: &std::net::UdpSocket,
     packet: &mut [u8],
+    flags: libc::c_int,
 ) -> io::Result<(usize, Option<SocketAddr>)> {
     // SAFETY: an initialized buffer viewed as maybe-uninitialized: recv only writes bytes
     // into it, never de-initializes them.
     let buffer = unsafe { &mut *(packet as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    let (len, from) = socket2::SockRef::from(socket).recv_from(buffer)?;
+    let (len, from) = socket2::SockRef::from(socket).recv_from_with_flags(buffer, flags)?;
     Ok((len, from.as_socket()))
 }
 

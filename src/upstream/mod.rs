@@ -10,20 +10,18 @@
 //! connections are reused and pipelined (`stream`). The upstream's message is relayed as it
 //! came: deciding and caching are the gateway's.
 
+mod exchange;
 mod server;
 mod stream;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use rustc_hash::FxBuildHasher;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::budget;
@@ -32,7 +30,8 @@ use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
 use crate::wire::{self, HEADER_LEN, OUR_UDP_PAYLOAD, Query, TYPE_OPT};
 
-use server::{Order, Server};
+pub use exchange::{Resume, UdpTry};
+use server::Server;
 use stream::{Streams, Tls};
 
 /// Why a forward produced no upstream answer to relay.
@@ -89,7 +88,73 @@ impl Admitted {
     /// sent them). The question goes upstream in lowercase, with RD, the client's CD and DO,
     /// and our UDP size.
     pub async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
-        self.upstreams.groups[self.group].forward(query).await
+        let group = &self.upstreams.groups[self.group];
+        let started = Instant::now();
+        let result = exchange::run(group, query, Resume::new(started)).await;
+        group.settle(&result, started);
+        result
+    }
+
+    /// Goes on with an exchange that [`UdpTry`] began.
+    pub async fn resume(
+        &self,
+        query: &Query<'_>,
+        resume: Resume,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let group = &self.upstreams.groups[self.group];
+        let started = resume.started();
+        let result = exchange::run(group, query, resume).await;
+        group.settle(&result, started);
+        result
+    }
+
+    /// Sends the first try over UDP now, without awaiting, when the server to try first speaks
+    /// UDP (`None`: use [`Admitted::forward`]).
+    pub fn send_udp(&self, query: &Query<'_>) -> Option<UdpTry> {
+        UdpTry::send(&self.upstreams.groups[self.group], query)
+    }
+
+    /// What arrived for `udp`: nothing of ours yet (`None`), the answer's length in `buf`
+    /// (the exchange is over), or how the exchange goes on.
+    pub fn read_udp(&self, udp: &mut UdpTry, buf: &mut [u8]) -> Option<Result<usize, Resume>> {
+        let group = &self.upstreams.groups[self.group];
+        let read = udp.read(group, buf);
+        if let Some(Ok(_)) = read {
+            group.settle(&Ok(()), udp.started());
+        }
+        read
+    }
+
+    /// `udp` waited its whole try: how the exchange goes on.
+    pub fn udp_timed_out(&self, udp: UdpTry) -> Resume {
+        udp.timed_out(&self.upstreams.groups[self.group])
+    }
+}
+
+impl Group {
+    /// Counts an exchange's result and time; failing and recovering are logged once.
+    fn settle<T>(&self, result: &Result<T, UpstreamError>, started: Instant) {
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        let label = match result {
+            Ok(_) => UpstreamResult::Ok,
+            Err(UpstreamError::Timeout { .. }) => UpstreamResult::Timeout,
+            Err(_) => UpstreamResult::Error,
+        };
+        self.metrics.result(label);
+        match result {
+            Ok(_)
+                if self.failing.load(Ordering::Relaxed)
+                    && self.failing.swap(false, Ordering::Relaxed) =>
+            {
+                info!(group = %self.name, "upstream group answers again");
+            }
+            Err(err) if !self.failing.swap(true, Ordering::Relaxed) => {
+                warn!(group = %self.name, %err, "upstream group failing; further failures are counted, not logged");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -240,152 +305,6 @@ fn tls_config(ca: Option<Arc<rustls::RootCertStore>>) -> Arc<rustls::ClientConfi
     Arc::new(config)
 }
 
-impl Group {
-    /// Asks this group and returns the upstream's answer as wire bytes (ID and OPT as the
-    /// upstream sent them), counted in its metrics; failing and recovering are logged once.
-    async fn forward(&self, query: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
-        let group = self;
-        let started = Instant::now();
-        let result = self.exchange(query, started).await;
-        group
-            .metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        let label = match &result {
-            Ok(_) => UpstreamResult::Ok,
-            Err(UpstreamError::Timeout { .. }) => UpstreamResult::Timeout,
-            Err(_) => UpstreamResult::Error,
-        };
-        group.metrics.result(label);
-        match &result {
-            Ok(_)
-                if group.failing.load(Ordering::Relaxed)
-                    && group.failing.swap(false, Ordering::Relaxed) =>
-            {
-                info!(group = %group.name, "upstream group answers again");
-            }
-            Err(err) if !group.failing.swap(true, Ordering::Relaxed) => {
-                warn!(group = %group.name, %err, "upstream group failing; further failures are counted, not logged");
-            }
-            _ => {}
-        }
-        result
-    }
-
-    /// One exchange within the group's timeout: the servers in `Order`, each try within its
-    /// own timeout, round after round while the budget lasts. A server that answers with an
-    /// error rcode is not asked again; that rcode is the result when every server did.
-    async fn exchange(
-        &self,
-        query: &Query<'_>,
-        started: Instant,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let deadline = started + self.timeout;
-        let order = Order::new(&self.servers, started);
-        let mut request = request(query, 0);
-        if let Some(probe) = order.probe {
-            self.probe(probe, &request);
-        }
-        let mut last_error = None;
-        let mut rcode = None;
-        let mut answered_error = 0u32; // a bit per server
-        let tries = order.iter().cycle().take(order.len() * MAX_ROUNDS);
-        for index in tries {
-            let now = Instant::now();
-            if now >= deadline || answered_error.count_ones() as usize == order.len() {
-                break;
-            }
-            if answered_error & (1 << index) != 0 {
-                continue;
-            }
-            let server = &self.servers[index];
-            let wait = server.try_timeout(self.try_timeout).min(deadline - now);
-            let id: u16 = rand::random();
-            request[..2].copy_from_slice(&id.to_be_bytes());
-            match try_server(server, &request, wait).await {
-                Try::Answer(answer) => match judge(&answer) {
-                    Ok(()) => return Ok(answer),
-                    Err(code) => {
-                        debug!(server = %server.label, %code, "upstream server answered an error");
-                        answered_error |= 1 << index;
-                        rcode = Some(code);
-                    }
-                },
-                Try::Failed(err) => {
-                    debug!(server = %server.label, %err, "upstream server failed");
-                    last_error = Some(err);
-                }
-                Try::TimedOut => debug!(server = %server.label, "upstream server timed out"),
-            }
-        }
-        let group = self.name.clone();
-        Err(match (rcode, last_error) {
-            (Some(rcode), _) => UpstreamError::Rcode { group, rcode },
-            (None, Some(source)) => UpstreamError::Failed { group, source },
-            (None, None) => UpstreamError::Timeout {
-                group,
-                timeout: self.timeout,
-            },
-        })
-    }
-
-    /// Asks a down server `request` in the background; its answer (or not) decides whether
-    /// it is up again. The query that found the probe due does not wait for it.
-    fn probe(&self, index: usize, request: &[u8]) {
-        let server = &self.servers[index];
-        debug!(server = %server.label, "probing a down upstream server");
-        let server = server.clone();
-        let mut request = request.to_vec();
-        request[..2].copy_from_slice(&rand::random::<u16>().to_be_bytes());
-        let wait = self.try_timeout;
-        tokio::spawn(async move {
-            let _ = try_server(&server, &request, wait).await;
-        });
-    }
-}
-
-/// Rounds over a group's servers one query may make (time permitting).
-const MAX_ROUNDS: usize = 3;
-
-/// How one try went.
-enum Try {
-    Answer(Vec<u8>),
-    Failed(io::Error),
-    TimedOut,
-}
-
-/// One try of `server`, within `wait`, counted in its health and metrics.
-async fn try_server(server: &Server, request: &[u8], wait: Duration) -> Try {
-    let started = Instant::now();
-    server.metrics.in_flight.inc();
-    let asked = tokio::time::timeout(wait, async {
-        if server.tls {
-            server.streams.ask(request).await
-        } else {
-            ask_udp(server, request).await
-        }
-    })
-    .await;
-    server.metrics.in_flight.dec();
-    let now = Instant::now();
-    let (result, outcome) = match asked {
-        Ok(Ok(answer)) => {
-            server.answered(now - started);
-            (UpstreamResult::Ok, Try::Answer(answer))
-        }
-        Ok(Err(err)) => {
-            server.failed(now - started, now);
-            (UpstreamResult::Error, Try::Failed(err))
-        }
-        Err(_) => {
-            server.failed(wait, now);
-            (UpstreamResult::Timeout, Try::TimedOut)
-        }
-    };
-    server.metrics.result(result);
-    outcome
-}
-
 /// Whether `answer` is one to relay (NOERROR, NXDOMAIN), else its error rcode.
 fn judge(answer: &[u8]) -> Result<(), ResponseCode> {
     match ResponseCode::from_low(answer[3] & 0x0F) {
@@ -421,57 +340,6 @@ fn answers(request: &[u8], answer: &[u8]) -> bool {
         && answer[2] & 0x80 != 0
         && wire::u16_at(answer, 4) == 1
         && answer[HEADER_LEN..question_end].eq_ignore_ascii_case(&request[HEADER_LEN..question_end])
-}
-
-/// Asks over UDP from a fresh socket (connected: only the server's datagrams reach it),
-/// ignoring datagrams that do not answer; over the server's stream connection when the answer
-/// is truncated. The query is sent before the socket joins the runtime's poller, so the send
-/// never waits for a poller turn.
-async fn ask_udp(server: &Server, request: &[u8]) -> io::Result<Vec<u8>> {
-    let socket = fresh_socket(server.addr)?;
-    socket.send(request)?;
-    let socket = UdpSocket::from_std(socket.into())?;
-    // A responder keeps to our advertised payload (RFC 6891 §6.2.5); larger comes truncated.
-    let mut buf = vec![0u8; usize::from(OUR_UDP_PAYLOAD)];
-    loop {
-        let len = socket.recv(&mut buf).await?;
-        if !answers(request, &buf[..len]) {
-            continue; // not ours: a forgery, or a late answer to an earlier query
-        }
-        if buf[2] & 0x02 != 0 {
-            drop(socket);
-            return server.streams.ask(request).await;
-        }
-        buf.truncate(len);
-        return Ok(buf);
-    }
-}
-
-/// Tries at binding a random port before leaving the choice to the kernel.
-const PORT_TRIES: usize = 8;
-
-/// A non-blocking UDP socket on a random port in 1024-65535 (the kernel's pick if the tries
-/// find only ports in use), connected to `server`.
-fn fresh_socket(server: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(server),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.set_nonblocking(true)?;
-    let any = |port| match server {
-        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
-        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], port)),
-    };
-    let random = (0..PORT_TRIES).find_map(|_| {
-        let port = rand::random_range(1024..=u16::MAX);
-        socket.bind(&any(port).into()).ok()
-    });
-    if random.is_none() {
-        socket.bind(&any(0).into())?;
-    }
-    socket.connect(&server.into())?;
-    Ok(socket)
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::name::MAX_WIRE_LEN;
 use crate::wire::push_opt;
 use crate::wire::{
-    self, EdeCode, HEADER_LEN, Query, Record, SVC_ECH, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA,
+    self, EdeCode, HEADER_LEN, Query, SVC_ECH, Sections, TYPE_CNAME, TYPE_OPT, TYPE_SOA,
 };
 
 /// Upper bound on how long any answer is kept (and on the TTLs served from it).
@@ -29,13 +30,13 @@ pub struct Answer {
     /// Header, question (lowercase), records; no OPT.
     wire: Box<[u8]>,
     /// Offsets of every record's TTL field.
-    ttl_at: Box<[u16]>,
+    ttl_at: SmallVec<[u16; 8]>,
     stored_at: Instant,
     expires_at: Instant,
     /// CNAME targets in the answer section, lowercase wire format.
     cname_targets: Box<[Box<[u8]>]>,
     /// Addresses in the answer section (A, AAAA, SVCB/HTTPS hints), for IP lists.
-    addresses: Box<[IpAddr]>,
+    addresses: SmallVec<[IpAddr; 2]>,
     /// What segments with `strip_ech` get instead, if the answer carries ECH.
     without_ech: WithoutEch,
     /// For a failure entry: the expired answer it replaced, served stale meanwhile.
@@ -67,43 +68,34 @@ impl Answer {
     /// Takes an upstream response to `query`: strips its OPT, records where the TTLs are, and
     /// computes how long it may be kept (RFC 2308 §5 for negative answers: the SOA's TTL,
     /// capped by its MINIMUM, which is also written back as the SOA's TTL).
-    pub fn from_upstream(
-        query: &Query,
-        mut msg: Vec<u8>,
-        now: Instant,
-    ) -> Result<Answer, AnswerError> {
-        let sections = Sections::read(&msg).ok_or(AnswerError::Malformed)?;
+    /// One heap allocation for a usual answer (its wire bytes), two or more only for CNAME
+    /// chains, many records or ECH.
+    pub fn from_upstream(query: &Query, msg: &[u8], now: Instant) -> Result<Answer, AnswerError> {
+        let sections = Sections::read(msg).ok_or(AnswerError::Malformed)?;
         let question_end = HEADER_LEN + query.question().len();
-        if wire::u16_at(&msg, 4) != 1
+        if wire::u16_at(msg, 4) != 1
             || msg.len() < question_end
             || !msg[HEADER_LEN..question_end].eq_ignore_ascii_case(query.question())
         {
             return Err(AnswerError::WrongQuestion);
         }
-        let opt = sections
-            .additionals
-            .iter()
-            .position(|r| r.rtype == TYPE_OPT);
-        let mut additionals = sections.additionals.clone();
-        if let Some(i) = opt {
-            if i + 1 != additionals.len() {
-                // Names after the OPT may point anywhere: only a trailing OPT is cut out.
-                return Err(AnswerError::Malformed);
-            }
-            msg.truncate(additionals[i].start);
-            additionals.pop();
-            let arcount = additionals.len() as u16;
-            wire::set_u16(&mut msg, 10, arcount);
-        }
-        msg[HEADER_LEN..question_end].copy_from_slice(&query.question().to_ascii_lowercase());
+        let additionals = &sections.additionals;
+        let opt = additionals.iter().position(|r| r.rtype == TYPE_OPT);
+        let (end, additionals) = match opt {
+            // Names after the OPT may point anywhere: only a trailing OPT is cut out.
+            Some(i) if i + 1 != additionals.len() => return Err(AnswerError::Malformed),
+            Some(i) => (additionals[i].start, &additionals[..i]),
+            None => (msg.len(), &additionals[..]),
+        };
+        let mut msg: Box<[u8]> = msg[..end].into();
+        wire::set_u16(&mut msg, 10, additionals.len() as u16);
+        msg[HEADER_LEN..HEADER_LEN + query.name().len()].make_ascii_lowercase();
 
-        let records: Vec<Record> = sections
-            .answers
-            .iter()
-            .chain(&sections.authorities)
-            .chain(&additionals)
-            .copied()
-            .collect();
+        let records = || {
+            (sections.answers.iter())
+                .chain(&sections.authorities)
+                .chain(additionals)
+        };
         let rcode = msg[3] & 0x0F;
         let mut negative_ttl = None;
         if sections.answers.is_empty() || rcode != 0 {
@@ -124,18 +116,18 @@ impl Answer {
                 .unwrap_or(0),
         }
         .min(MAX_TTL);
-        for r in &records {
+        for r in records() {
             let ttl = wire::u32_at(&msg, r.ttl_at).min(MAX_TTL);
             msg[r.ttl_at..r.ttl_at + 4].copy_from_slice(&ttl.to_be_bytes());
         }
-        let mut addresses = Vec::new();
+        let mut addresses = SmallVec::new();
         for record in &sections.answers {
             wire::record_addresses(&msg, record, &mut addresses);
         }
         let has_ech = (sections.answers.iter()).any(|r| wire::has_svc_param(&msg, r, SVC_ECH));
         let without_ech = if has_ech {
             strip_ech(&msg)
-                .and_then(|stripped| Answer::from_upstream(query, stripped, now).ok())
+                .and_then(|stripped| Answer::from_upstream(query, &stripped, now).ok())
                 .map_or(WithoutEch::Unstrippable, |a| {
                     WithoutEch::Stripped(Box::new(a))
                 })
@@ -149,12 +141,12 @@ impl Answer {
             .filter_map(|r| wire::read_name(&msg, r.rdata_at).map(Vec::into_boxed_slice))
             .collect();
         Ok(Answer {
-            ttl_at: records.iter().map(|r| r.ttl_at as u16).collect(),
-            wire: msg.into_boxed_slice(),
+            ttl_at: records().map(|r| r.ttl_at as u16).collect(),
+            wire: msg,
             stored_at: now,
             expires_at: now + Duration::from_secs(keep.into()),
             cname_targets,
-            addresses: addresses.into_boxed_slice(),
+            addresses,
             without_ech,
             stale: None,
         })
@@ -215,11 +207,11 @@ impl Answer {
         wire.extend_from_slice(&query.question().to_ascii_lowercase());
         Answer {
             wire: wire.into_boxed_slice(),
-            ttl_at: Box::new([]),
+            ttl_at: SmallVec::new(),
             stored_at: now,
             expires_at: now + lifetime,
             cname_targets: Box::new([]),
-            addresses: Box::new([]),
+            addresses: SmallVec::new(),
             without_ech: WithoutEch::Same,
             stale,
         }
@@ -302,9 +294,14 @@ fn strip_ech(msg: &[u8]) -> Option<Vec<u8>> {
     message.to_vec().ok()
 }
 
+/// A stored key: inline up to `KEY_INLINE` bytes (names of up to 43), so storing an answer
+/// for a usual name allocates nothing for its key.
+pub type Key = SmallVec<[u8; KEY_INLINE]>;
+const KEY_INLINE: usize = 48;
+
 /// Bounded map from question (name, type, class, DO, CD) to answer.
 pub struct Cache {
-    map: quick_cache::sync::Cache<Box<[u8]>, Arc<Answer>>,
+    map: quick_cache::sync::Cache<Key, Arc<Answer>>,
 }
 
 impl Cache {
@@ -348,7 +345,7 @@ impl Cache {
     pub fn insert(&self, query: &Query, answer: Arc<Answer>) {
         if answer.is_cacheable() {
             let (key, len) = key(query);
-            self.map.insert(key[..len].into(), answer);
+            self.map.insert(Key::from_slice(&key[..len]), answer);
         }
     }
 
@@ -410,7 +407,7 @@ mod tests {
         let plain = query_bytes(1, name, true);
         let plain = Query::parse(&plain).unwrap();
         let cache = Cache::new(10).unwrap();
-        let answer = Answer::from_upstream(&plain, upstream_answer(300), Instant::now()).unwrap();
+        let answer = Answer::from_upstream(&plain, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&plain, Arc::new(answer));
         assert!(cache.get(&plain, Instant::now(), Duration::ZERO).is_some());
         for (dnssec_ok, cd) in [(true, false), (false, true), (true, true)] {
@@ -471,7 +468,7 @@ mod tests {
         let packet = query_bytes(7, b"\x01A\x07eXample\x00", true);
         let query = Query::parse(&packet).unwrap();
         let cache = Cache::new(10).unwrap();
-        let answer = Answer::from_upstream(&query, upstream_answer(300), Instant::now()).unwrap();
+        let answer = Answer::from_upstream(&query, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&query, Arc::new(answer));
 
         tokio::time::advance(Duration::from_secs(100)).await;
@@ -514,12 +511,12 @@ mod tests {
         let packet = query_bytes(7, b"\x01a\x07example\x00", false);
         let query = Query::parse(&packet).unwrap();
         let now = Instant::now();
-        let answer = Answer::from_upstream(&query, upstream_answer(0), now).unwrap();
+        let answer = Answer::from_upstream(&query, &upstream_answer(0), now).unwrap();
         assert!(!answer.is_cacheable());
         let wrong = query_bytes(7, b"\x01b\x07example\x00", false);
         let wrong = Query::parse(&wrong).unwrap();
         assert_eq!(
-            Answer::from_upstream(&wrong, upstream_answer(60), now).err(),
+            Answer::from_upstream(&wrong, &upstream_answer(60), now).err(),
             Some(AnswerError::WrongQuestion)
         );
     }
@@ -551,7 +548,7 @@ mod tests {
         let packet = https_query();
         let query = Query::parse(&packet).unwrap();
         let answer =
-            Answer::from_upstream(&query, https_answer(&[192, 0, 2, 1], true), Instant::now())
+            Answer::from_upstream(&query, &https_answer(&[192, 0, 2, 1], true), Instant::now())
                 .unwrap();
         assert_eq!(answer.addresses(), ["192.0.2.1".parse::<IpAddr>().unwrap()]);
         let WithoutEch::Stripped(stripped) = answer.without_ech() else {
@@ -570,7 +567,7 @@ mod tests {
         let packet = https_query();
         let query = Query::parse(&packet).unwrap();
         let msg = https_answer(&[192, 0, 2, 1, 9], false);
-        let answer = Answer::from_upstream(&query, msg, Instant::now()).unwrap();
+        let answer = Answer::from_upstream(&query, &msg, Instant::now()).unwrap();
         assert!(matches!(answer.without_ech(), WithoutEch::Unstrippable));
         assert_eq!(answer.addresses().len(), 1);
     }

@@ -1,18 +1,22 @@
 //! Identical questions in flight share one upstream exchange: the first to ask leads, the
 //! others follow and get the leader's result. Keyed like the cache (name, type, class, DO,
-//! CD). A lock is taken only on the miss path, never for blocked or cached answers.
+//! CD). A lock is taken only on the miss path, never for blocked or cached answers. A leader
+//! that nobody follows costs no channel: each follower brings its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use rustc_hash::FxBuildHasher;
+use tokio::sync::oneshot;
 
-/// Where a question's result comes: `None` until the leader has it.
-pub type Result<T> = watch::Receiver<Option<T>>;
+use crate::cache::Key;
 
-/// Questions in flight, each with the channel its result comes on.
+/// Where a question's result comes (an error if the leader went away without one).
+pub type Result<T> = oneshot::Receiver<T>;
+
+/// Questions in flight, each with its followers.
 pub struct InFlight<T> {
-    map: Mutex<HashMap<Box<[u8]>, Result<T>>>,
+    map: Mutex<HashMap<Key, Vec<oneshot::Sender<T>>, FxBuildHasher>>,
 }
 
 /// What one asker of a question is to do.
@@ -26,29 +30,30 @@ pub enum Join<T> {
 /// The leader of a question; dropping it (also without `finish`) frees the question.
 pub struct Lead<T> {
     in_flight: Arc<InFlight<T>>,
-    key: Box<[u8]>,
-    result: watch::Sender<Option<T>>,
+    /// `None` once finished.
+    key: Option<Key>,
 }
 
 impl<T: Clone> InFlight<T> {
     pub fn new() -> Arc<InFlight<T>> {
         Arc::new(InFlight {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
         })
     }
 
     /// Leads the question `key`, or follows the asker that already leads it.
     pub fn join(self: &Arc<Self>, key: &[u8]) -> Join<T> {
         let mut map = self.map.lock().expect("in-flight lock");
-        if let Some(result) = map.get(key) {
-            return Join::Follower(result.clone());
+        if let Some(followers) = map.get_mut(key) {
+            let (tx, rx) = oneshot::channel();
+            followers.push(tx);
+            return Join::Follower(rx);
         }
-        let (tx, rx) = watch::channel(None);
-        map.insert(key.into(), rx);
+        let key = Key::from_slice(key);
+        map.insert(key.clone(), Vec::new());
         Join::Leader(Lead {
             in_flight: self.clone(),
-            key: key.into(),
-            result: tx,
+            key: Some(key),
         })
     }
 
@@ -59,27 +64,35 @@ impl<T: Clone> InFlight<T> {
     }
 }
 
+impl<T: Clone> Lead<T> {
+    /// Hands `result` to every follower, and frees the question.
+    pub fn finish(mut self, result: T) {
+        for follower in self.free() {
+            let _ = follower.send(result.clone());
+        }
+    }
+}
+
 impl<T> Lead<T> {
-    /// Hands `result` to every follower.
-    pub fn finish(self, result: T) {
-        self.result.send_replace(Some(result));
+    fn free(&mut self) -> Vec<oneshot::Sender<T>> {
+        let Some(key) = self.key.take() else {
+            return Vec::new();
+        };
+        let mut map = self.in_flight.map.lock().expect("in-flight lock");
+        map.remove(&key).unwrap_or_default()
     }
 }
 
 impl<T> Drop for Lead<T> {
+    /// A leader gone without a result frees the question; its followers get none.
     fn drop(&mut self) {
-        self.in_flight
-            .map
-            .lock()
-            .expect("in-flight lock")
-            .remove(&self.key);
+        drop(self.free());
     }
 }
 
 /// The leader's result, or `None` when it went away without one.
-pub async fn followed<T: Clone>(mut result: Result<T>) -> Option<T> {
-    let got = result.wait_for(Option::is_some).await.ok()?;
-    got.clone()
+pub async fn followed<T>(result: Result<T>) -> Option<T> {
+    result.await.ok()
 }
 
 #[cfg(test)]

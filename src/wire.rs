@@ -273,17 +273,20 @@ impl Record {
 /// The addresses `record` of `msg` carries: an A or AAAA record's, or the `ipv4hint` and
 /// `ipv6hint` of an SVCB or HTTPS record (whose target name is never compressed, RFC 9460
 /// §2.2). Appended to `out`; a malformed record adds nothing more.
-pub fn record_addresses(msg: &[u8], record: &Record, out: &mut Vec<std::net::IpAddr>) {
+pub fn record_addresses(msg: &[u8], record: &Record, out: &mut impl Extend<std::net::IpAddr>) {
     let rdata = &msg[record.rdata_at..record.end];
     if record.class != CLASS_IN {
         return;
     }
     match record.rtype {
-        TYPE_A if rdata.len() == 4 => {
-            out.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(rdata).expect("4 bytes")).into())
-        }
+        TYPE_A if rdata.len() == 4 => out
+            .extend([
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(rdata).expect("4 bytes")).into(),
+            ]),
         TYPE_AAAA if rdata.len() == 16 => out
-            .push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(rdata).expect("16 bytes")).into()),
+            .extend([
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(rdata).expect("16 bytes")).into(),
+            ]),
         TYPE_SVCB | TYPE_HTTPS => {
             for (key, value) in svc_params(rdata) {
                 match key {
@@ -368,11 +371,14 @@ pub fn read_name(msg: &[u8], mut at: usize) -> Option<Vec<u8>> {
     }
 }
 
+/// Records of one section; a usual answer's fit without a heap allocation.
+pub type SectionRecords = smallvec::SmallVec<[Record; 8]>;
+
 /// The positions of every record in a message, section by section.
 pub struct Sections {
-    pub answers: Vec<Record>,
-    pub authorities: Vec<Record>,
-    pub additionals: Vec<Record>,
+    pub answers: SectionRecords,
+    pub authorities: SectionRecords,
+    pub additionals: SectionRecords,
 }
 
 impl Sections {
@@ -385,8 +391,8 @@ impl Sections {
         if u16_at(msg, 4) == 1 {
             at = skip_name(msg, at)? + 4;
         }
-        let mut read = |count: u16| -> Option<Vec<Record>> {
-            let mut records = Vec::with_capacity(count as usize);
+        let mut read = |count: u16| -> Option<SectionRecords> {
+            let mut records = SectionRecords::new();
             for _ in 0..count {
                 let record = Record::read(msg, at)?;
                 at = record.end;

@@ -102,6 +102,7 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::U
         // A port picked by the kernel could be picked again, between the probe and the
         // SO_REUSEPORT binds, by another listener of this user: which would then share our
         // traffic. So an "any port" listener keeps its one exclusive socket.
+        grow_receive_buffer(&socket2::SockRef::from(&probe));
         return Ok(vec![probe]);
     }
     let bound = probe.local_addr()?;
@@ -113,6 +114,7 @@ pub(super) fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::U
             socket.set_only_v6(true)?;
         }
         socket.set_reuse_port(true)?;
+        grow_receive_buffer(&socket2::SockRef::from(&socket));
         socket.bind(&bound.into())?;
         sockets.push(socket.into());
     }
@@ -145,6 +147,16 @@ struct Misses {
     /// (deadline, slot, serial), earliest first; entries of misses already done are skipped.
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     serial: u64,
+}
+
+/// The receive buffer a listener asks for: a burst of queries waits there while the loop is
+/// busy (the kernel caps it at `net.core.rmem_max`; raise that to get all of it).
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+fn grow_receive_buffer(socket: &socket2::SockRef<'_>) {
+    if let Err(err) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        debug!(%err, "cannot grow the UDP receive buffer");
+    }
 }
 
 fn receive_loop(
@@ -303,8 +315,7 @@ impl Loop<'_> {
         match read {
             Ok(len) => {
                 let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.gateway
-                        .settle(miss.leading, Ok(buf[..len].to_vec()), out);
+                    self.gateway.settle(miss.leading, Ok(&buf[..len]), out);
                 }));
                 match step {
                     Ok(()) => self.send(out, miss.client),
@@ -345,7 +356,7 @@ impl Loop<'_> {
                     }
                 };
                 let mut out = Vec::with_capacity(512);
-                gateway.settle(leading, forwarded, &mut out);
+                gateway.settle(leading, forwarded.as_deref(), &mut out);
                 send_later(&socket, &out, client).await;
             },
             self.runtime,

@@ -257,7 +257,7 @@ fn fresh_socket(server: SocketAddr) -> io::Result<Socket> {
 /// readable, or [`super::Admitted::udp_timed_out`] at `deadline()`.
 pub struct UdpTry {
     socket: std::net::UdpSocket,
-    request: Vec<u8>,
+    request: super::Request,
     server: usize,
     started: Instant,
     tried_at: Instant,

@@ -315,8 +315,11 @@ fn judge(answer: &[u8]) -> Result<(), ResponseCode> {
 
 /// The query portvakt sends: ID `id`, RD, the client's CD, the question in lowercase, and an
 /// OPT with our UDP size and the client's DO.
-fn request(query: &Query, id: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + query.question().len() + 11);
+/// A query as sent upstream: at most 12 + 255 + 4 + 11 bytes, inline.
+type Request = smallvec::SmallVec<[u8; 288]>;
+
+fn request(query: &Query, id: u16) -> Request {
+    let mut out = Request::new();
     out.extend_from_slice(&id.to_be_bytes());
     out.push(0x01);
     out.push(if query.checking_disabled() { 0x10 } else { 0 });

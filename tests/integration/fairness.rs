@@ -63,7 +63,7 @@ segment = [{ name = "flooder", networks = ["127.0.0.2/32"] },
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(4)).await;
     }
     // Meanwhile another client's misses are answered, not shed.
     let office = gateway.client_from("127.0.0.3");

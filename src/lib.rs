@@ -108,11 +108,18 @@ pub struct Running {
 pub async fn start(config: Config, source: ConfigSource) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let fetcher = Fetcher::new(metrics.clone());
+    // Until the policy is in force, list hosts are resolved through the config's groups.
+    let first = Arc::new(upstream::Upstreams::new(&config.upstreams, &metrics));
+    fetcher.resolve_with(Box::new(move || first.clone()));
     fetcher.prepare(&config, false).await?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen);
     let policy = Policy::compile(config, &metrics, 1)?;
     reload::release_freed_memory();
     let gateway = Arc::new(Gateway::new(policy, metrics));
+    let running = gateway.clone();
+    fetcher.resolve_with(Box::new(move || {
+        running.with_policy(|policy| policy.upstreams().clone())
+    }));
     let root = CancellationToken::new();
     // From here on, any early return stops what was started.
     let root_guard = root.clone().drop_guard();

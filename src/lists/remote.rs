@@ -6,8 +6,9 @@
 //! The shrink guard: a download that loses more than `max_shrink` of the copy's entries is
 //! rejected, since a truncated download must not unblock most of a list.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -19,6 +20,7 @@ use crate::config::{Config, ListConfig, RemoteSource};
 use crate::error;
 use crate::lists;
 use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
 
 /// One request's limit, so a stalled source cannot hold a refresh or the start forever.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -108,15 +110,44 @@ pub struct Fetcher {
     /// Built on first use: loading the root certificates costs time and memory that a
     /// config without `urls` does not need.
     client: Arc<OnceLock<reqwest::Client>>,
+    resolver: Arc<UpstreamResolver>,
     metrics: Arc<Metrics>,
+}
+
+/// The upstream groups to resolve with now: the running policy's.
+pub type CurrentUpstreams = Box<dyn Fn() -> Arc<Upstreams> + Send + Sync>;
+
+/// Resolves the host names of list URLs through portvakt's own upstream groups.
+#[derive(Default)]
+struct UpstreamResolver {
+    current: Mutex<Option<Arc<CurrentUpstreams>>>,
+}
+
+impl reqwest::dns::Resolve for UpstreamResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let current = self.current.lock().expect("not poisoned").clone();
+        Box::pin(async move {
+            let current = current.ok_or("no upstream groups to resolve list hosts with")?;
+            let addresses = current().resolve(name.as_str()).await?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(addresses.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
 }
 
 impl Fetcher {
     pub fn new(metrics: Arc<Metrics>) -> Fetcher {
         Fetcher {
             client: Arc::default(),
+            resolver: Arc::default(),
             metrics,
         }
+    }
+
+    /// List hosts are resolved through `current()` from now on.
+    pub fn resolve_with(&self, current: CurrentUpstreams) {
+        *self.resolver.current.lock().expect("not poisoned") = Some(Arc::new(current));
     }
 
     fn client(&self) -> &reqwest::Client {
@@ -124,6 +155,7 @@ impl Fetcher {
             reqwest::Client::builder()
                 .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
                 .timeout(FETCH_TIMEOUT)
+                .dns_resolver(self.resolver.clone())
                 .build()
                 .expect("an HTTP client with the built-in TLS settings")
         })

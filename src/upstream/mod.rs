@@ -11,6 +11,7 @@
 //! came: deciding and caching are the gateway's.
 
 mod exchange;
+mod resolve;
 mod server;
 mod stream;
 

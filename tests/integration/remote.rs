@@ -173,3 +173,44 @@ async fn a_list_url_without_a_copy_and_no_source_stops_the_start() {
         "{err}"
     );
 }
+
+/// A list URL's host name is resolved through portvakt's own upstream groups (here the
+/// conditional group of its zone), not the host's resolver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_host_is_resolved_through_the_upstream_groups() {
+    let served = Arc::new(Mutex::new(Served::default()));
+    serve(&served, "tiktok.com\nt.me\n", "v1");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = http.local_addr().unwrap().port();
+    let router = Router::new()
+        .route("/tiktok.txt", get(list))
+        .with_state(served.clone());
+    let http_task = tokio::spawn(async move { axum::serve(http, router).await.unwrap() });
+
+    let default = FakeUpstream::new().start().await;
+    let internal = FakeUpstream::new()
+        .with_a("lists.kommune.test.", "127.0.0.1")
+        .start()
+        .await;
+    let state = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "server.state_dir = {:?}\n[lists.remote]\nurls = [\"http://lists.kommune.test:{port}/tiktok.txt\"]\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"remote\"]\n",
+        state.path().display().to_string()
+    );
+    let gateway = TestGateway::start_with_upstreams(
+        &[(&default, &[]), (&internal, &["kommune.test"])],
+        &policy,
+    )
+    .await;
+    assert!(
+        internal.queries_for("lists.kommune.test.") >= 1,
+        "asked the zone's group"
+    );
+    assert_eq!(default.queries_for("lists.kommune.test."), 0);
+    assert_eq!(served.lock().unwrap().requests, 1, "downloaded");
+    let staff = gateway.client_from("127.0.0.2");
+    let answer = staff.udp_a("www.tiktok.com.").await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    gateway.shutdown().await;
+    http_task.abort();
+}

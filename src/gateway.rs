@@ -56,9 +56,9 @@ pub struct Pending {
     /// Admitted to its upstream group (of the policy it started under).
     upstream: Admitted,
     client: IpAddr,
-    /// The client's query: inline up to 512 bytes (nearly every query), so a miss allocates
+    /// The client's query: inline up to 256 bytes (nearly every query), so a miss allocates
     /// nothing for it.
-    packet: smallvec::SmallVec<[u8; 512]>,
+    packet: smallvec::SmallVec<[u8; 256]>,
     transport: Transport,
     started: std::time::Instant,
     _permit: OwnedSemaphorePermit,

@@ -231,12 +231,12 @@ async fn ask_udp(server: &Server, request: &[u8]) -> io::Result<Vec<u8>> {
 /// A non-blocking UDP socket on a random port in 1024-65535 (the kernel's pick if the tries
 /// find only ports in use), connected to `server`.
 fn fresh_socket(server: SocketAddr) -> io::Result<Socket> {
+    // Non-blocking from the start: no fcntl calls.
     let socket = Socket::new(
         Domain::for_address(server),
-        Type::DGRAM,
+        Type::DGRAM.nonblocking(),
         Some(Protocol::UDP),
     )?;
-    socket.set_nonblocking(true)?;
     let any = |port| match server {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], port)),

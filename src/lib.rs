@@ -10,7 +10,11 @@
 //!                   policy/     (segment, qname) ─► Decision, one pass over the name's suffixes
 //!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
 //!                     └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
-//!                                        └miss─► gateway.rs forward ─► upstream.rs ─► cache.rs
+//!                                        └miss─► gateway.rs join (coalesce.rs: lead or follow)
+//!                                                 ─► upstream/ server order, one try per server:
+//!                                                    UDP from a fresh random port (first try sent
+//!                                                    and read by udp.rs's loop), TCP/TLS reused
+//!                                                 ─► gateway.rs settle ─► cache.rs ─► reply
 //!                   gateway.rs finish: every reply fitted to the transport and counted (metrics.rs)
 //! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API) ─► Gateway::swap
 //! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload}

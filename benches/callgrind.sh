@@ -6,6 +6,7 @@
 # and shutdown. Deterministic to well under 1 %, so two builds compare at a glance.
 #
 #   cargo build --release && benches/callgrind.sh [BINARY...]   (default target/release/portvakt)
+#   EXTRA_CONFIG=$'[rate_limit]\nqps = 100000000' benches/callgrind.sh   (TOML appended to the config)
 #
 # Needs root, valgrind, dnsperf, dig and the data of ../shared/bench/gen-data.sh.
 set -euo pipefail
@@ -22,6 +23,7 @@ RUN=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$RUN"' EXIT
 sed -e "s#@GW_PORT@#5353#g; s#@UP_PORT@#5300#g; s#@BLOCKLIST@#$DATA/blocklist.txt#g" \
   "$BENCH/configs/portvakt.toml.tmpl" > "$RUN/portvakt.toml"
+[[ -z ${EXTRA_CONFIG:-} ]] || printf '%s\n' "$EXTRA_CONFIG" >> "$RUN/portvakt.toml"
 
 # Instructions and answered queries of one run with `passes` passes over the query file.
 measure() {

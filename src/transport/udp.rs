@@ -264,16 +264,21 @@ struct Loop<'a> {
 impl Loop<'_> {
     /// Answers one client datagram: at once, or by starting (or joining) a miss.
     fn handle(&self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>, misses: &mut Misses) {
-        // A bug must not take a receive loop, and its share of clients, down with it.
-        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.gateway
-                .answer_now(packet, client.ip(), Transport::Udp, out)
+        // A bug must not take a receive loop, and its share of clients, down with it. (The
+        // step stays inside: moving it out would copy the pending query on every answer.)
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.step(packet, client, out, misses);
         }));
-        let Ok(step) = step else {
+        if handled.is_err() {
             error!("panic while answering a UDP query; the loop goes on");
-            return;
-        };
-        match step {
+        }
+    }
+
+    fn step(&self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>, misses: &mut Misses) {
+        match self
+            .gateway
+            .answer_now(packet, client.ip(), Transport::Udp, out)
+        {
             Step::Reply => self.send(out, client),
             Step::Drop => {}
             Step::Forward(pending) => match self.gateway.join(pending) {

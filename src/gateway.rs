@@ -19,6 +19,7 @@ use crate::cache::{self, Answer, Cache, WithoutEch};
 use crate::coalesce::{self, InFlight, Join, Lead};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
+use crate::ratelimit::Limit;
 use crate::reply;
 use crate::segment::SegmentId;
 use crate::upstream::{Admitted, UpstreamError};
@@ -247,6 +248,24 @@ impl Gateway {
             reply::refused(&query, out);
             return self.finish(&policy, &ctx, Outcome::Refused, out);
         };
+        if transport == Transport::Udp {
+            match policy.rate_limit(segment, client, started) {
+                Limit::Pass => {}
+                Limit::Drop => {
+                    policy.metrics().segments[segment.0 as usize]
+                        .rate_limited
+                        .inc();
+                    return Step::Drop;
+                }
+                Limit::Slip => {
+                    policy.metrics().segments[segment.0 as usize]
+                        .rate_limited
+                        .inc();
+                    reply::truncated(&query, 0, out);
+                    return self.finish(&policy, &ctx, Outcome::Allowed, out);
+                }
+            }
+        }
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
             return self.finish(&policy, &ctx, Outcome::BadVersion, out);

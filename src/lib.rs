@@ -31,6 +31,7 @@ mod bypass;
 mod error;
 mod metrics;
 mod name;
+mod ratelimit;
 mod segment;
 mod wire;
 // Config, then what is read from it.

@@ -101,6 +101,7 @@ pub struct Metrics {
     blocked: IntCounterVec,
     bypass: IntCounterVec,
     shed: IntCounterVec,
+    rate_limited: IntCounterVec,
     upstream_queries: IntCounterVec,
     upstream_duration: HistogramVec,
     server_queries: IntCounterVec,
@@ -207,6 +208,11 @@ impl Metrics {
             "portvakt_shed_total",
             "Cache misses answered SERVFAIL because an in-flight budget was full: the client's, the total, or the upstream group's.",
             &["segment", "reason"],
+        );
+        let rate_limited = counter(
+            "portvakt_rate_limited_total",
+            "UDP queries over their client's rate limit: dropped, or answered truncated (slip) so a real client retries over TCP.",
+            &["segment"],
         );
         let responses = counter(
             "portvakt_responses_total",
@@ -343,6 +349,7 @@ impl Metrics {
             blocked,
             bypass,
             shed,
+            rate_limited,
             upstream_queries,
             upstream_duration,
             server_queries,
@@ -386,6 +393,7 @@ impl Metrics {
             blocked,
             bypass,
             shed,
+            rate_limited: self.rate_limited.with_label_values(&[segment]),
         }
     }
 
@@ -441,6 +449,7 @@ impl Metrics {
         prune(&self.blocked, stale);
         prune(&self.bypass, stale);
         prune(&self.shed, stale);
+        prune(&self.rate_limited, stale);
         prune(&self.list_entries, stale);
         prune(&self.list_updates, stale);
         prune(&self.upstream_queries, stale);
@@ -494,6 +503,8 @@ pub struct SegmentMetrics {
     bypass: [IntCounter; BypassKind::ALL.len()],
     /// Indexed by `ShedReason as usize`.
     shed: [IntCounter; ShedReason::ALL.len()],
+    /// Queries over the client's rate (dropped, or answered truncated).
+    pub rate_limited: IntCounter,
 }
 
 impl SegmentMetrics {

@@ -33,6 +33,30 @@ pub struct ConfigFile {
     pub upstream: Vec<Spanned<UpstreamSection>>,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+}
+
+/// `[rate_limit]`: per client address, over UDP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Queries per second per client in every segment without its own `rate_limit`; 0 (the
+    /// default): no limit.
+    #[serde(default)]
+    pub qps: u32,
+    /// Queries a client may send at once; twice `qps` by default.
+    pub burst: Option<Spanned<u32>>,
+    /// Every `slip`-th dropped answer is sent truncated (TC=1), so a real client retries over
+    /// TCP; 0 drops them all. Default 2.
+    pub slip: Option<u32>,
+    /// IPv6 clients are counted by this prefix (default 56).
+    pub ipv6_prefix: Option<Spanned<u8>>,
+    /// Networks never limited (monitoring, a NAT gateway of many clients).
+    #[serde(default)]
+    pub exempt: Vec<Spanned<Network>>,
+    /// Clients tracked at once (default 65,536); past that the oldest is forgotten.
+    pub clients: Option<Spanned<usize>>,
 }
 
 /// `[server]`
@@ -204,6 +228,8 @@ pub struct SegmentSection {
     /// Built-in bypass handling; each defaults to on when the segment blocks any list.
     #[serde(default)]
     pub bypass: BypassSection,
+    /// Queries per second per client here (0: no limit); `[rate_limit] qps` by default.
+    pub rate_limit: Option<u32>,
 }
 
 /// `bypass` of a `[[segment]]`.

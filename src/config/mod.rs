@@ -53,7 +53,20 @@ pub struct Config {
     pub cache_max_entries: usize,
     /// How long after expiry an answer may be served stale (RFC 8767); zero: never.
     pub cache_stale_for: Duration,
+    pub rate_limit: RateLimitSettings,
 }
+
+/// `[rate_limit]`, checked.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    pub slip: u32,
+    pub ipv6_prefix: u8,
+    pub exempt: Vec<IpNet>,
+    pub clients: usize,
+}
+
+/// Clients a rate limiter tracks by default.
+pub const DEFAULT_RATE_CLIENTS: usize = 65_536;
 
 /// `[block]`, checked.
 #[derive(Debug, Clone)]
@@ -133,6 +146,8 @@ pub struct SegmentConfig {
     pub block: Vec<usize>,
     pub allow: Vec<usize>,
     pub bypass: BypassHandling,
+    /// Queries per second and burst per client over UDP; `None`: no limit.
+    pub rate: Option<(u32, u32)>,
 }
 
 /// Which built-in bypass handling a segment applies.
@@ -255,7 +270,9 @@ impl Checks<'_> {
             .enumerate()
             .map(|(id, list)| (list.name.as_str(), id))
             .collect();
-        let segments = self.segments(&file.segment, &list_ids);
+        let rates = &file.rate_limit;
+        let default_rate = (rates.qps, rates.burst.as_ref().map(|b| *b.get_ref()));
+        let segments = self.segments(&file.segment, &list_ids, default_rate);
 
         let unknown = &file.server.unknown_clients;
         let unknown_clients = match unknown.get_ref().as_str() {
@@ -321,6 +338,29 @@ impl Checks<'_> {
             upstreams: self.upstreams(&file.upstream),
             cache_max_entries: file.cache.max_entries,
             cache_stale_for: self.stale_for(file.cache.stale_for.as_ref()),
+            rate_limit: self.rate_limit(&file.rate_limit),
+        }
+    }
+
+    /// `[rate_limit]`; the segments' rates come from `segments`.
+    fn rate_limit(&mut self, section: &file::RateLimitSection) -> RateLimitSettings {
+        let ipv6_prefix = section.ipv6_prefix.as_ref().map_or(56, |p| {
+            if *p.get_ref() > 128 {
+                self.report(p, "ipv6_prefix is at most 128");
+            }
+            *p.get_ref()
+        });
+        let clients = section.clients.as_ref().map_or(DEFAULT_RATE_CLIENTS, |c| {
+            if !(16..=1 << 24).contains(c.get_ref()) {
+                self.report(c, "clients must be between 16 and 16777216");
+            }
+            *c.get_ref()
+        });
+        RateLimitSettings {
+            slip: section.slip.unwrap_or(2),
+            ipv6_prefix,
+            exempt: section.exempt.iter().map(|n| n.get_ref().0).collect(),
+            clients,
         }
     }
 
@@ -510,6 +550,7 @@ impl Checks<'_> {
         &mut self,
         segments: &[file::SegmentSection],
         lists: &BTreeMap<&str, usize>,
+        default_rate: (u32, Option<u32>),
     ) -> Vec<SegmentConfig> {
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut networks: HashMap<IpNet, &str> = HashMap::new();
@@ -566,12 +607,15 @@ impl Checks<'_> {
                 ddr: b.ddr.unwrap_or(on),
                 strip_ech: b.strip_ech.unwrap_or(on),
             };
+            let qps = segment.rate_limit.unwrap_or(default_rate.0);
             out.push(SegmentConfig {
                 name: name.to_owned(),
                 networks: segment.networks.iter().map(|n| n.get_ref().0).collect(),
                 block,
                 allow,
                 bypass,
+                rate: (qps > 0)
+                    .then(|| (qps, default_rate.1.unwrap_or(qps.saturating_mul(2)).max(1))),
             });
         }
         out

@@ -12,6 +12,7 @@ use crate::name;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
+use crate::ratelimit::{Rate, RateLimiter};
 use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
 
@@ -60,6 +61,16 @@ impl Policy {
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
             upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)),
+            limiter: config.segments.iter().any(|s| s.rate.is_some()).then(|| {
+                let settings = &config.rate_limit;
+                let exempt = settings.exempt.clone();
+                RateLimiter::new(
+                    settings.clients,
+                    settings.ipv6_prefix,
+                    settings.slip,
+                    exempt,
+                )
+            }),
             metrics: policy_metrics(&config, metrics),
             generation,
             loaded_at: SystemTime::now(),
@@ -131,6 +142,7 @@ fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
         name: config.name.clone(),
         blocks_addresses: !block.intersect(ip_lists).is_empty(),
         bypass: config.bypass,
+        rate: config.rate.map(|(qps, burst)| Rate { qps, burst }),
         block,
         allow: set(&config.allow),
         block_order: config.block.iter().map(|&id| ListId(id as u8)).collect(),

@@ -13,12 +13,13 @@ mod networks;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::bypass::{self, BypassKind};
 use crate::config::{BypassHandling, Config};
 use crate::lists::Rejected;
 use crate::metrics::SegmentMetrics;
+use crate::ratelimit::{Limit, Rate, RateLimiter};
 use crate::segment::{SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
 pub use block::BlockAnswers;
@@ -46,6 +47,8 @@ pub struct Policy {
     block: BlockAnswers,
     /// Shared with the queries forwarded under this policy, which hold only this part.
     upstreams: Arc<Upstreams>,
+    /// The clients' buckets, when a segment has a rate limit (new with each policy).
+    limiter: Option<RateLimiter>,
     metrics: PolicyMetrics,
     generation: u64,
     loaded_at: SystemTime,
@@ -70,6 +73,8 @@ struct Segment {
     /// Whether a list it blocks has IP entries (else answers' addresses need no check).
     blocks_addresses: bool,
     bypass: BypassHandling,
+    /// Per client over UDP; `None`: no limit.
+    rate: Option<Rate>,
 }
 
 /// A list as loaded.
@@ -231,6 +236,14 @@ impl Policy {
         &self.block
     }
 
+    /// Whether `client` of `segment` may have an answer over UDP now (its rate limit).
+    pub(crate) fn rate_limit(&self, segment: SegmentId, client: IpAddr, now: Instant) -> Limit {
+        match (&self.limiter, self.segments[segment.0 as usize].rate) {
+            (Some(limiter), Some(rate)) => limiter.check(client, rate, limiter.ms(now)),
+            _ => Limit::Pass,
+        }
+    }
+
     /// Takes over the upstream servers' health from `old` (see [`Upstreams::inherit`]).
     pub(crate) fn inherit_upstream_health(&mut self, old: &Policy) {
         if let Some(upstreams) = Arc::get_mut(&mut self.upstreams) {
@@ -269,6 +282,7 @@ mod tests {
                 ddr: true,
                 strip_ech: true,
             },
+            rate: None,
         }
     }
 

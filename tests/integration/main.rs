@@ -14,6 +14,7 @@ mod ip_lists;
 mod list_data;
 mod metrics;
 mod modules;
+mod ratelimit;
 mod reload;
 mod remote;
 mod responses;

@@ -153,7 +153,7 @@ fn read_ip_lists(lists: &[ListConfig]) -> Result<Vec<IpList<'_>>, ListError> {
         let mut seen = BTreeSet::new();
         let mut networks = Vec::new();
         for path in list.sources() {
-            lists::read_with(path, |item, _line| {
+            lists::read_with(path, lists::Limits::DEFAULT, |item, _line| {
                 if let Item::Network(net) = item
                     && seen.insert(net)
                 {

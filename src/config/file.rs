@@ -200,6 +200,11 @@ pub struct ListSection {
     /// format is detected, and a line that is only an address or network is an IP entry.
     #[serde(default)]
     pub kind: ListKind,
+    /// Entries the list may hold in all its files (default 5,000,000): past that it is
+    /// refused with the file and line, and a reload keeps the running policy.
+    pub max_entries: Option<u64>,
+    /// Bytes one of its files may have (default 512 MiB): a larger file is refused unread.
+    pub max_bytes: Option<u64>,
 }
 
 /// What a list holds.

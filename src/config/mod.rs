@@ -91,7 +91,27 @@ pub struct ListConfig {
     /// What a block by this list also counts as, if anything.
     pub bypass: Option<BypassKind>,
     pub kind: ListKind,
+    /// Entries in all its files at most.
+    pub max_entries: u64,
+    /// Bytes per file at most.
+    pub limits: ListLimits,
 }
+
+/// How large a list file may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimits {
+    pub max_bytes: u64,
+}
+
+impl ListLimits {
+    /// 512 MiB: ten times a 1M-name list in hosts format.
+    pub const DEFAULT: ListLimits = ListLimits {
+        max_bytes: 512 << 20,
+    };
+}
+
+/// Entries a list may hold by default.
+pub const DEFAULT_MAX_ENTRIES: u64 = 5_000_000;
 
 impl ListConfig {
     /// Every file the list is read from: its own files, then the copies of its URLs.
@@ -418,6 +438,10 @@ impl Checks<'_> {
                 message: list.message.clone(),
                 bypass: list.bypass.as_ref().and_then(|kind| self.list_bypass(kind)),
                 kind: list.kind,
+                max_entries: list.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
+                limits: ListLimits {
+                    max_bytes: list.max_bytes.unwrap_or(ListLimits::DEFAULT.max_bytes),
+                },
             });
         }
         out

@@ -92,19 +92,27 @@ impl ListFile {
     }
 }
 
-/// A list file that could not be read at all.
+/// A list file that could not be read at all (or was refused: over a limit).
 #[derive(Debug, thiserror::Error)]
-#[error("failed to read list file {}", path.display())]
+#[error("failed to read list file {}{}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ListError {
     pub path: PathBuf,
+    /// The line it stopped at, for a line over [`MAX_LINE`].
+    pub line: Option<u32>,
     #[source]
     pub source: std::io::Error,
 }
 
+/// A list line longer than this refuses the file: no list format needs it, and reading on
+/// would hold an arbitrarily long line in memory.
+pub const MAX_LINE: usize = 4096;
+
+pub use crate::config::ListLimits as Limits;
+
 /// Reads and parses one list file.
 pub fn read(path: &Path) -> Result<ListFile, ListError> {
     let mut file = ListFile::default();
-    file.rejected = read_with(path, |item, line| file.add(item, line))?;
+    file.rejected = read_with(path, Limits::DEFAULT, |item, line| file.add(item, line))?;
     Ok(file)
 }
 
@@ -117,23 +125,49 @@ pub fn parse(path: &Path, text: &str) -> ListFile {
 
 /// Reads one list file and hands each entry to `on_entry` (the item and its line) as it is read, without keeping it: the file is streamed line by line, so a million-line
 /// list costs no memory here beyond one line. Returns the rejected lines.
+/// A file over `limits` is refused before it is read; a line over [`MAX_LINE`] refuses it
+/// where it stands (entries already handed over are the caller's to drop: the read failed).
 pub fn read_with(
     path: &Path,
+    limits: Limits,
     mut on_entry: impl FnMut(Item, u32),
 ) -> Result<Vec<Rejected>, ListError> {
-    use std::io::BufRead;
-    let failed = |source| ListError {
+    use std::io::{BufRead, Read};
+    let failed = |line, source| ListError {
         path: path.to_owned(),
+        line,
         source,
     };
-    let file = std::fs::File::open(path).map_err(failed)?;
+    let refused = |line, message: String| {
+        failed(
+            line,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, message),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(None, e))?;
+    let size = file.metadata().map_err(|e| failed(None, e))?.len();
+    if size > limits.max_bytes {
+        let max = limits.max_bytes;
+        return Err(refused(
+            None,
+            format!("{size} bytes, more than the list's max_bytes ({max}); not read"),
+        ));
+    }
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
     let mut lines = Lines::new(path);
     let mut bytes = Vec::with_capacity(256);
     loop {
         bytes.clear();
-        if reader.read_until(b'\n', &mut bytes).map_err(failed)? == 0 {
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut bytes);
+        if read.map_err(|e| failed(None, e))? == 0 {
             break;
+        }
+        if bytes.len() > MAX_LINE && bytes.last() != Some(&b'\n') {
+            let line = lines.line + 1;
+            let message = format!("line longer than {MAX_LINE} bytes; the file is refused");
+            return Err(refused(Some(line), message));
         }
         let text = String::from_utf8_lossy(&bytes);
         let raw = text.strip_suffix('\n').unwrap_or(&text);

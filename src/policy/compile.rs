@@ -25,6 +25,13 @@ pub enum CompileError {
         "list \"{list}\": no downloaded copy of {url} yet (`portvakt serve` downloads it at start)"
     )]
     NoCopy { list: String, url: String },
+    #[error("{}:{line}: list \"{list}\" has more than its max_entries ({max}) entries; refused", path.display())]
+    TooManyEntries {
+        list: String,
+        path: std::path::PathBuf,
+        line: u32,
+        max: u64,
+    },
 }
 
 impl Policy {
@@ -103,7 +110,12 @@ fn read_lists(
         };
         for path in list.sources() {
             let mut names_in_ip_list = Vec::new();
-            let rejected = lists::read_with(path, |item, line| {
+            let mut over = None;
+            let rejected = lists::read_with(path, list.limits, |item, line| {
+                if loaded.entries as u64 >= list.max_entries {
+                    over.get_or_insert(line);
+                    return;
+                }
                 match item {
                     Item::Name(name, _) if list.kind == ListKind::Ip => {
                         names_in_ip_list.push((line, name::to_text(name)));
@@ -114,6 +126,14 @@ fn read_lists(
                 }
                 loaded.entries += 1;
             })?;
+            if let Some(line) = over {
+                return Err(CompileError::TooManyEntries {
+                    list: list.name.clone(),
+                    path: path.to_owned(),
+                    line,
+                    max: list.max_entries,
+                });
+            }
             let mut rejected = rejected;
             rejected.extend(names_in_ip_list.into_iter().map(|(line, text)| Rejected {
                 path: path.to_owned(),

@@ -402,3 +402,62 @@ async fn a_reload_drops_the_series_of_what_it_removed() {
     assert!(scrape.contains_key(r#"portvakt_queries_total{decision="refused",segment="none"}"#));
     gateway.shutdown().await;
 }
+
+/// A list over its limits is refused with its file and line, before it is read into memory,
+/// and the running policy keeps blocking: a 100 kB line, more entries than `max_entries`, a
+/// file larger than `max_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keeps_serving() {
+    let upstream = FakeUpstream::new()
+        .with_a("a.example.", "192.0.2.5")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\nt.me\n").unwrap();
+    let policy = format!(
+        "server.watch = false\n[lists.blocked]\nfiles = [{:?}]\nmax_entries = 4\nmax_bytes = 150000\n\
+         [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"blocked\"]\n",
+        list.display().to_string()
+    );
+    let gateway = TestGateway::start(&upstream, &policy).await;
+    let staff = gateway.client_from("127.0.0.2");
+    let rcode = async |name: &str| staff.udp_a(name).await.metadata.response_code;
+    assert_eq!(rcode("www.tiktok.com.").await, ResponseCode::NXDomain);
+    let shown = list.display().to_string();
+
+    let refused = async |text: String, expected: &str| {
+        std::fs::write(&list, text).unwrap();
+        let (code, body) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body.contains(expected), "{expected:?} in {body}");
+        // The running policy: t.me blocked, a.example (in every edit) not.
+        assert_eq!(rcode("t.me.").await, ResponseCode::NXDomain);
+        assert_eq!(rcode("a.example.").await, ResponseCode::NoError);
+    };
+    let long_line = format!("a.example\nb.example\n{}\n", "x".repeat(100_000));
+    refused(
+        long_line,
+        &format!("{shown}:3: line longer than 4096 bytes"),
+    )
+    .await;
+    let many = "a.example\nb.example\nc.example\nd.example\ne.example\nf.example\n".to_owned();
+    refused(
+        many,
+        &format!("{shown}:5: list \\\"blocked\\\" has more than its max_entries (4)"),
+    )
+    .await;
+    let large = format!(
+        "a.example\n{}",
+        "# a comment line of forty bytes .......\n".repeat(4000)
+    );
+    refused(
+        large,
+        "bytes, more than the list's max_bytes (150000); not read",
+    )
+    .await;
+
+    let scrape = gateway.scrape().await;
+    assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 3.0);
+    gateway.shutdown().await;
+}

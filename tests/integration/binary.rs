@@ -378,3 +378,76 @@ fn check_strict_fails_on_rejected_lines_and_explain_names_the_entry() {
             .contains("verdict: refused")
     );
 }
+
+/// SIGTERM: no new query is taken, the ones in flight get their answers (within the grace),
+/// then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_queries_in_flight_then_exits() {
+    let upstream = crate::harness::FakeUpstream::new()
+        .with_a("slow.example.", "192.0.2.44")
+        .delay("slow.example.", Duration::from_millis(600))
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (dns, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let config = dir.path().join("portvakt.toml");
+    let text = format!(
+        "[server]\nlisten = [\"{dns}\"]\nwatch = false\n[admin]\nlisten = \"{admin}\"\n[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\n[[upstream]]\nservers = [\"{}\"]\ntimeout_ms = 1500\ntry_timeout_ms = 1500\n",
+        upstream.addr
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("portvakt starts");
+    let mut child = Child(child);
+    for _ in 0..50 {
+        if rcode_of(&dns, "fast.example.").await.is_some() {
+            break;
+        }
+    }
+    assert_answered_by(&child, &admin).await;
+
+    // A miss the upstream answers only after 600 ms, in flight when SIGTERM comes.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let query = question("slow.example.", RecordType::A, true)
+        .to_vec()
+        .unwrap();
+    socket.send_to(&query, &dns).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut buf = vec![0u8; 4096];
+    let received = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf)).await;
+    let (len, _) = received.expect("the query in flight was answered").unwrap();
+    let answer = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(answer.addresses(), ["192.0.2.44"]);
+    // Nothing new is taken, and the process is gone within the grace.
+    assert_eq!(
+        rcode_of(&dns, "after.example.").await,
+        None,
+        "a query after SIGTERM"
+    );
+    let mut exited = None;
+    for _ in 0..60 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("exited within 3 s of SIGTERM");
+    assert!(status.success(), "{status}");
+}

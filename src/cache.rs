@@ -152,6 +152,18 @@ impl Answer {
         })
     }
 
+    /// What this answer takes in memory, about (its stripped twin and stale answer included).
+    pub fn bytes(&self) -> u64 {
+        let own = std::mem::size_of::<Answer>() + KEY_INLINE + self.wire.len();
+        let targets: usize = self.cname_targets.iter().map(|t| t.len() + 16).sum();
+        let stripped = match &self.without_ech {
+            WithoutEch::Stripped(answer) => answer.bytes(),
+            _ => 0,
+        };
+        let stale = self.stale.as_ref().map_or(0, |s| s.bytes());
+        (own + targets) as u64 + stripped + stale
+    }
+
     pub fn cname_targets(&self) -> &[Box<[u8]>] {
         &self.cname_targets
     }
@@ -299,17 +311,45 @@ fn strip_ech(msg: &[u8]) -> Option<Vec<u8>> {
 pub type Key = SmallVec<[u8; KEY_INLINE]>;
 const KEY_INLINE: usize = 48;
 
-/// Bounded map from question (name, type, class, DO, CD) to answer.
+/// Bounded map from question (name, type, class, DO, CD) to answer: by entries and by bytes.
 pub struct Cache {
-    map: quick_cache::sync::Cache<Key, Arc<Answer>>,
+    map: quick_cache::sync::Cache<Key, Arc<Answer>, Weight>,
+}
+
+/// An entry weighs 1 per `unit` bytes it takes (at least 1) against a capacity of
+/// `max_entries`: small answers are bounded by count, large ones by bytes (`max_entries` ×
+/// `unit` = the byte cap).
+#[derive(Clone)]
+struct Weight {
+    unit: u64,
+}
+
+impl quick_cache::Weighter<Key, Arc<Answer>> for Weight {
+    fn weight(&self, _key: &Key, answer: &Arc<Answer>) -> u64 {
+        answer.bytes().div_ceil(self.unit).max(1)
+    }
 }
 
 impl Cache {
     /// `None` for `max_entries == 0`: no cache.
-    pub fn new(max_entries: usize) -> Option<Cache> {
-        (max_entries > 0).then(|| Cache {
-            map: quick_cache::sync::Cache::new(max_entries),
+    pub fn new(max_entries: usize, max_bytes: u64) -> Option<Cache> {
+        (max_entries > 0).then(|| {
+            let unit = (max_bytes / max_entries as u64).max(1);
+            let weight = Weight { unit };
+            Cache {
+                map: quick_cache::sync::Cache::with_weighter(
+                    max_entries,
+                    max_entries as u64,
+                    weight,
+                ),
+            }
         })
+    }
+
+    /// The weight in use now: entries, a large answer counting as several.
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
+        self.map.weight()
     }
 
     /// A live answer for `query`, if any. Expired entries are dropped here once they are past
@@ -406,7 +446,7 @@ mod tests {
         let name = b"\x01a\x07example\x00";
         let plain = query_bytes(1, name, true);
         let plain = Query::parse(&plain).unwrap();
-        let cache = Cache::new(10).unwrap();
+        let cache = Cache::new(10, 1 << 20).unwrap();
         let answer = Answer::from_upstream(&plain, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&plain, Arc::new(answer));
         assert!(cache.get(&plain, Instant::now(), Duration::ZERO).is_some());
@@ -424,7 +464,7 @@ mod tests {
     async fn failures_are_kept_briefly() {
         let packet = query_bytes(9, b"\x01A\x07example\x00", false);
         let query = Query::parse(&packet).unwrap();
-        let cache = Cache::new(10).unwrap();
+        let cache = Cache::new(10, 1 << 20).unwrap();
         cache.insert(
             &query,
             Arc::new(Answer::failure(
@@ -453,6 +493,69 @@ mod tests {
     }
 
     /// An upstream answer: A 192.0.2.1 with `ttl`, plus an upstream OPT at the end.
+    /// An answer for `name` (a one-label name under example.) with a TXT record of `size` bytes.
+    fn txt_answer(label: &[u8], size: usize) -> Vec<u8> {
+        let mut m = vec![0x99, 0x99, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        m.push(label.len() as u8);
+        m.extend_from_slice(label);
+        m.extend_from_slice(b"\x07example\x00\x00\x10\x00\x01");
+        m.extend_from_slice(&[0xC0, 12, 0, 16, 0, 1, 0, 0, 1, 0x2c]);
+        let strings = size.div_ceil(255);
+        m.extend_from_slice(&((size + strings) as u16).to_be_bytes());
+        for chunk in vec![b'x'; size].chunks(255) {
+            m.push(chunk.len() as u8);
+            m.extend_from_slice(chunk);
+        }
+        m
+    }
+
+    #[test]
+    fn large_answers_are_bounded_by_bytes_small_ones_by_count() {
+        // 100 entries, 64 kB: a unit of 655 bytes.
+        let cache = Cache::new(100, 64_000).unwrap();
+        let now = Instant::now();
+        let packet = |label: &[u8]| {
+            let mut packet = query_bytes(
+                1,
+                &[&[label.len() as u8], label, b"\x07example\x00"].concat(),
+                false,
+            );
+            let at = packet.len() - 3;
+            packet[at] = 16; // TXT
+            packet
+        };
+        let insert = |label: &[u8], size: usize| {
+            let packet = packet(label);
+            let query = Query::parse(&packet).unwrap();
+            let answer = Answer::from_upstream(&query, &txt_answer(label, size), now).unwrap();
+            assert!(answer.bytes() > size as u64, "counts its wire bytes");
+            cache.insert(&query, Arc::new(answer));
+        };
+        let held = |prefix: &str| {
+            (0..300u32)
+                .filter(|i| {
+                    let packet = packet(format!("{prefix}{i}").as_bytes());
+                    let query = Query::parse(&packet).unwrap();
+                    cache.get(&query, now, Duration::ZERO).is_some()
+                })
+                .count()
+        };
+        for i in 0..300u32 {
+            insert(format!("s{i}").as_bytes(), 20);
+        }
+        let small = held("s");
+        assert!((90..=100).contains(&small), "small answers held: {small}");
+        for i in 0..300u32 {
+            insert(format!("b{i}").as_bytes(), 6000);
+        }
+        // Each large answer weighs 10 units: at most ten fit beside the small ones, and all
+        // of them together stay within the 100 units (64 kB).
+        let (small, large) = (held("s"), held("b"));
+        assert!(large <= 10, "large answers held: {large}");
+        assert!(small + 10 * large <= 100, "{small} small and {large} large");
+        assert!(cache.weight() <= 100);
+    }
+
     fn upstream_answer(ttl: u32) -> Vec<u8> {
         let mut m = vec![0x99, 0x99, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
         m.extend_from_slice(b"\x01a\x07example\x00\x00\x01\x00\x01");
@@ -467,7 +570,7 @@ mod tests {
     async fn ttls_count_down_and_entries_expire() {
         let packet = query_bytes(7, b"\x01A\x07eXample\x00", true);
         let query = Query::parse(&packet).unwrap();
-        let cache = Cache::new(10).unwrap();
+        let cache = Cache::new(10, 1 << 20).unwrap();
         let answer = Answer::from_upstream(&query, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&query, Arc::new(answer));
 

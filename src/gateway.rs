@@ -180,7 +180,10 @@ impl Gateway {
     pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Gateway {
         publish(&metrics, &policy);
         Gateway {
-            cache: Cache::new(policy.config().cache_max_entries),
+            cache: Cache::new(
+                policy.config().cache_max_entries,
+                policy.config().cache_max_bytes,
+            ),
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             clients: ClientBudget::new(CLIENT_IN_FLIGHT),

@@ -282,6 +282,8 @@ pub struct CacheSection {
     /// How long after expiry an answer may still be served when every upstream fails
     /// (RFC 8767), e.g. `"1d"`; `"0s"` turns serve-stale off.
     pub stale_for: Option<Spanned<String>>,
+    /// Bytes the cached answers may take at most, in MiB (default 64).
+    pub max_mib: Option<Spanned<u64>>,
 }
 
 impl Default for CacheSection {
@@ -289,6 +291,7 @@ impl Default for CacheSection {
         CacheSection {
             max_entries: default_cache_entries(),
             stale_for: None,
+            max_mib: None,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Config {
     /// The default group first, then conditional groups in file order.
     pub upstreams: Vec<UpstreamConfig>,
     pub cache_max_entries: usize,
+    /// Bytes the cached answers may take at most.
+    pub cache_max_bytes: u64,
     /// How long after expiry an answer may be served stale (RFC 8767); zero: never.
     pub cache_stale_for: Duration,
     pub rate_limit: RateLimitSettings,
@@ -109,6 +111,9 @@ impl ListLimits {
         max_bytes: 512 << 20,
     };
 }
+
+/// MiB the cache may take by default.
+pub const DEFAULT_CACHE_MIB: u64 = 64;
 
 /// Entries a list may hold by default.
 pub const DEFAULT_MAX_ENTRIES: u64 = 5_000_000;
@@ -357,6 +362,15 @@ impl Checks<'_> {
             segments,
             upstreams: self.upstreams(&file.upstream),
             cache_max_entries: file.cache.max_entries,
+            cache_max_bytes: file.cache.max_mib.as_ref().map_or(DEFAULT_CACHE_MIB, |m| {
+                if *m.get_ref() == 0 {
+                    self.report(
+                        m,
+                        "max_mib must be above 0 (max_entries = 0 turns the cache off)",
+                    );
+                }
+                *m.get_ref()
+            }) << 20,
             cache_stale_for: self.stale_for(file.cache.stale_for.as_ref()),
             rate_limit: self.rate_limit(&file.rate_limit),
         }

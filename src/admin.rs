@@ -84,6 +84,7 @@ impl Admin {
             .route("/api/v1/status", get(status))
             .route("/api/v1/explain", get(explain))
             .route("/api/v1/reload", post(reload))
+            .layer(axum::middleware::from_fn(guard))
             .with_state(state);
         let task = tokio::spawn(async move {
             let serve =
@@ -253,6 +254,27 @@ fn mutation_refused(
 }
 
 /// Reloads the config and lists now and says how it went.
+/// Bytes a request body may declare (no endpoint reads one); a larger one gets 413 unread.
+pub const MAX_BODY: u64 = 64 << 10;
+
+/// How long one admin request may take (a reload of a large list, with its downloads, fits
+/// well inside); past it, 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Every admin request: its declared body within [`MAX_BODY`], its handling within
+/// [`REQUEST_TIMEOUT`].
+async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = (request.headers().get(axum::http::header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY) {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+    }
+}
+
 async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(refused) = refuse_mutation(&state, &headers) {
         return refused;

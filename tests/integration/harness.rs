@@ -402,7 +402,6 @@ impl TestGateway {
     /// Any request to the admin listener, with extra header lines: (status code, body).
     pub async fn admin_request(&self, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
         let addr = self.running.admin_addr().expect("admin listener");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut request =
             format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n");
         for line in headers {
@@ -410,6 +409,13 @@ impl TestGateway {
             request.push_str("\r\n");
         }
         request.push_str("\r\n");
+        self.admin_raw(&request).await
+    }
+
+    /// Sends `request` as written to the admin listener: the status and body of the reply.
+    pub async fn admin_raw(&self, request: &str) -> (u16, String) {
+        let addr = self.running.admin_addr().expect("admin listener");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         tokio::time::timeout(ANSWER_DEADLINE, stream.read_to_string(&mut response))

@@ -461,3 +461,21 @@ async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keep
     assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 3.0);
     gateway.shutdown().await;
 }
+
+/// An admin request that declares a body over 64 KiB is refused unread (413): no reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_admin_request_is_refused_unread() {
+    let Staff {
+        gateway,
+        dir: _dir,
+        _upstream,
+        ..
+    } = staff(|_| "server.watch = false".to_owned()).await;
+    let request = "POST /api/v1/reload HTTP/1.0\r\nHost: admin\r\nContent-Length: 10000000\r\n\r\n";
+    let (code, body) = gateway.admin_raw(request).await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(gateway.gateway().generation(), 1, "no reload ran");
+    let (code, _) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+    assert_eq!(code, 200, "a request without a body still reloads");
+    gateway.shutdown().await;
+}

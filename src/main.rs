@@ -228,9 +228,9 @@ fn init_tracing(args: &ServeArgs) {
     use tracing_subscriber::EnvFilter;
     // hickory logs every TCP request at info; keep it to warnings.
     let filter = match &args.log_level {
-        Some(level) => EnvFilter::new(format!("hickory_server=warn,hickory_proto=warn,{level}")),
+        Some(level) => EnvFilter::new(format!("hickory_proto=warn,{level}")),
         None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn")),
+            .unwrap_or_else(|_| EnvFilter::new("info,hickory_proto=warn")),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -94,6 +94,54 @@ impl UpstreamResult {
     }
 }
 
+/// A TCP limit that was hit (the `limit` label of `portvakt_tcp_limit_hits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpLimit {
+    /// A connection refused: `tcp_connections` were open.
+    Total,
+    /// A connection refused: its client had `tcp_connections_per_client` open.
+    Client,
+    /// A connection closed after `tcp_idle_timeout_ms` without a query.
+    Idle,
+    /// A connection closed: a query's bytes came too slowly.
+    Slow,
+    /// A connection closed after `tcp_queries_per_connection` queries.
+    Queries,
+}
+
+impl TcpLimit {
+    pub const ALL: [TcpLimit; 5] = [
+        TcpLimit::Total,
+        TcpLimit::Client,
+        TcpLimit::Idle,
+        TcpLimit::Slow,
+        TcpLimit::Queries,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpLimit::Total => "total",
+            TcpLimit::Client => "client",
+            TcpLimit::Idle => "idle",
+            TcpLimit::Slow => "slow",
+            TcpLimit::Queries => "queries",
+        }
+    }
+}
+
+/// TCP connection handles.
+pub struct TcpMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    hits: [IntCounter; 5],
+}
+
+impl TcpMetrics {
+    pub fn hit(&self, limit: TcpLimit) {
+        self.hits[limit as usize].inc();
+    }
+}
+
 /// Every family, registered once per process.
 pub struct Metrics {
     registry: Registry,
@@ -113,6 +161,7 @@ pub struct Metrics {
     list_updates: IntCounterVec,
     /// Handles that do not depend on the policy.
     pub query: QueryMetrics,
+    pub tcp: TcpMetrics,
     pub cache_entries: IntGauge,
     pub reloads_success: IntCounter,
     pub reloads_failure: IntCounter,
@@ -275,6 +324,19 @@ impl Metrics {
             "Entries in each list of the running policy.",
             &["list"],
         );
+        let tcp_hits = counter(
+            "portvakt_tcp_limit_hits_total",
+            "TCP connections refused (limit total or client) or closed (idle, slow, queries) by a limit.",
+            &["limit"],
+        );
+        let tcp = TcpMetrics {
+            open: register(
+                &registry,
+                IntGauge::new("portvakt_tcp_connections", "TCP connections open now.")
+                    .expect("valid metric"),
+            ),
+            hits: TcpLimit::ALL.map(|l| tcp_hits.with_label_values(&[l.as_str()])),
+        };
         let list_updates = counter(
             "portvakt_list_updates_total",
             "Downloads of lists with urls: updated, not_modified, rejected (shrink guard), failed.",
@@ -360,6 +422,7 @@ impl Metrics {
             list_entries,
             list_updates,
             query,
+            tcp,
             cache_entries,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),

@@ -74,6 +74,14 @@ pub struct ServerSection {
     pub watch: bool,
     /// Where downloaded lists are kept (the last good copy of each URL).
     pub state_dir: Option<Spanned<PathBuf>>,
+    /// TCP connections open at once at most (default 1024); more are refused at accept.
+    pub tcp_connections: Option<Spanned<usize>>,
+    /// TCP connections one client may have open (default 32; an IPv6 /56 is one client).
+    pub tcp_connections_per_client: Option<Spanned<u32>>,
+    /// A TCP connection without a query for this long is closed (default 10000).
+    pub tcp_idle_timeout_ms: Option<Spanned<u64>>,
+    /// A TCP connection is closed after this many queries (default 10000).
+    pub tcp_queries_per_connection: Option<Spanned<u32>>,
 }
 
 impl Default for ServerSection {
@@ -83,6 +91,10 @@ impl Default for ServerSection {
             unknown_clients: default_unknown_clients(),
             watch: default_watch(),
             state_dir: None,
+            tcp_connections: None,
+            tcp_connections_per_client: None,
+            tcp_idle_timeout_ms: None,
+            tcp_queries_per_connection: None,
         }
     }
 }

@@ -56,6 +56,26 @@ pub struct Config {
     /// How long after expiry an answer may be served stale (RFC 8767); zero: never.
     pub cache_stale_for: Duration,
     pub rate_limit: RateLimitSettings,
+    /// Read when the listeners are bound (a reload does not change them).
+    pub tcp: TcpLimits,
+}
+
+/// The TCP listeners' limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    pub connections: usize,
+    pub per_client: u32,
+    pub idle: Duration,
+    pub queries: u32,
+}
+
+impl TcpLimits {
+    pub const DEFAULT: TcpLimits = TcpLimits {
+        connections: 1024,
+        per_client: 32,
+        idle: Duration::from_secs(10),
+        queries: 10_000,
+    };
 }
 
 /// `[rate_limit]`, checked.
@@ -343,6 +363,7 @@ impl Checks<'_> {
             );
         }
 
+        let tcp = self.tcp_limits(&file.server);
         Config {
             origin: origin.to_owned(),
             listen: listen.get_ref().iter().map(|a| a.get_ref().0).collect(),
@@ -373,6 +394,54 @@ impl Checks<'_> {
             }) << 20,
             cache_stale_for: self.stale_for(file.cache.stale_for.as_ref()),
             rate_limit: self.rate_limit(&file.rate_limit),
+            tcp,
+        }
+    }
+
+    /// The `[server] tcp_*` limits; each at least 1.
+    fn tcp_limits(&mut self, server: &file::ServerSection) -> TcpLimits {
+        let default = TcpLimits::DEFAULT;
+        let mut positive = |value: Option<&Spanned<u64>>, default: u64, key: &str| {
+            value.map_or(default, |v| {
+                if *v.get_ref() == 0 {
+                    self.report(v, format!("{key} must be above 0"));
+                }
+                *v.get_ref()
+            })
+        };
+        let widen = |v: &Option<Spanned<usize>>| {
+            v.as_ref()
+                .map(|v| Spanned::new(v.span(), *v.get_ref() as u64))
+        };
+        let widen32 = |v: &Option<Spanned<u32>>| {
+            v.as_ref()
+                .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())))
+        };
+        let connections = positive(
+            widen(&server.tcp_connections).as_ref(),
+            default.connections as u64,
+            "tcp_connections",
+        );
+        let per_client = positive(
+            widen32(&server.tcp_connections_per_client).as_ref(),
+            default.per_client.into(),
+            "tcp_connections_per_client",
+        );
+        let idle = positive(
+            server.tcp_idle_timeout_ms.as_ref(),
+            default.idle.as_millis() as u64,
+            "tcp_idle_timeout_ms",
+        );
+        let queries = positive(
+            widen32(&server.tcp_queries_per_connection).as_ref(),
+            default.queries.into(),
+            "tcp_queries_per_connection",
+        );
+        TcpLimits {
+            connections: connections as usize,
+            per_client: per_client as u32,
+            idle: Duration::from_millis(idle),
+            queries: queries as u32,
         }
     }
 
@@ -822,7 +891,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

@@ -1,6 +1,6 @@
 //! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
-//! UDP is our own receive loop (`udp.rs`); TCP is hickory-server's (`tcp.rs`). Both stop when
-//! the shutdown token they were given is cancelled.
+//! UDP is our own receive loop (`udp.rs`), TCP our own accept loop and connections with their
+//! limits (`tcp.rs`). Both stop when the shutdown token they were given is cancelled.
 
 mod tcp;
 mod udp;
@@ -10,17 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::Server;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
-use tcp::TcpAdapter;
+use tcp::Tcp;
 use udp::Udp;
 
-/// Idle time after which a TCP connection without a new query is closed (RFC 7766 §6.2.3).
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ports tried for a listen address with port 0 (UDP and TCP must share one).
 const PORT_ATTEMPTS: u32 = 20;
 /// In-flight queries get this long to finish at shutdown.
@@ -84,9 +81,7 @@ impl Listeners {
             bound_all.push((sockets, bound, listener));
         }
         let mut udp = Udp::new();
-        let mut tcp = Server::new(TcpAdapter {
-            gateway: gateway.clone(),
-        });
+        let tcp = Tcp::new(gateway.with_policy(|p| p.config().tcp));
         let addrs: Vec<SocketAddr> = bound_all.iter().map(|(_, bound, _)| *bound).collect();
         for (sockets, addr, listener) in bound_all {
             for socket in sockets {
@@ -99,12 +94,11 @@ impl Listeners {
                     });
                 }
             }
-            tcp.register_listener(listener, TCP_IDLE_TIMEOUT, 32);
+            tcp.serve(listener, gateway.clone());
         }
         let stopper = tokio::spawn(async move {
             stop.cancelled().await;
-            udp.stop(SHUTDOWN_GRACE).await;
-            let _ = tcp.shutdown_gracefully().await;
+            tokio::join!(udp.stop(SHUTDOWN_GRACE), tcp.stop(SHUTDOWN_GRACE));
         });
         Ok(Listeners {
             udp: addrs.clone(),

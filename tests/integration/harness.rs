@@ -502,6 +502,11 @@ impl Client {
     }
 
     pub async fn tcp_raw(&self, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        self.tcp_raw_replies(packets, packets.len()).await
+    }
+
+    /// As `tcp_raw`, reading `replies` replies (some packets get none).
+    pub async fn tcp_raw_replies(&self, packets: &[Vec<u8>], replies: usize) -> Vec<Vec<u8>> {
         let socket = match self.source {
             IpAddr::V4(_) => TcpSocket::new_v4().unwrap(),
             IpAddr::V6(_) => TcpSocket::new_v6().unwrap(),
@@ -514,8 +519,9 @@ impl Client {
             framed.extend_from_slice(packet);
         }
         stream.write_all(&framed).await.unwrap();
+        let expected = replies;
         let mut replies = Vec::new();
-        for _ in packets {
+        for _ in 0..expected {
             let read = async {
                 let mut len = [0u8; 2];
                 stream.read_exact(&mut len).await.unwrap();

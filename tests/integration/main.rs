@@ -21,4 +21,5 @@ mod responses;
 mod segments;
 mod spoofing;
 mod stale;
+mod tcp_limits;
 mod wire;

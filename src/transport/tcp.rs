@@ -2,8 +2,8 @@
 //! (hickory-server's listener accepts without limit and cannot be filtered). A connection is
 //! refused at accept when the total or its client's count is full; one is closed when it is
 //! idle, when a query arrives too slowly, or after its query budget. Queries on a connection
-//! are answered concurrently (pipelining, at most `IN_FLIGHT` at once), each reply written as
-//! the core returns it, in whatever order they finish.
+//! are answered concurrently (pipelining: those that need no upstream at once, at most
+//! `IN_FLIGHT` misses at once), each reply written as it is ready, in whatever order.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -19,10 +19,10 @@ use tracing::debug;
 
 use crate::budget::ClientBudget;
 use crate::config::TcpLimits;
-use crate::gateway::{Gateway, Transport};
+use crate::gateway::{Gateway, Step, Transport};
 use crate::metrics::TcpLimit;
 
-/// Queries of one connection answered at once; the next waits for one of them.
+/// Misses of one connection waiting for the upstream at once; the next waits for one of them.
 const IN_FLIGHT: usize = 16;
 /// A query's bytes must all arrive within this, once its length has.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -135,14 +135,22 @@ impl Connection {
     /// query budget is spent or the listeners stop; then waits for the answers in flight.
     async fn serve(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        let (mut read, mut write) = stream.into_split();
+        let (read, mut write) = stream.into_split();
+        // Pipelined queries arrive in one read, not two reads each.
+        let mut read = tokio::io::BufReader::with_capacity(8192, read);
         let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
         let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(4096);
             while let Some(reply) = outgoing.recv().await {
-                let mut framed = Vec::with_capacity(reply.len() + 2);
-                framed.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-                framed.extend_from_slice(&reply);
-                if write.write_all(&framed).await.is_err() {
+                // Every reply ready now goes out in one write.
+                batch.clear();
+                let mut next = Some(reply);
+                while let Some(reply) = next {
+                    batch.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+                    batch.extend_from_slice(&reply);
+                    next = outgoing.try_recv().ok();
+                }
+                if write.write_all(&batch).await.is_err() {
                     break;
                 }
             }
@@ -174,16 +182,30 @@ impl Connection {
                     break;
                 }
             }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                break;
-            };
-            let (gateway, replies, client) = (self.gateway.clone(), replies.clone(), self.client);
-            tokio::spawn(async move {
-                if let Some(reply) = gateway.answer(&packet, client, Transport::Tcp).await {
-                    let _ = replies.send(reply).await;
+            // Blocked, refused and cached answers are written here; only misses wait apart.
+            let mut out = Vec::with_capacity(512);
+            match self
+                .gateway
+                .answer_now(&packet, self.client, Transport::Tcp, &mut out)
+            {
+                Step::Reply => {
+                    if replies.send(out).await.is_err() {
+                        break;
+                    }
                 }
-                drop(permit);
-            });
+                Step::Drop => {}
+                Step::Forward(pending) => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let (gateway, replies) = (self.gateway.clone(), replies.clone());
+                    tokio::spawn(async move {
+                        gateway.forward(pending, &mut out).await;
+                        let _ = replies.send(out).await;
+                        drop(permit);
+                    });
+                }
+            }
             queries += 1;
             if queries >= self.limits.queries {
                 metrics.hit(TcpLimit::Queries);

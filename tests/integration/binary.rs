@@ -23,6 +23,18 @@ impl Drop for Child {
     }
 }
 
+/// `portvakt serve --config config`, its output discarded.
+fn serve(config: &Path) -> Child {
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("portvakt starts");
+    Child(child)
+}
+
 /// The shipped config with its DNS and admin listeners moved to free ports: (config, dns, admin).
 fn shipped_config_on_free_ports(dir: &Path) -> (PathBuf, String, String) {
     let (dns, admin) = (
@@ -60,14 +72,7 @@ async fn assert_answered_by(child: &Child, admin: &str) {
 async fn shipped_config_blocks_tiktok_for_127_0_0_1() {
     let dir = tempfile::tempdir().unwrap();
     let (config, dns, admin) = shipped_config_on_free_ports(dir.path());
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("portvakt starts");
-    let mut child = Child(child);
+    let mut child = serve(&config);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let query = question("tiktok.com.", RecordType::A, true)
         .to_vec()
@@ -399,14 +404,7 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
         upstream.addr
     );
     std::fs::write(&config, text).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("portvakt starts");
-    let mut child = Child(child);
+    let mut child = serve(&config);
     for _ in 0..50 {
         if rcode_of(&dns, "fast.example.").await.is_some() {
             break;

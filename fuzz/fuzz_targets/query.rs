@@ -1,0 +1,50 @@
+//! The query path: wire bytes from a client of some segment (or none) through the gateway's
+//! synchronous answer, under a fixed policy with name and IP lists. No panic; every reply
+//! starts with the query's ID.
+#![no_main]
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use portvakt::{Config, Gateway, Metrics, Policy, Step, Transport};
+
+fn gateway() -> &'static Gateway {
+    static GATEWAY: OnceLock<Gateway> = OnceLock::new();
+    GATEWAY.get_or_init(|| {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+        let text = format!(
+            "lists.tiktok.files = [\"{fixtures}/tiktok.txt\"]\n\
+             lists.ips.files = [\"{fixtures}/telegram-ip.txt\"]\n\
+             lists.ips.kind = \"ip\"\n\
+             segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\", \"::1/128\"], block = [\"tiktok\", \"ips\"] }},\n\
+                        {{ name = \"devices\", networks = [\"127.0.0.3/32\"] }}]\n\
+             [[upstream]]\nservers = [\"127.0.0.1:9\"]\n"
+        );
+        let metrics = Arc::new(Metrics::new());
+        let config = Config::parse("fuzz.toml", &text).expect("the fuzz config");
+        let policy = Policy::compile(config, &metrics, 1).expect("the fuzz policy");
+        Gateway::new(policy, metrics)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&who, packet)) = data.split_first() else {
+        return;
+    };
+    let client: IpAddr = match who % 4 {
+        0 => "127.0.0.2".parse().unwrap(),
+        1 => "127.0.0.3".parse().unwrap(),
+        2 => "::1".parse().unwrap(),
+        _ => "127.0.0.9".parse().unwrap(),
+    };
+    let transport = if who & 0x80 != 0 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    let mut out = Vec::new();
+    match gateway().answer_now(packet, client, transport, &mut out) {
+        Step::Reply => assert!(out.len() >= 12 && out[..2] == packet[..2]),
+        Step::Drop | Step::Forward(_) => {}
+    }
+});

@@ -3,28 +3,17 @@
 //! question again (a cache hit, or a fresh miss). No panic; every reply answers the query.
 #![no_main]
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use portvakt::{Config, Forwarding, Gateway, Metrics, Policy, Step, Transport};
+use portvakt::{Forwarding, Gateway, Step, Transport};
+
+#[path = "policy.rs"]
+mod policy;
 
 fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
-    GATEWAY.get_or_init(|| {
-        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
-        let text = format!(
-            "lists.tiktok.files = [\"{fixtures}/tiktok.txt\"]\n\
-             lists.ips.files = [\"{fixtures}/telegram-ip.txt\"]\n\
-             lists.ips.kind = \"ip\"\n\
-             segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\"], block = [\"tiktok\", \"ips\"] }}]\n\
-             cache.max_entries = 1000\n\
-             [[upstream]]\nservers = [\"127.0.0.1:9\"]\n"
-        );
-        let metrics = Arc::new(Metrics::new());
-        let config = Config::parse("fuzz.toml", &text).expect("the fuzz config");
-        let policy = Policy::compile(config, &metrics, 1).expect("the fuzz policy");
-        Gateway::new(policy, metrics)
-    })
+    GATEWAY.get_or_init(policy::gateway)
 }
 
 /// A query for `www.example.org` (type from `qtype`), with EDNS.

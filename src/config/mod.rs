@@ -401,48 +401,45 @@ impl Checks<'_> {
     /// The `[server] tcp_*` limits; each at least 1.
     fn tcp_limits(&mut self, server: &file::ServerSection) -> TcpLimits {
         let default = TcpLimits::DEFAULT;
-        let mut positive = |value: Option<&Spanned<u64>>, default: u64, key: &str| {
-            value.map_or(default, |v| {
-                if *v.get_ref() == 0 {
-                    self.report(v, format!("{key} must be above 0"));
-                }
-                *v.get_ref()
-            })
-        };
-        let widen = |v: &Option<Spanned<usize>>| {
-            v.as_ref()
-                .map(|v| Spanned::new(v.span(), *v.get_ref() as u64))
-        };
-        let widen32 = |v: &Option<Spanned<u32>>| {
-            v.as_ref()
-                .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())))
-        };
-        let connections = positive(
-            widen(&server.tcp_connections).as_ref(),
-            default.connections as u64,
-            "tcp_connections",
-        );
-        let per_client = positive(
-            widen32(&server.tcp_connections_per_client).as_ref(),
-            default.per_client.into(),
-            "tcp_connections_per_client",
-        );
-        let idle = positive(
-            server.tcp_idle_timeout_ms.as_ref(),
-            default.idle.as_millis() as u64,
-            "tcp_idle_timeout_ms",
-        );
-        let queries = positive(
-            widen32(&server.tcp_queries_per_connection).as_ref(),
-            default.queries.into(),
-            "tcp_queries_per_connection",
-        );
+        let idle_ms = default.idle.as_millis() as u64;
         TcpLimits {
-            connections: connections as usize,
-            per_client: per_client as u32,
-            idle: Duration::from_millis(idle),
-            queries: queries as u32,
+            connections: self.positive(
+                &server.tcp_connections,
+                default.connections,
+                "tcp_connections",
+            ),
+            per_client: self.positive(
+                &server.tcp_connections_per_client,
+                default.per_client,
+                "tcp_connections_per_client",
+            ),
+            idle: Duration::from_millis(self.positive(
+                &server.tcp_idle_timeout_ms,
+                idle_ms,
+                "tcp_idle_timeout_ms",
+            )),
+            queries: self.positive(
+                &server.tcp_queries_per_connection,
+                default.queries,
+                "tcp_queries_per_connection",
+            ),
         }
+    }
+
+    /// `value`, reported when it is 0; `default` when absent.
+    fn positive<T: Copy + PartialEq + From<u8>>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        default: T,
+        key: &str,
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if *value.get_ref() == T::from(0) {
+            self.report(value, format!("{key} must be above 0"));
+        }
+        *value.get_ref()
     }
 
     /// `[rate_limit]`; the segments' rates come from `segments`.

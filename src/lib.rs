@@ -57,7 +57,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use admin::Admin;
 pub use admin::AdminBindError;
-pub use config::{Config, ConfigError, Problem};
+pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
 pub use export::{ExportFormat, export};
 pub use gateway::{Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
@@ -66,8 +66,8 @@ pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
-pub use transport::BindError;
 use transport::Listeners;
+pub use transport::{BindError, serve_stream};
 pub use upstream::{Admitted, Resume, UdpTry};
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.

@@ -18,12 +18,7 @@ fn gateway() -> &'static Gateway {
 
 /// A query for `www.example.org` (type from `qtype`), with EDNS.
 fn query(id: u16, qtype: u16) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
-    q.extend_from_slice(b"\x03www\x07example\x03org\x00");
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&[0, 1, 0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
-    q
+    policy::query(id, b"\x03www\x07example\x03org\x00", qtype)
 }
 
 fuzz_target!(|data: &[u8]| {

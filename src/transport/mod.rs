@@ -6,16 +6,18 @@ mod tcp;
 mod udp;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::TcpLimits;
 use crate::gateway::Gateway;
-use tcp::Tcp;
+use tcp::{Connection, Tcp};
 use udp::Udp;
 
 /// Ports tried for a listen address with port 0 (UDP and TCP must share one).
@@ -111,4 +113,26 @@ impl Listeners {
     pub async fn stopped(self) {
         let _ = self.stopper.await;
     }
+}
+
+/// Serves DNS over one byte stream from `client` as over a TCP connection (RFC 7766: each
+/// message after its two-byte length, pipelined, answered in any order) until the stream ends,
+/// idles, or has spent its query budget. Public for the framing fuzz target.
+pub async fn serve_stream<R, W>(
+    gateway: Arc<Gateway>,
+    client: IpAddr,
+    read: R,
+    write: W,
+    limits: TcpLimits,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Connection {
+        gateway,
+        client,
+        limits,
+        stop: CancellationToken::new(),
+    };
+    connection.serve(read, write).await;
 }

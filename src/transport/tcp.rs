@@ -5,13 +5,12 @@
 //! are answered concurrently (pipelining: those that need no upstream at once, at most
 //! `IN_FLIGHT` misses at once), each reply written as it is ready, in whatever order.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,8 +113,12 @@ impl Accept {
             self.tasks.spawn(async move {
                 let _held = (connection, client);
                 conn.gateway.metrics().tcp.open.inc();
-                if let Err(err) = conn.serve(stream, peer).await {
-                    debug!(%err, "tcp connection failed");
+                match stream.set_nodelay(true) {
+                    Ok(()) => {
+                        let (read, write) = stream.into_split();
+                        conn.serve(read, write).await;
+                    }
+                    Err(err) => debug!(%err, "tcp connection failed"),
                 }
                 conn.gateway.metrics().tcp.open.dec();
             });
@@ -123,19 +126,22 @@ impl Accept {
     }
 }
 
-struct Connection {
-    gateway: Arc<Gateway>,
-    client: IpAddr,
-    limits: TcpLimits,
-    stop: CancellationToken,
+/// One stream's queries: a TCP connection's, or (through [`serve_stream`]) any byte stream's.
+pub(super) struct Connection {
+    pub(super) gateway: Arc<Gateway>,
+    pub(super) client: IpAddr,
+    pub(super) limits: TcpLimits,
+    pub(super) stop: CancellationToken,
 }
 
 impl Connection {
     /// Reads queries until the client closes, the connection idles or reads too slowly, its
     /// query budget is spent or the listeners stop; then waits for the answers in flight.
-    async fn serve(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
+    pub(super) async fn serve<R, W>(&self, read: R, mut write: W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         // Pipelined queries arrive in one read, not two reads each.
         let mut read = tokio::io::BufReader::with_capacity(8192, read);
         let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
@@ -215,7 +221,6 @@ impl Connection {
         // The answers in flight still go out; the writer ends with the last of them.
         drop(replies);
         let _ = writer.await;
-        debug!(%peer, queries, "tcp connection closed");
-        Ok(())
+        debug!(client = %self.client, queries, "tcp connection closed");
     }
 }

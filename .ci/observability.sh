@@ -75,7 +75,7 @@ traffic 10
 echo "== promtool check metrics (real scrape)"
 curl -fs "http://$ADMIN/metrics" >"$work/scrape.txt"
 promtool check metrics <"$work/scrape.txt"
-grep -E '^portvakt_queries_total\{decision="blocked",segment="staff"\} [1-9]' "$work/scrape.txt"
+grep -E '^portvakt_queries_total\{decision="blocked",segment="staff",transport="udp"\} [1-9]' "$work/scrape.txt"
 
 echo "== promtool check rules / test rules"
 promtool check rules docker/prometheus/alerts.yml

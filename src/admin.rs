@@ -27,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
 use crate::reload::{Reloader, Trigger};
+use crate::transport::ListenAddrs;
 
 /// Why the admin listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +52,7 @@ struct AppState {
     /// The admin listener's own address: without a token, mutating needs it on loopback.
     admin: SocketAddr,
     ready: Arc<AtomicBool>,
-    dns_udp: Arc<[SocketAddr]>,
-    dns_tcp: Arc<[SocketAddr]>,
+    dns: Arc<ListenAddrs>,
 }
 
 impl Admin {
@@ -61,8 +61,7 @@ impl Admin {
     pub async fn start(
         addr: SocketAddr,
         reloader: Arc<Reloader>,
-        dns_udp: &[SocketAddr],
-        dns_tcp: &[SocketAddr],
+        dns: &ListenAddrs,
         stop: CancellationToken,
     ) -> Result<Admin, AdminBindError> {
         let bind_error = |source| AdminBindError { addr, source };
@@ -74,8 +73,7 @@ impl Admin {
             reloader,
             admin: bound,
             ready: ready.clone(),
-            dns_udp: dns_udp.into(),
-            dns_tcp: dns_tcp.into(),
+            dns: Arc::new(dns.clone()),
         };
         let router = Router::new()
             .route("/metrics", get(metrics))
@@ -183,8 +181,10 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             "config": config.origin,
             "policy": { "generation": policy.generation(), "loaded_at_unix": loaded_at },
             "listeners": {
-                "udp": state.dns_udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "tcp": state.dns_tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "udp": state.dns.udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tcp": state.dns.tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "tls": state.dns.tls.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "https": state.dns.https.iter().map(ToString::to_string).collect::<Vec<_>>(),
             },
             "unknown_clients": config.unknown_clients.map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
             "segments": segments,
@@ -299,6 +299,8 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
 struct ExplainParams {
     client: String,
     name: String,
+    /// The listen address the query would arrive on (`10.10.0.53:53`), if it matters.
+    listener: Option<String>,
 }
 
 async fn explain(State(state): State<AppState>, Query(params): Query<ExplainParams>) -> Response {
@@ -312,10 +314,18 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
     let Ok(client) = params.client.parse::<IpAddr>() else {
         return bad(format!("`{}` is not an IP address", params.client));
     };
+    let listener = match params.listener.as_deref().map(str::parse::<SocketAddr>) {
+        None => None,
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(_)) => {
+            let text = params.listener.unwrap_or_default();
+            return bad(format!("`{text}` is not an address with a port"));
+        }
+    };
     let explained = state.gateway.with_policy(|policy| {
         let block_response = policy.config().block.response.as_str();
         policy
-            .explain(client, &params.name)
+            .explain(client, listener, &params.name)
             .map(|explanation| (explanation, block_response))
     });
     let (explanation, block_response) = match explained {
@@ -352,6 +362,7 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         "client": client.to_string(),
         "name": explanation.name,
         "segment": explanation.segment,
+        "placed_by": explanation.placement.to_string(),
         "verdict": verdict,
         "decided_by": by,
         "bypass": explanation.bypass,

@@ -4,7 +4,7 @@
 //! finishes. Each stage lives in its own module; their order lives here, and so does the
 //! one place where every reply is counted (`finish`), malformed and BADVERS ones included.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +32,32 @@ pub const FAILURE_CACHE: std::time::Duration = std::time::Duration::from_secs(2)
 /// queueing without bound behind a slow upstream.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
-/// How the reply leaves: UDP replies are cut to the client's size with TC=1.
+pub use crate::metrics::Transport;
+
+/// Who asked: the source address, and the listen address the query arrived on when the
+/// transport knows it (a listener tied to a segment decides the segment before the source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
+pub struct Client {
+    pub addr: IpAddr,
+    pub listener: Option<SocketAddr>,
+}
+
+impl Client {
+    pub fn at(addr: IpAddr, listener: SocketAddr) -> Client {
+        Client {
+            addr,
+            listener: Some(listener),
+        }
+    }
+}
+
+impl From<IpAddr> for Client {
+    fn from(addr: IpAddr) -> Client {
+        Client {
+            addr,
+            listener: None,
+        }
+    }
 }
 
 /// What `answer_now` left to do.
@@ -56,7 +77,7 @@ pub enum Step {
 pub struct Pending {
     /// Admitted to its upstream group (of the policy it started under).
     upstream: Admitted,
-    client: IpAddr,
+    client: Client,
     /// The client's query: inline up to 256 bytes (nearly every query), so a miss allocates
     /// nothing for it.
     packet: smallvec::SmallVec<[u8; 256]>,
@@ -229,10 +250,11 @@ impl Gateway {
     pub fn answer_now(
         &self,
         packet: &[u8],
-        client: IpAddr,
+        client: impl Into<Client>,
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Step {
+        let client = client.into();
         let started = std::time::Instant::now();
         let policy = self.policy.load();
         let query = match Query::parse(packet) {
@@ -240,19 +262,20 @@ impl Gateway {
             Err(Malformed::Drop) => return Step::Drop,
             Err(Malformed::Answer(rcode)) => {
                 wire::write_header_only(packet, rcode, out);
-                let segment = policy.classify(client);
+                let segment = policy.classify(client.addr, client.listener);
                 let ctx = Context::new(transport, started, segment, None);
                 return self.finish(&policy, &ctx, Outcome::Malformed, out);
             }
         };
-        let ctx = Context::new(transport, started, policy.classify(client), Some(&query));
+        let segment = policy.classify(client.addr, client.listener);
+        let ctx = Context::new(transport, started, segment, Some(&query));
         let Some(segment) = ctx.segment else {
-            debug!(%client, "refused: client in no segment");
+            debug!(client = %client.addr, "refused: client in no segment");
             reply::refused(&query, out);
             return self.finish(&policy, &ctx, Outcome::Refused, out);
         };
         if transport == Transport::Udp {
-            match policy.rate_limit(segment, client, started) {
+            match policy.rate_limit(segment, client.addr, started) {
                 Limit::Pass => {}
                 Limit::Drop => {
                     policy.metrics().segments[segment.0 as usize]
@@ -272,6 +295,10 @@ impl Gateway {
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
             return self.finish(&policy, &ctx, Outcome::BadVersion, out);
+        }
+        if let Some(ad) = policy.advertisement(segment, query.name()) {
+            reply::advertise(&query, ad, policy.block(), out);
+            return self.finish(&policy, &ctx, Outcome::Allowed, out);
         }
         if let Some((kind, zone_at)) = policy.bypass_name(segment, query.name()) {
             debug!(segment = %policy.segment_name(segment), kind = kind.as_str(), "bypass name");
@@ -304,7 +331,7 @@ impl Gateway {
                     reply::error(&query, Rcode::Refused, None, out);
                     Outcome::Allowed
                 } else {
-                    match self.admit(&policy, &query, client) {
+                    match self.admit(&policy, &query, client.addr) {
                         Ok((upstream, permit, client_permit)) => {
                             return Step::Forward(Pending {
                                 upstream,
@@ -400,7 +427,7 @@ impl Gateway {
     /// The reply to a forwarded query, decided under the policy in force now.
     fn reply(&self, pending: &Pending, query: &Query, answer: Settled, out: &mut Vec<u8>) {
         let policy = self.policy.load();
-        let segment = policy.classify(pending.client);
+        let segment = policy.classify(pending.client.addr, pending.client.listener);
         let ctx = Context::new(pending.transport, pending.started, segment, Some(query));
         // A reload meanwhile may have moved the client or blocked the name: decide again.
         let decision = segment.map(|segment| (segment, policy.decide(segment, query.name())));
@@ -480,7 +507,7 @@ impl Gateway {
     pub async fn answer(
         &self,
         packet: &[u8],
-        client: IpAddr,
+        client: impl Into<Client>,
         transport: Transport,
     ) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(512);
@@ -540,7 +567,7 @@ impl Gateway {
                 DecisionLabel::Allowed
             }
         };
-        handles.decided(decision);
+        handles.decided(decision, ctx.transport);
         let metrics = &self.metrics.query;
         if outcome == Outcome::BadVersion {
             metrics.responses_badvers.inc();

@@ -41,6 +41,7 @@ mod upstream;
 // The compiled policy, then the answers written from its decisions.
 mod cache;
 mod coalesce;
+mod ddr;
 mod policy;
 mod reply;
 // The path of one query, then what runs around it.
@@ -60,12 +61,13 @@ pub use admin::AdminBindError;
 pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
 pub use export::{ExportFormat, export};
-pub use gateway::{Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
+pub use gateway::{Client, Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
+pub use transport::ListenAddrs;
 use transport::Listeners;
 pub use transport::{BindError, serve_stream};
 pub use upstream::{Admitted, Resume, UdpTry};
@@ -118,6 +120,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     fetcher.resolve_with(Box::new(move || first.clone()));
     fetcher.prepare(&config, false).await?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen);
+    let encrypted = config.encrypted.clone();
     let policy = Policy::compile(config, &metrics, 1)?;
     reload::release_freed_memory();
     let gateway = Arc::new(Gateway::new(policy, metrics));
@@ -129,12 +132,11 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     // From here on, any early return stops what was started.
     let root_guard = root.clone().drop_guard();
     let serving = root.child_token();
-    let listeners = Listeners::bind(&listen, gateway.clone(), serving.clone()).await?;
+    let listeners = Listeners::bind(&listen, &encrypted, gateway.clone(), serving.clone()).await?;
     let reloader = Reloader::new(gateway.clone(), source, fetcher);
     let admin = match admin_listen {
         Some(addr) => {
-            let (udp, tcp) = (&listeners.udp, &listeners.tcp);
-            Some(Admin::start(addr, reloader.clone(), udp, tcp, root.clone()).await?)
+            Some(Admin::start(addr, reloader.clone(), &listeners.addrs, root.clone()).await?)
         }
         None => None,
     };
@@ -152,11 +154,21 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
 impl Running {
     /// UDP addresses as bound (port 0 in the config resolved).
     pub fn udp_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.udp
+        &self.listeners.addrs.udp
     }
 
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.tcp
+        &self.listeners.addrs.tcp
+    }
+
+    /// DNS-over-TLS addresses as bound.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.listeners.addrs.tls
+    }
+
+    /// DNS-over-HTTPS addresses as bound.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.listeners.addrs.https
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {

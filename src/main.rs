@@ -3,7 +3,7 @@
 
 use std::error::Error;
 use std::io::{self, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +43,9 @@ enum Command {
         /// The client's source address.
         #[arg(long)]
         client: IpAddr,
+        /// The listen address the query arrives on, where a segment has `listeners`.
+        #[arg(long)]
+        listener: Option<SocketAddr>,
         /// The queried name, or an address as found in an answer (checked against IP lists).
         name: String,
     },
@@ -101,8 +104,9 @@ fn main() -> ExitCode {
         Some(Command::Explain {
             config,
             client,
+            listener,
             name,
-        }) => runtime.block_on(explain(config, client, &name)),
+        }) => runtime.block_on(explain(config, client, listener, &name)),
         Some(Command::Export { format, config }) => export(&config, format),
     }
 }
@@ -281,12 +285,17 @@ fn write_check(out: &mut dyn Write, policy: &Policy) -> io::Result<()> {
     Ok(())
 }
 
-async fn explain(arg: ConfigArg, client: IpAddr, name: &str) -> ExitCode {
+async fn explain(
+    arg: ConfigArg,
+    client: IpAddr,
+    listener: Option<SocketAddr>,
+    name: &str,
+) -> ExitCode {
     let policy = match compile(&arg) {
         Ok(policy) => policy,
         Err(code) => return code,
     };
-    let explanation = match policy.explain(client, name) {
+    let explanation = match policy.explain(client, listener, name) {
         Ok(explanation) => explanation.locate(),
         Err(err) => {
             eprintln!("error: `{name}` is not a domain name: {err}");
@@ -310,7 +319,7 @@ fn write_explanation(
         .as_deref()
         .map_or("none".to_owned(), |s| format!("\"{s}\""));
     writeln!(out, "client:  {client}")?;
-    writeln!(out, "segment: {segment}")?;
+    writeln!(out, "segment: {segment} (by {})", explanation.placement)?;
     writeln!(out, "name:    {}", explanation.name)?;
     let entry = |located: &Located| match &located.at {
         Some((path, line)) => format!("entry `{}` at {}:{line}", located.entry, path.display()),

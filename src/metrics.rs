@@ -46,6 +46,36 @@ impl DecisionLabel {
     }
 }
 
+/// How a query came and its reply leaves, as the `transport` label says it. UDP replies are
+/// cut to the client's size with TC=1; the others carry any size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over HTTPS (RFC 8484).
+    Https,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Https,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Https => "https",
+        }
+    }
+}
+
 /// Which in-flight budget was full when a miss was answered SERVFAIL, as the `reason` label
 /// of `portvakt_shed_total` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,16 +159,44 @@ impl TcpLimit {
     }
 }
 
-/// TCP connection handles.
+/// How a TLS handshake of a DoT or DoH connection ended (the `result` label of
+/// `portvakt_tls_handshakes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    /// Refused by TLS: no common version or ALPN, a bad message, the client gave up.
+    Failed,
+    /// Not done within the handshake timeout.
+    Timeout,
+}
+
+impl Handshake {
+    pub const ALL: [Handshake; 3] = [Handshake::Ok, Handshake::Failed, Handshake::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Failed => "failed",
+            Handshake::Timeout => "timeout",
+        }
+    }
+}
+
+/// Stream connection handles (TCP, and the TLS and HTTPS connections on top).
 pub struct TcpMetrics {
     /// Connections open now.
     pub open: IntGauge,
     hits: [IntCounter; 5],
+    handshakes: [IntCounter; 3],
 }
 
 impl TcpMetrics {
     pub fn hit(&self, limit: TcpLimit) {
         self.hits[limit as usize].inc();
+    }
+
+    pub fn handshake(&self, result: Handshake) {
+        self.handshakes[result as usize].inc();
     }
 }
 
@@ -240,8 +298,8 @@ impl Metrics {
 
         let queries = counter(
             "portvakt_queries_total",
-            "Queries by client segment and decision.",
-            &["segment", "decision"],
+            "Queries by client segment, decision and transport.",
+            &["segment", "decision", "transport"],
         );
         let blocked = counter(
             "portvakt_blocked_total",
@@ -329,13 +387,22 @@ impl Metrics {
             "TCP connections refused (limit total or client) or closed (idle, slow, queries) by a limit.",
             &["limit"],
         );
+        let handshakes = counter(
+            "portvakt_tls_handshakes_total",
+            "TLS handshakes of DoT and DoH connections, by result (ok, failed, timeout).",
+            &["result"],
+        );
         let tcp = TcpMetrics {
             open: register(
                 &registry,
-                IntGauge::new("portvakt_tcp_connections", "TCP connections open now.")
-                    .expect("valid metric"),
+                IntGauge::new(
+                    "portvakt_tcp_connections",
+                    "TCP connections open now (DoT and DoH included).",
+                )
+                .expect("valid metric"),
             ),
             hits: TcpLimit::ALL.map(|l| tcp_hits.with_label_values(&[l.as_str()])),
+            handshakes: Handshake::ALL.map(|h| handshakes.with_label_values(&[h.as_str()])),
         };
         let list_updates = counter(
             "portvakt_list_updates_total",
@@ -443,8 +510,10 @@ impl Metrics {
         blocked_lists: &[(usize, &str)],
         lists: usize,
     ) -> SegmentMetrics {
-        let decisions =
-            DecisionLabel::ALL.map(|d| self.queries.with_label_values(&[segment, d.as_str()]));
+        let decisions = Transport::ALL.map(|t| {
+            DecisionLabel::ALL
+                .map(|d| (self.queries).with_label_values(&[segment, d.as_str(), t.as_str()]))
+        });
         let mut blocked = vec![None; lists];
         for &(id, list) in blocked_lists {
             blocked[id] = Some(self.blocked.with_label_values(&[segment, list]));
@@ -560,7 +629,8 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 /// One segment's handles.
 #[derive(Clone)]
 pub struct SegmentMetrics {
-    decisions: [IntCounter; 3],
+    /// Indexed by `Transport as usize`, then `DecisionLabel as usize`.
+    decisions: [[IntCounter; 3]; Transport::ALL.len()],
     blocked: Vec<Option<IntCounter>>,
     /// Indexed by `BypassKind as usize`.
     bypass: [IntCounter; BypassKind::ALL.len()],
@@ -571,8 +641,8 @@ pub struct SegmentMetrics {
 }
 
 impl SegmentMetrics {
-    pub fn decided(&self, decision: DecisionLabel) {
-        self.decisions[decision as usize].inc();
+    pub fn decided(&self, decision: DecisionLabel, transport: Transport) {
+        self.decisions[transport as usize][decision as usize].inc();
     }
 
     pub fn shed(&self, reason: ShedReason) {

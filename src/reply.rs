@@ -6,8 +6,11 @@
 
 use crate::bypass::BypassKind;
 use crate::config::BlockResponse;
+use crate::ddr::Advertisement;
 use crate::policy::{BlockAnswers, ListId};
-use crate::wire::{self, CLASS_IN, EdeCode, HEADER_LEN, Query, Rcode, TYPE_SOA, push_opt};
+use crate::wire::{
+    self, CLASS_IN, EdeCode, HEADER_LEN, Query, Rcode, TYPE_SOA, TYPE_SVCB, push_opt,
+};
 
 /// The answer to a blocked name: the configured response, the SOA of the matched zone (at
 /// `zone_at` in the question name) on negative answers, and EDE 15 with the list's message.
@@ -70,6 +73,23 @@ pub fn bypass(
     };
     let ede = Some((EdeCode::Blocked, text));
     negative(query, answers, rcode, zone_at, ede, out);
+}
+
+/// DDR's answer where portvakt advertises itself: its SVCB records for type SVCB, NODATA
+/// (with the SOA) for any other type.
+pub fn advertise(query: &Query, ad: &Advertisement, answers: &BlockAnswers, out: &mut Vec<u8>) {
+    if query.qtype != TYPE_SVCB {
+        negative(query, answers, Rcode::NoError, 0, None, out);
+        return;
+    }
+    begin(query, Rcode::NoError, out);
+    for rdata in &ad.records {
+        push_pointer(out, HEADER_LEN);
+        push_record_fixed(out, TYPE_SVCB, crate::ddr::TTL, rdata.len());
+        out.extend_from_slice(rdata);
+    }
+    wire::set_u16(out, 6, ad.records.len() as u16);
+    push_opt(query, 0, None, out);
 }
 
 /// NXDOMAIN or NODATA with the SOA of the zone at `zone_at` in the question name in

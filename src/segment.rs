@@ -1,9 +1,10 @@
-//! Which segment a client is in: a longest-prefix match of its source address over every
-//! segment's networks. IPv4-mapped IPv6 sources (`::ffff:a.b.c.d`, from dual-stack sockets)
-//! are matched as the IPv4 address they carry.
+//! Which segment a client is in. A listen address tied to a segment (`listeners`) decides for
+//! every query that arrives on it; elsewhere it is a longest-prefix match of the source address
+//! over every segment's networks. IPv4-mapped IPv6 sources (`::ffff:a.b.c.d`, from dual-stack
+//! sockets) are matched as the IPv4 address they carry.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::BitAnd;
 
 use ipnet::IpNet;
@@ -24,6 +25,19 @@ pub struct SegmentTable {
     v6: Prefixes<u128>,
     /// Where clients in no segment go; `None` refuses them.
     unknown: Option<SegmentId>,
+    /// Listen addresses tied to a segment (a handful at most).
+    listeners: Vec<(SocketAddr, SegmentId)>,
+}
+
+/// What placed a client in its segment (or in none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The listen address the query arrived on.
+    Listener(SocketAddr),
+    /// The longest network of a segment holding the source address.
+    Network(IpNet),
+    /// No network holds it: `unknown_clients`.
+    Unknown,
 }
 
 /// One exact-match map per prefix length in use, longest first: a lookup masks the address
@@ -58,6 +72,22 @@ impl<K: Copy + Eq + Hash + BitAnd<Output = K>> Prefixes<K> {
             .iter()
             .find_map(|(_, mask, map)| map.get(&(addr & *mask)).copied())
     }
+
+    /// The longest match's prefix length and segment.
+    fn longest_with_length(&self, addr: K) -> Option<(u8, SegmentId)> {
+        (self.by_length.iter())
+            .find_map(|(len, mask, map)| map.get(&(addr & *mask)).map(|id| (*len, *id)))
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Listener(addr) => write!(f, "listener {addr}"),
+            Placement::Network(net) => write!(f, "network {net}"),
+            Placement::Unknown => f.write_str("unknown_clients"),
+        }
+    }
 }
 
 impl SegmentTable {
@@ -89,8 +119,52 @@ impl SegmentTable {
         table
     }
 
-    /// The client's segment: the longest prefix containing it, else the `unknown_clients`
-    /// segment, else `None` (refused).
+    /// Ties `listeners` to their segments; they decide before the source address does.
+    pub fn with_listeners(mut self, listeners: Vec<(SocketAddr, SegmentId)>) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
+    /// The segment of a query from `client` that arrived on `listener` (if known): the
+    /// listener's segment, else [`SegmentTable::classify`].
+    pub fn classify_at(&self, client: IpAddr, listener: Option<SocketAddr>) -> Option<SegmentId> {
+        if let Some(at) = listener
+            && let Some(&(_, id)) = self.listeners.iter().find(|(addr, _)| *addr == at)
+        {
+            return Some(id);
+        }
+        self.classify(client)
+    }
+
+    /// The segment, and what decided it.
+    pub fn place(
+        &self,
+        client: IpAddr,
+        listener: Option<SocketAddr>,
+    ) -> (Option<SegmentId>, Placement) {
+        if let Some(at) = listener
+            && let Some(&(addr, id)) = self.listeners.iter().find(|(addr, _)| *addr == at)
+        {
+            return (Some(id), Placement::Listener(addr));
+        }
+        let client = client.to_canonical();
+        let found = match client {
+            IpAddr::V4(addr) => self.v4.longest_with_length(u32::from(addr)),
+            IpAddr::V6(addr) => self.v6.longest_with_length(u128::from(addr)),
+        };
+        match found {
+            Some((len, id)) => {
+                let net = IpNet::new(client, len)
+                    .expect("a prefix length in range")
+                    .trunc();
+                (Some(id), Placement::Network(net))
+            }
+            None => (self.unknown, Placement::Unknown),
+        }
+    }
+
+    /// The client's segment by source: the longest prefix containing it, else the
+    /// `unknown_clients` segment, else `None` (refused).
     pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
         let found = match client.to_canonical() {
             IpAddr::V4(addr) => self.v4.longest(u32::from(addr)),

@@ -306,6 +306,27 @@ pub fn record_addresses(msg: &[u8], record: &Record, out: &mut impl Extend<std::
     }
 }
 
+/// The smallest TTL of the answer and authority records of a reply (its freshness for an HTTP
+/// cache, RFC 8484 section 5.1); `None` when it has none or is malformed.
+pub fn min_ttl(msg: &[u8]) -> Option<u32> {
+    if msg.len() < 12 {
+        return None;
+    }
+    let mut at = 12;
+    for _ in 0..u16_at(msg, 4) {
+        at = skip_name(msg, at)? + 4;
+    }
+    let records = u16_at(msg, 6) + u16_at(msg, 8);
+    let mut least: Option<u32> = None;
+    for _ in 0..records {
+        let record = Record::read(msg, at)?;
+        let ttl = u32_at(msg, record.ttl_at);
+        least = Some(least.map_or(ttl, |l| l.min(ttl)));
+        at = record.end;
+    }
+    least
+}
+
 /// Whether `record` is an SVCB or HTTPS record with the SvcParam `key`.
 pub fn has_svc_param(msg: &[u8], record: &Record, key: u16) -> bool {
     matches!(record.rtype, TYPE_SVCB | TYPE_HTTPS)
@@ -411,6 +432,28 @@ impl Sections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_ttl_is_the_least_of_answer_and_authority() {
+        let mut msg = vec![0, 1, 0x81, 0x80, 0, 1, 0, 2, 0, 1, 0, 0];
+        msg.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
+        for ttl in [300u32, 60, 900] {
+            msg.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+            msg.extend_from_slice(&ttl.to_be_bytes());
+            msg.extend_from_slice(&[0, 4, 192, 0, 2, 1]);
+        }
+        assert_eq!(min_ttl(&msg), Some(60));
+        assert_eq!(min_ttl(&msg[..msg.len() - 3]), None, "a record cut short");
+        assert_eq!(
+            min_ttl(&msg[..12 + 7]),
+            None,
+            "counts promise records that are absent"
+        );
+        let mut empty = msg[..12 + 7].to_vec();
+        empty[7] = 0;
+        empty[9] = 0;
+        assert_eq!(min_ttl(&empty), None);
+    }
 
     /// A query for `name` with type A; `edns` adds an OPT record (payload, DO).
     pub fn query(name: &str, edns: Option<(u16, bool)>) -> Vec<u8> {

@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
                 .expect("reading the replies");
             bytes
         });
-        portvakt::serve_stream(gateway().clone(), client, sent, write, limits).await;
+        portvakt::serve_stream(gateway().clone(), client.into(), sent, write, limits).await;
         collect.await.expect("the collector")
     });
     let replies = frames(&received);

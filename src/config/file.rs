@@ -82,6 +82,20 @@ pub struct ServerSection {
     pub tcp_idle_timeout_ms: Option<Spanned<u64>>,
     /// A TCP connection is closed after this many queries (default 10000).
     pub tcp_queries_per_connection: Option<Spanned<u32>>,
+    /// Addresses to serve DNS over TLS on (RFC 7858; port 853 by convention).
+    #[serde(default)]
+    pub tls_listen: Vec<Spanned<ListenAddr>>,
+    /// Addresses to serve DNS over HTTPS on (RFC 8484; port 443 by convention).
+    #[serde(default)]
+    pub https_listen: Vec<Spanned<ListenAddr>>,
+    /// The DoH path (default `/dns-query`).
+    pub https_path: Option<Spanned<String>>,
+    /// The certificate chain (PEM) the TLS and HTTPS listeners present.
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// The name the certificate is for: the target DDR advertises.
+    pub tls_name: Option<Spanned<String>>,
 }
 
 impl Default for ServerSection {
@@ -95,6 +109,12 @@ impl Default for ServerSection {
             tcp_connections_per_client: None,
             tcp_idle_timeout_ms: None,
             tcp_queries_per_connection: None,
+            tls_listen: Vec::new(),
+            https_listen: Vec::new(),
+            https_path: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_name: None,
         }
     }
 }
@@ -235,7 +255,14 @@ pub enum ListKind {
 #[serde(deny_unknown_fields)]
 pub struct SegmentSection {
     pub name: Spanned<String>,
+    #[serde(default)]
     pub networks: Vec<Spanned<Network>>,
+    /// Listen addresses whose queries belong here whatever their source.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<ListenAddr>>,
+    /// Answer DDR (`_dns.resolver.arpa` SVCB) with portvakt's own DoT and DoH endpoints.
+    #[serde(default)]
+    pub advertise_encrypted: bool,
     /// Lists whose names are blocked for this segment.
     #[serde(default)]
     pub block: Vec<Spanned<String>>,

@@ -5,6 +5,7 @@
 
 mod error;
 pub mod file;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -21,6 +22,7 @@ use error::Source;
 pub use error::{ConfigError, Problem};
 use file::ConfigFile;
 pub use file::{BlockResponse, ListKind, ServerAddr};
+pub use tls::{Certificate, EncryptedSettings};
 
 /// The annotated example config, also the default when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");
@@ -58,6 +60,8 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     /// Read when the listeners are bound (a reload does not change them).
     pub tcp: TcpLimits,
+    /// DoT and DoH: listeners and the certificate.
+    pub encrypted: EncryptedSettings,
 }
 
 /// The TCP listeners' limits.
@@ -188,6 +192,10 @@ pub const DEFAULT_MAX_SHRINK: f64 = 0.5;
 pub struct SegmentConfig {
     pub name: String,
     pub networks: Vec<IpNet>,
+    /// Listen addresses whose queries belong here, whatever their source.
+    pub listeners: Vec<SocketAddr>,
+    /// DDR answered with portvakt's own encrypted endpoints.
+    pub advertise_encrypted: bool,
     pub block: Vec<usize>,
     pub allow: Vec<usize>,
     pub bypass: BypassHandling,
@@ -317,7 +325,14 @@ impl Checks<'_> {
             .collect();
         let rates = &file.rate_limit;
         let default_rate = (rates.qps, rates.burst.as_ref().map(|b| *b.get_ref()));
-        let segments = self.segments(&file.segment, &list_ids, default_rate);
+        let encrypted = self.encrypted(&file.server);
+        let segments = self.segments(
+            &file.segment,
+            &list_ids,
+            default_rate,
+            &file.server,
+            &encrypted,
+        );
 
         let unknown = &file.server.unknown_clients;
         let unknown_clients = match unknown.get_ref().as_str() {
@@ -346,7 +361,14 @@ impl Checks<'_> {
             );
         }
         let mut seen = HashMap::new();
-        for addr in listen.get_ref() {
+        let server = &file.server;
+        let all = listen
+            .get_ref()
+            .iter()
+            .chain(&server.tls_listen)
+            .chain(&server.https_listen);
+        // Port 0 ("any free port") may repeat: each bind gets its own.
+        for addr in all.filter(|a| a.get_ref().0.port() != 0) {
             if seen.insert(addr.get_ref().0, ()).is_some() {
                 self.report(
                     addr,
@@ -395,6 +417,7 @@ impl Checks<'_> {
             cache_stale_for: self.stale_for(file.cache.stale_for.as_ref()),
             rate_limit: self.rate_limit(&file.rate_limit),
             tcp,
+            encrypted,
         }
     }
 
@@ -655,9 +678,17 @@ impl Checks<'_> {
         segments: &[file::SegmentSection],
         lists: &BTreeMap<&str, usize>,
         default_rate: (u32, Option<u32>),
+        server: &file::ServerSection,
+        encrypted: &EncryptedSettings,
     ) -> Vec<SegmentConfig> {
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut networks: HashMap<IpNet, &str> = HashMap::new();
+        let mut listeners: HashMap<SocketAddr, &str> = HashMap::new();
+        let bound: Vec<SocketAddr> = (server.listen.get_ref().iter())
+            .chain(&server.tls_listen)
+            .chain(&server.https_listen)
+            .map(|a| a.get_ref().0)
+            .collect();
         let mut out = Vec::with_capacity(segments.len());
         let defined = lists.keys().copied().collect::<Vec<_>>().join(", ");
         for segment in segments {
@@ -672,8 +703,38 @@ impl Checks<'_> {
                 let message = "segment name \"none\" is reserved for clients in no segment";
                 self.report(&segment.name, message);
             }
-            if segment.networks.is_empty() {
-                self.report(&segment.name, format!("segment \"{name}\" has no networks"));
+            if segment.networks.is_empty() && segment.listeners.is_empty() {
+                let message = format!("segment \"{name}\" has no networks and no listeners");
+                self.report(&segment.name, message);
+            }
+            for listener in &segment.listeners {
+                let addr = listener.get_ref().0;
+                if !bound.contains(&addr) || addr.ip().is_unspecified() {
+                    let message = format!(
+                        "listener {addr} is not a specific address of server.listen, tls_listen or https_listen"
+                    );
+                    self.report(listener, message);
+                }
+                if let Some(other) = listeners.insert(addr, name) {
+                    let message = format!("listener {addr} is in segment \"{other}\" already");
+                    self.report(listener, message);
+                }
+            }
+            if segment.advertise_encrypted
+                && (encrypted.certificate.is_none() || encrypted.name.is_none())
+            {
+                let message = format!(
+                    "segment \"{name}\" has advertise_encrypted, which needs tls_listen or https_listen with a certificate, and tls_name"
+                );
+                self.report(&segment.name, message);
+            }
+            let any_port =
+                (encrypted.tls_listen.iter().chain(&encrypted.https_listen)).any(|a| a.port() == 0);
+            if segment.advertise_encrypted && any_port {
+                let message = format!(
+                    "segment \"{name}\" has advertise_encrypted, which needs tls_listen and https_listen with fixed ports (not 0)"
+                );
+                self.report(&segment.name, message);
             }
             for net in &segment.networks {
                 if let Some(other) = networks.insert(net.get_ref().0, name) {
@@ -715,6 +776,8 @@ impl Checks<'_> {
             out.push(SegmentConfig {
                 name: name.to_owned(),
                 networks: segment.networks.iter().map(|n| n.get_ref().0).collect(),
+                listeners: segment.listeners.iter().map(|l| l.get_ref().0).collect(),
+                advertise_encrypted: segment.advertise_encrypted,
                 block,
                 allow,
                 bypass,
@@ -888,7 +951,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tls_listen`, `https_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::{Config, ListKind, SegmentConfig};
+use crate::ddr::Advertisement;
 use crate::lists::{self, Item, ListError, Rejected};
 use crate::metrics::Metrics;
 use crate::name;
@@ -51,10 +52,16 @@ impl Policy {
                 .iter()
                 .map(move |net| (*net, SegmentId(id as u16)))
         });
+        let listeners = config.segments.iter().enumerate().flat_map(|(id, s)| {
+            s.listeners
+                .iter()
+                .map(move |addr| (*addr, SegmentId(id as u16)))
+        });
         let table = SegmentTable::new(
             networks,
             config.unknown_clients.map(|id| SegmentId(id as u16)),
-        );
+        )
+        .with_listeners(listeners.collect());
         Ok(Policy {
             segments: config
                 .segments
@@ -67,6 +74,7 @@ impl Policy {
             lists,
             index: index.build(),
             block: BlockAnswers::new(&config.block, &config.lists),
+            advertisement: Advertisement::new(&config.encrypted),
             upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)),
             limiter: config.segments.iter().any(|s| s.rate.is_some()).then(|| {
                 let settings = &config.rate_limit;
@@ -162,6 +170,7 @@ fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
         name: config.name.clone(),
         blocks_addresses: !block.intersect(ip_lists).is_empty(),
         bypass: config.bypass,
+        advertise: config.advertise_encrypted,
         rate: config.rate.map(|(qps, burst)| Rate { qps, burst }),
         block,
         allow: set(&config.allow),

@@ -3,18 +3,21 @@
 //! found by reading the list's files again (the index keeps no origins), the only file reads
 //! of a running policy, so `locate` runs off the async runtime.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::lists::{self, EntryKind};
 use crate::name::{self, NameError};
 use crate::policy::{Decision, ListId, Policy};
+pub use crate::segment::Placement;
 
 /// The answer to `portvakt explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     pub name: String,
     pub segment: Option<String>,
+    /// What placed the client in its segment: a listener, a network, `unknown_clients`.
+    pub placement: Placement,
     pub verdict: Verdict,
     /// The bypass kind the query counts as (`portvakt_bypass_attempts_total`), if any.
     pub bypass: Option<&'static str>,
@@ -57,8 +60,13 @@ impl Policy {
     /// the deciding entry's file and line are left to [`Explanation::locate`].
     /// `text_name` may also be an address, as found in an answer: then the verdict is that of
     /// the IP lists.
-    pub fn explain(&self, client: IpAddr, text_name: &str) -> Result<Explanation, NameError> {
-        let segment = self.classify(client);
+    pub fn explain(
+        &self,
+        client: IpAddr,
+        listener: Option<SocketAddr>,
+        text_name: &str,
+    ) -> Result<Explanation, NameError> {
+        let (segment, placement) = self.table.place(client, listener);
         let segment_name = segment.map(|s| self.segment_name(s).to_owned());
         let located = |list: ListId, entry: String, key: Key| Located {
             list: self.list_name(list).to_owned(),
@@ -85,6 +93,7 @@ impl Policy {
             return Ok(Explanation {
                 name: addr.to_string(),
                 segment: segment_name,
+                placement,
                 bypass: self.bypass_of(&verdict),
                 verdict,
             });
@@ -112,6 +121,7 @@ impl Policy {
         Ok(Explanation {
             name: name::to_text(&wire),
             segment: segment_name,
+            placement,
             verdict,
             bypass,
         })

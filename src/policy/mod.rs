@@ -10,13 +10,14 @@ mod explain;
 pub(crate) mod index;
 mod networks;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::bypass::{self, BypassKind};
 use crate::config::{BypassHandling, Config};
+use crate::ddr::Advertisement;
 use crate::lists::Rejected;
 use crate::metrics::SegmentMetrics;
 use crate::ratelimit::{Limit, Rate, RateLimiter};
@@ -45,6 +46,8 @@ pub struct Policy {
     /// Each list's bypass tag, indexed by `ListId` (read for every blocked query).
     list_bypass: Vec<Option<BypassKind>>,
     block: BlockAnswers,
+    /// DDR's records for the segments with `advertise_encrypted`.
+    advertisement: Option<Advertisement>,
     /// Shared with the queries forwarded under this policy, which hold only this part.
     upstreams: Arc<Upstreams>,
     /// The clients' buckets, when a segment has a rate limit (new with each policy).
@@ -73,6 +76,8 @@ struct Segment {
     /// Whether a list it blocks has IP entries (else answers' addresses need no check).
     blocks_addresses: bool,
     bypass: BypassHandling,
+    /// DDR answered with portvakt's own endpoints.
+    advertise: bool,
     /// Per client over UDP; `None`: no limit.
     rate: Option<Rate>,
 }
@@ -145,8 +150,9 @@ impl Policy {
         &self.lists
     }
 
-    pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
-        self.table.classify(client)
+    /// The segment of a query from `client` that came in on `listener` (if known).
+    pub fn classify(&self, client: IpAddr, listener: Option<SocketAddr>) -> Option<SegmentId> {
+        self.table.classify_at(client, listener)
     }
 
     /// Decides `name` (lowercase wire format) for `segment` in one pass over its suffixes.
@@ -194,6 +200,12 @@ impl Policy {
     pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<(BypassKind, usize)> {
         let handling = &self.segments[segment.0 as usize].bypass;
         bypass::built_in(name).filter(|&(kind, _)| handling.handles(kind))
+    }
+
+    /// The advertisement of portvakt's encrypted endpoints, if `segment` gets it for `name`.
+    pub(crate) fn advertisement(&self, segment: SegmentId, name: &[u8]) -> Option<&Advertisement> {
+        let ad = self.advertisement.as_ref()?;
+        (self.segments[segment.0 as usize].advertise && ad.answers(name)).then_some(ad)
     }
 
     /// Whether `segment` gets HTTPS/SVCB answers without their `ech` parameter.
@@ -282,6 +294,7 @@ mod tests {
                 ddr: true,
                 strip_ech: true,
             },
+            advertise: false,
             rate: None,
         }
     }

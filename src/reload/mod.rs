@@ -305,11 +305,14 @@ impl Reloader {
             .flat_map(|l| l.files.iter().cloned());
         let token = policy.config().admin_token_file.clone();
         let roots = (policy.config().upstreams.iter()).filter_map(|u| u.ca_file.clone());
+        let encrypted = &policy.config().encrypted;
+        let certificate = (encrypted.cert_file.iter().chain(&encrypted.key_file)).cloned();
         config
             .into_iter()
             .chain(lists)
             .chain(token)
             .chain(roots)
+            .chain(certificate)
             .collect()
     }
 }

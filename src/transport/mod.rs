@@ -2,11 +2,14 @@
 //! UDP is our own receive loop (`udp.rs`), TCP our own accept loop and connections with their
 //! limits (`tcp.rs`). Both stop when the shutdown token they were given is cancelled.
 
+mod https;
+mod stream;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +18,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TcpLimits;
-use crate::gateway::Gateway;
-use tcp::{Connection, Tcp};
+use crate::config::{EncryptedSettings, TcpLimits};
+use crate::gateway::{Client, Gateway, Transport};
+use stream::Connection;
+use tcp::{Stream, Tcp};
 use udp::Udp;
 
 /// Ports tried for a listen address with port 0 (UDP and TCP must share one).
@@ -35,12 +39,19 @@ pub struct BindError {
     pub source: io::Error,
 }
 
-/// The bound DNS listeners.
-pub struct Listeners {
-    /// Actual addresses (port 0 in the config is resolved here).
+/// The DNS listeners' addresses as bound (port 0 in the config resolved).
+#[derive(Debug, Clone, Default)]
+pub struct ListenAddrs {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
-    /// Stops both transports once the shutdown token is cancelled.
+    pub tls: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+}
+
+/// The bound DNS listeners.
+pub struct Listeners {
+    pub addrs: ListenAddrs,
+    /// Stops the transports once the shutdown token is cancelled.
     stopper: JoinHandle<()>,
 }
 
@@ -50,6 +61,7 @@ impl Listeners {
     /// inside the runtime.
     pub async fn bind(
         addrs: &[SocketAddr],
+        encrypted: &EncryptedSettings,
         gateway: Arc<Gateway>,
         stop: CancellationToken,
     ) -> Result<Listeners, BindError> {
@@ -82,6 +94,30 @@ impl Listeners {
             };
             bound_all.push((sockets, bound, listener));
         }
+        // DoT and DoH listen on TCP only.
+        let mut encrypted_listeners = Vec::new();
+        let (mut tls, mut https) = (Vec::new(), Vec::new());
+        let streams = (encrypted.tls_listen.iter().map(|a| (*a, Stream::Tls)))
+            .chain(encrypted.https_listen.iter().map(|a| (*a, Stream::Https)));
+        for (addr, stream) in streams {
+            let bind_error = |source| BindError {
+                proto: if stream == Stream::Tls {
+                    "TLS"
+                } else {
+                    "HTTPS"
+                },
+                addr,
+                source,
+            };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let bound = listener.local_addr().map_err(bind_error)?;
+            if stream == Stream::Tls {
+                tls.push(bound)
+            } else {
+                https.push(bound)
+            }
+            encrypted_listeners.push((listener, stream));
+        }
         let mut udp = Udp::new();
         let tcp = Tcp::new(gateway.with_policy(|p| p.config().tcp));
         let addrs: Vec<SocketAddr> = bound_all.iter().map(|(_, bound, _)| *bound).collect();
@@ -96,15 +132,22 @@ impl Listeners {
                     });
                 }
             }
-            tcp.serve(listener, gateway.clone());
+            tcp.serve(listener, Stream::Plain, gateway.clone());
+        }
+        for (listener, stream) in encrypted_listeners {
+            tcp.serve(listener, stream, gateway.clone());
         }
         let stopper = tokio::spawn(async move {
             stop.cancelled().await;
             tokio::join!(udp.stop(SHUTDOWN_GRACE), tcp.stop(SHUTDOWN_GRACE));
         });
         Ok(Listeners {
-            udp: addrs.clone(),
-            tcp: addrs,
+            addrs: ListenAddrs {
+                udp: addrs.clone(),
+                tcp: addrs,
+                tls,
+                https,
+            },
             stopper,
         })
     }
@@ -120,7 +163,7 @@ impl Listeners {
 /// idles, or has spent its query budget. Public for the framing fuzz target.
 pub async fn serve_stream<R, W>(
     gateway: Arc<Gateway>,
-    client: IpAddr,
+    client: Client,
     read: R,
     write: W,
     limits: TcpLimits,
@@ -131,6 +174,7 @@ pub async fn serve_stream<R, W>(
     let connection = Connection {
         gateway,
         client,
+        transport: Transport::Tcp,
         limits,
         stop: CancellationToken::new(),
     };

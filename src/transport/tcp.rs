@@ -1,34 +1,40 @@
-//! TCP (RFC 7766): our own accept loop and connections, so that connections can be capped
-//! (hickory-server's listener accepts without limit and cannot be filtered). A connection is
-//! refused at accept when the total or its client's count is full; one is closed when it is
-//! idle, when a query arrives too slowly, or after its query budget. Queries on a connection
-//! are answered concurrently (pipelining: those that need no upstream at once, at most
-//! `IN_FLIGHT` misses at once), each reply written as it is ready, in whatever order.
+//! TCP listeners (RFC 7766) and the DoT and DoH listeners on top: our own accept loop, so that
+//! connections can be capped (hickory-server's listener accepts without limit and cannot be
+//! filtered). A connection is refused at accept when the total or its client's count is full
+//! (the caps are shared by the three kinds of listener); then it is served as plain DNS over
+//! TCP (`stream.rs`), after a TLS handshake (`tls.rs`), or as HTTPS (`https.rs`).
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::stream::Connection;
 use crate::budget::ClientBudget;
 use crate::config::TcpLimits;
-use crate::gateway::{Gateway, Step, Transport};
+use crate::gateway::{Client, Gateway, Transport};
 use crate::metrics::TcpLimit;
 
-/// Misses of one connection waiting for the upstream at once; the next waits for one of them.
-const IN_FLIGHT: usize = 16;
-/// A query's bytes must all arrive within this, once its length has.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a stream listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stream {
+    /// DNS over TCP.
+    Plain,
+    /// DNS over TLS: the same framing inside TLS.
+    Tls,
+    /// DNS over HTTPS.
+    Https,
+}
+
 /// After an accept error (out of descriptors), wait this long before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The TCP listeners and their connections.
+/// The stream listeners (TCP, TLS, HTTPS) and their connections; the caps are shared.
 pub(super) struct Tcp {
     limits: TcpLimits,
     total: Arc<Semaphore>,
@@ -51,8 +57,10 @@ impl Tcp {
     }
 
     /// Accepts on `listener` until stopped.
-    pub(super) fn serve(&self, listener: TcpListener, gateway: Arc<Gateway>) {
+    pub(super) fn serve(&self, listener: TcpListener, stream: Stream, gateway: Arc<Gateway>) {
         let accept = Accept {
+            stream,
+            local: listener.local_addr().ok(),
             limits: self.limits,
             total: self.total.clone(),
             clients: self.clients.clone(),
@@ -72,6 +80,8 @@ impl Tcp {
 }
 
 struct Accept {
+    stream: Stream,
+    local: Option<SocketAddr>,
     limits: TcpLimits,
     total: Arc<Semaphore>,
     clients: Arc<ClientBudget>,
@@ -106,121 +116,36 @@ impl Accept {
             };
             let conn = Connection {
                 gateway: self.gateway.clone(),
-                client: peer.ip(),
+                client: Client {
+                    addr: peer.ip(),
+                    listener: self.local,
+                },
+                transport: match self.stream {
+                    Stream::Plain => Transport::Tcp,
+                    Stream::Tls => Transport::Tls,
+                    Stream::Https => Transport::Https,
+                },
                 limits: self.limits,
                 stop: self.stop.clone(),
             };
+            let kind = self.stream;
             self.tasks.spawn(async move {
                 let _held = (connection, client);
                 conn.gateway.metrics().tcp.open.inc();
-                match stream.set_nodelay(true) {
-                    Ok(()) => {
-                        let (read, write) = stream.into_split();
-                        conn.serve(read, write).await;
+                if let Err(err) = stream.set_nodelay(true) {
+                    debug!(%err, "tcp connection failed");
+                } else {
+                    match kind {
+                        Stream::Plain => {
+                            let (read, write) = stream.into_split();
+                            conn.serve(read, write).await;
+                        }
+                        Stream::Tls => super::tls::serve(conn.clone(), stream).await,
+                        Stream::Https => super::https::serve(conn.clone(), stream).await,
                     }
-                    Err(err) => debug!(%err, "tcp connection failed"),
                 }
                 conn.gateway.metrics().tcp.open.dec();
             });
         }
-    }
-}
-
-/// One stream's queries: a TCP connection's, or (through [`serve_stream`]) any byte stream's.
-pub(super) struct Connection {
-    pub(super) gateway: Arc<Gateway>,
-    pub(super) client: IpAddr,
-    pub(super) limits: TcpLimits,
-    pub(super) stop: CancellationToken,
-}
-
-impl Connection {
-    /// Reads queries until the client closes, the connection idles or reads too slowly, its
-    /// query budget is spent or the listeners stop; then waits for the answers in flight.
-    pub(super) async fn serve<R, W>(&self, read: R, mut write: W)
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        // Pipelined queries arrive in one read, not two reads each.
-        let mut read = tokio::io::BufReader::with_capacity(8192, read);
-        let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-        let writer = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(4096);
-            while let Some(reply) = outgoing.recv().await {
-                // Every reply ready now goes out in one write.
-                batch.clear();
-                let mut next = Some(reply);
-                while let Some(reply) = next {
-                    batch.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-                    batch.extend_from_slice(&reply);
-                    next = outgoing.try_recv().ok();
-                }
-                if write.write_all(&batch).await.is_err() {
-                    break;
-                }
-            }
-            let _ = write.shutdown().await;
-        });
-        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-        let metrics = &self.gateway.metrics().tcp;
-        let mut queries = 0u32;
-        loop {
-            let mut len = [0u8; 2];
-            let first = tokio::select! {
-                () = self.stop.cancelled() => break,
-                read = tokio::time::timeout(self.limits.idle, read.read_exact(&mut len)) => read,
-            };
-            match first {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break, // closed by the client
-                Err(_) => {
-                    metrics.hit(TcpLimit::Idle);
-                    break;
-                }
-            }
-            let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            match tokio::time::timeout(READ_TIMEOUT, read.read_exact(&mut packet)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    metrics.hit(TcpLimit::Slow);
-                    break;
-                }
-            }
-            // Blocked, refused and cached answers are written here; only misses wait apart.
-            let mut out = Vec::with_capacity(512);
-            match self
-                .gateway
-                .answer_now(&packet, self.client, Transport::Tcp, &mut out)
-            {
-                Step::Reply => {
-                    if replies.send(out).await.is_err() {
-                        break;
-                    }
-                }
-                Step::Drop => {}
-                Step::Forward(pending) => {
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let (gateway, replies) = (self.gateway.clone(), replies.clone());
-                    tokio::spawn(async move {
-                        gateway.forward(pending, &mut out).await;
-                        let _ = replies.send(out).await;
-                        drop(permit);
-                    });
-                }
-            }
-            queries += 1;
-            if queries >= self.limits.queries {
-                metrics.hit(TcpLimit::Queries);
-                break;
-            }
-        }
-        // The answers in flight still go out; the writer ends with the last of them.
-        drop(replies);
-        let _ = writer.await;
-        debug!(client = %self.client, queries, "tcp connection closed");
     }
 }

@@ -19,7 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use crate::gateway::{Forwarding, Gateway, Leading, Step, Transport};
+use crate::gateway::{Client, Forwarding, Gateway, Leading, Step, Transport};
 use crate::upstream::{Resume, UdpTry};
 
 /// Tries for a forwarded answer while the socket's send buffer is full.
@@ -182,6 +182,7 @@ fn receive_loop(
     let mut client_waiting = false;
     let mut tokens = Vec::with_capacity(256);
     let loop_ = Loop {
+        local: socket.local_addr().ok(),
         socket,
         gateway,
         forwards,
@@ -256,6 +257,8 @@ fn receive_loop(
 /// What a receive loop works with.
 struct Loop<'a> {
     socket: &'a Arc<std::net::UdpSocket>,
+    /// The address the socket is bound to: the listener a segment may be tied to.
+    local: Option<SocketAddr>,
     gateway: &'a Arc<Gateway>,
     forwards: &'a TaskTracker,
     runtime: &'a tokio::runtime::Handle,
@@ -274,10 +277,17 @@ impl Loop<'_> {
         }
     }
 
+    fn client(&self, from: SocketAddr) -> Client {
+        Client {
+            addr: from.ip(),
+            listener: self.local,
+        }
+    }
+
     fn step(&self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>, misses: &mut Misses) {
         match self
             .gateway
-            .answer_now(packet, client.ip(), Transport::Udp, out)
+            .answer_now(packet, self.client(client), Transport::Udp, out)
         {
             Step::Reply => self.send(out, client),
             Step::Drop => {}

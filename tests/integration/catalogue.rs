@@ -259,7 +259,7 @@ fn staff_blocks_no_top_site_outside_the_catalogues_own_zones() {
     let mut blocked: Vec<(String, String, String)> = Vec::new();
     let mut names = 0;
     for name in top.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Ok(explained) = policy.explain(staff, name) else {
+        let Ok(explained) = policy.explain(staff, None, name) else {
             continue;
         };
         names += 1;

@@ -3,13 +3,12 @@
 //! a server whose certificate does not carry the configured name is never used.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 
-use crate::harness::{Answered, TestGateway, present_or_skip};
+use crate::harness::{Answered, TestGateway, certificate, found, present_or_skip};
 
 /// A local Unbound answering `www.dot.example` over TLS only; refuses everything else, so it
 /// never asks the internet.
@@ -27,75 +26,12 @@ impl Drop for DotServer {
     }
 }
 
-fn found(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A CA made here (`ca.pem`) and, signed by it, a certificate for `dot.test` and 127.0.0.1
-/// (`cert.pem`, `key.pem`), in `dir`.
-fn certificate(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let extensions = "subjectAltName=DNS:dot.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-                      extendedKeyUsage=serverAuth\n";
-    std::fs::write(dir.join("ext.cnf"), extensions).unwrap();
-    let steps: [&[&str]; 3] = [
-        &[
-            &["req", "-x509"],
-            &ec[..],
-            &["-days", "2", "-subj", "/CN=portvakt test CA"],
-        ]
-        .concat(),
-        &[
-            &["req"],
-            &ec[..],
-            &["-subj", "/CN=dot.test", "-out", "leaf.csr"],
-        ]
-        .concat(),
-        &[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        ],
-    ];
-    let files: [&[&str]; 3] = [
-        &["-keyout", "ca.key", "-out", "ca.pem"],
-        &["-keyout", "key.pem"],
-        &[
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ],
-    ];
-    for (step, files) in steps.iter().zip(files) {
-        let status = Command::new("openssl")
-            .args(*step)
-            .args(files)
-            .current_dir(dir)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {step:?} failed");
-    }
-}
-
 async fn start_unbound() -> Option<DotServer> {
     if !present_or_skip(found("unbound") && found("openssl"), "unbound and openssl") {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    certificate(dir.path());
+    certificate(dir.path(), "dot.test");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -374,6 +375,21 @@ impl TestGateway {
         self.running.udp_addrs()[0]
     }
 
+    /// The first DNS-over-TLS listener as bound.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.running.tls_addrs()[0]
+    }
+
+    /// The DNS-over-HTTPS listeners as bound.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        self.running.https_addrs()
+    }
+
+    /// The admin listener as bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.running.admin_addr().expect("an admin listener")
+    }
+
     /// A client sending from `source` (e.g. "127.0.0.2" or "::1").
     pub fn client_from(&self, source: &str) -> Client {
         let source: IpAddr = source.parse().unwrap();
@@ -428,7 +444,7 @@ impl TestGateway {
     }
 
     /// A real scrape of `/metrics`: every sample by its series, e.g.
-    /// `portvakt_queries_total{decision="blocked",segment="staff"}`.
+    /// `portvakt_queries_total{decision="blocked",segment="staff",transport="udp"}`.
     pub async fn scrape(&self) -> HashMap<String, f64> {
         let (status, body) = self.admin_get("/metrics").await;
         assert_eq!(status, 200);
@@ -607,6 +623,74 @@ impl Answered for Message {
             .find(|r| r.record_type() == RecordType::SOA)
             .map(|r| r.name.to_string())
     }
+}
+
+/// Whether `tool` is on the PATH.
+pub fn found(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A CA made here (`ca.pem`) and, signed by it, a certificate for `name` and 127.0.0.1
+/// (`cert.pem`, `key.pem`), in `dir`, by openssl.
+pub fn certificate(dir: &std::path::Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let extensions = format!(
+        "subjectAltName=DNS:{name},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth\n"
+    );
+    std::fs::write(dir.join("ext.cnf"), extensions).unwrap();
+    let subject = format!("/CN={name}");
+    let steps: [&[&str]; 3] = [
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "2", "-subj", "/CN=portvakt test CA"],
+        ]
+        .concat(),
+        &[&["req"], &ec[..], &["-subj", &subject, "-out", "leaf.csr"]].concat(),
+        &[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        ],
+    ];
+    let files: [&[&str]; 3] = [
+        &["-keyout", "ca.key", "-out", "ca.pem"],
+        &["-keyout", "key.pem"],
+        &[
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for (step, files) in steps.iter().zip(files) {
+        let status = Command::new("openssl")
+            .args(*step)
+            .args(files)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {step:?} failed");
+    }
+}
+
+/// A port free on 127.0.0.1 now (for configs that must name a port before binding).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// Whether what a test needs (`what`: shared data, a tool) is here. Without `CI` a missing

@@ -130,7 +130,7 @@ servers = ["127.0.0.1:53"]
     let config = portvakt::Config::parse("t.toml", text).unwrap();
     let policy = portvakt::Policy::compile(config, &portvakt::Metrics::new(), 0).unwrap();
     let staff: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-    let explain = |addr| policy.explain(staff, addr).unwrap().locate().verdict;
+    let explain = |addr| policy.explain(staff, None, addr).unwrap().locate().verdict;
     let portvakt::Verdict::Blocked(blocked) = explain("149.154.160.9") else {
         panic!("not blocked")
     };

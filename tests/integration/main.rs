@@ -5,6 +5,7 @@ mod binary;
 mod bypass;
 mod catalogue;
 mod dot;
+mod encrypted;
 mod export;
 mod failover;
 mod fairness;

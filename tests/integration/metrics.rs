@@ -59,11 +59,11 @@ async fn malformed_notimp_and_badvers_replies_are_counted_like_any_other() {
         (r#"portvakt_responses_total{rcode="NOTIMP"}"#, 1.0),
         (r#"portvakt_responses_total{rcode="BADVERS"}"#, 1.0),
         (
-            r#"portvakt_queries_total{decision="allowed",segment="staff"}"#,
+            r#"portvakt_queries_total{decision="allowed",segment="staff",transport="udp"}"#,
             3.0,
         ),
         (
-            r#"portvakt_queries_total{decision="refused",segment="none"}"#,
+            r#"portvakt_queries_total{decision="refused",segment="none",transport="udp"}"#,
             1.0,
         ),
         (
@@ -95,8 +95,8 @@ async fn counters_move_by_exactly_the_traffic_sent() {
 
     // Pre-created series: zeros, not gaps, before any query of that kind.
     for series in [
-        r#"portvakt_queries_total{decision="blocked",segment="tiktok-devices"}"#,
-        r#"portvakt_queries_total{decision="refused",segment="none"}"#,
+        r#"portvakt_queries_total{decision="blocked",segment="tiktok-devices",transport="udp"}"#,
+        r#"portvakt_queries_total{decision="refused",segment="none",transport="udp"}"#,
         r#"portvakt_blocked_total{list="telegram",segment="staff"}"#,
         r#"portvakt_upstream_queries_total{group="default",result="timeout"}"#,
         r#"portvakt_reloads_total{result="failure"}"#,
@@ -142,8 +142,12 @@ async fn counters_move_by_exactly_the_traffic_sent() {
     let after = gateway.scrape().await;
     let expected = [
         (
-            r#"portvakt_queries_total{decision="blocked",segment="staff"}"#,
-            4.0,
+            r#"portvakt_queries_total{decision="blocked",segment="staff",transport="udp"}"#,
+            3.0,
+        ),
+        (
+            r#"portvakt_queries_total{decision="blocked",segment="staff",transport="tcp"}"#,
+            1.0,
         ),
         (
             r#"portvakt_blocked_total{list="tiktok",segment="staff"}"#,
@@ -154,15 +158,15 @@ async fn counters_move_by_exactly_the_traffic_sent() {
             1.0,
         ),
         (
-            r#"portvakt_queries_total{decision="allowed",segment="tiktok-devices"}"#,
+            r#"portvakt_queries_total{decision="allowed",segment="tiktok-devices",transport="udp"}"#,
             4.0,
         ),
         (
-            r#"portvakt_queries_total{decision="refused",segment="none"}"#,
+            r#"portvakt_queries_total{decision="refused",segment="none",transport="udp"}"#,
             2.0,
         ),
         (
-            r#"portvakt_queries_total{decision="allowed",segment="staff"}"#,
+            r#"portvakt_queries_total{decision="allowed",segment="staff",transport="udp"}"#,
             0.0,
         ),
         (r#"portvakt_responses_total{rcode="NXDOMAIN"}"#, 4.0),

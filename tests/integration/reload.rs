@@ -376,7 +376,8 @@ async fn a_reload_drops_the_series_of_what_it_removed() {
         _upstream,
         ..
     } = staff(|_| "server.watch = false".to_owned()).await;
-    let staff_queries = r#"portvakt_queries_total{decision="blocked",segment="staff"}"#;
+    let staff_queries =
+        r#"portvakt_queries_total{decision="blocked",segment="staff",transport="udp"}"#;
     assert!(gateway.scrape().await.contains_key(staff_queries));
 
     let config = gateway.config_path();
@@ -397,9 +398,13 @@ async fn a_reload_drops_the_series_of_what_it_removed() {
         stale.is_empty(),
         "series of removed names remain: {stale:?}"
     );
-    assert!(scrape.contains_key(r#"portvakt_queries_total{decision="blocked",segment="office"}"#));
+    assert!(scrape.contains_key(
+        r#"portvakt_queries_total{decision="blocked",segment="office",transport="udp"}"#
+    ));
     assert!(scrape.contains_key(r#"portvakt_list_entries{list="apps"}"#));
-    assert!(scrape.contains_key(r#"portvakt_queries_total{decision="refused",segment="none"}"#));
+    assert!(scrape.contains_key(
+        r#"portvakt_queries_total{decision="refused",segment="none",transport="udp"}"#
+    ));
     gateway.shutdown().await;
 }
 

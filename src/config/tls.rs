@@ -1,0 +1,147 @@
+//! `[server] tls_*` and `https_*`: the encrypted listeners' addresses and the certificate they
+//! present. The certificate and key are read and checked with the rest of the config, so a bad
+//! pair fails the reload like a bad list and the running one stays.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use toml::Spanned;
+
+use super::Checks;
+use super::file::ServerSection;
+
+/// The DoH path when `https_path` is not set.
+pub const DEFAULT_HTTPS_PATH: &str = "/dns-query";
+
+/// The encrypted listeners (read when they are bound; a reload does not move them) and the
+/// certificate they present (taken afresh from the running config at every handshake).
+#[derive(Debug, Clone, Default)]
+pub struct EncryptedSettings {
+    pub tls_listen: Vec<SocketAddr>,
+    pub https_listen: Vec<SocketAddr>,
+    pub https_path: String,
+    /// The name the certificate is for (text), DDR's target.
+    pub name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Present when an encrypted listener is configured and its certificate is good.
+    pub certificate: Option<Certificate>,
+}
+
+/// The certificate and key as the TLS servers use them: for DoT (ALPN `dot`) and for DoH
+/// (ALPN `h2`, `http/1.1`).
+#[derive(Clone)]
+pub struct Certificate {
+    pub dot: Arc<rustls::ServerConfig>,
+    pub https: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Certificate")
+    }
+}
+
+impl EncryptedSettings {
+    /// Whether any encrypted listener is configured.
+    pub fn any(&self) -> bool {
+        !self.tls_listen.is_empty() || !self.https_listen.is_empty()
+    }
+}
+
+impl Checks<'_> {
+    /// Checks the encrypted listeners' keys and reads their certificate and key.
+    pub(super) fn encrypted(&mut self, server: &ServerSection) -> EncryptedSettings {
+        let addrs = |list: &[Spanned<super::file::ListenAddr>]| {
+            list.iter().map(|a| a.get_ref().0).collect::<Vec<_>>()
+        };
+        let path = match &server.https_path {
+            Some(path) if !path.get_ref().starts_with('/') => {
+                let message = format!("https_path \"{}\" must start with /", path.get_ref());
+                self.report(path, message);
+                path.get_ref().clone()
+            }
+            Some(path) => path.get_ref().clone(),
+            None => DEFAULT_HTTPS_PATH.to_owned(),
+        };
+        if let Some(name) = &server.tls_name
+            && crate::name::from_text(name.get_ref()).is_err()
+        {
+            let message = format!("tls_name \"{}\" is not a domain name", name.get_ref());
+            self.report(name, message);
+        }
+        let mut settings = EncryptedSettings {
+            tls_listen: addrs(&server.tls_listen),
+            https_listen: addrs(&server.https_listen),
+            https_path: path,
+            name: server.tls_name.as_ref().map(|n| n.get_ref().clone()),
+            cert_file: server.tls_cert_file.as_ref().map(|f| f.get_ref().clone()),
+            key_file: server.tls_key_file.as_ref().map(|f| f.get_ref().clone()),
+            certificate: None,
+        };
+        let first = server.tls_listen.first().or(server.https_listen.first());
+        match (first, &server.tls_cert_file, &server.tls_key_file) {
+            (None, _, _) => {}
+            (Some(_), Some(cert), Some(key)) => settings.certificate = self.certificate(cert, key),
+            (Some(at), _, _) => self.report(
+                at,
+                "tls_listen and https_listen need tls_cert_file and tls_key_file",
+            ),
+        }
+        settings
+    }
+
+    /// Reads a certificate chain and its key (PEM) into the DoT and DoH server configs.
+    fn certificate(
+        &mut self,
+        cert: &Spanned<PathBuf>,
+        key: &Spanned<PathBuf>,
+    ) -> Option<Certificate> {
+        let shown = cert.get_ref().display();
+        let chain = match CertificateDer::pem_file_iter(cert.get_ref()) {
+            Ok(certs) => certs.collect::<Result<Vec<_>, _>>(),
+            Err(err) => Err(err),
+        };
+        let chain = match chain {
+            Ok(chain) if !chain.is_empty() => chain,
+            Ok(_) => {
+                self.report(cert, format!("tls_cert_file {shown} holds no certificate"));
+                return None;
+            }
+            Err(err) => {
+                self.report(cert, format!("cannot read tls_cert_file {shown}: {err}"));
+                return None;
+            }
+        };
+        let private = match PrivateKeyDer::from_pem_file(key.get_ref()) {
+            Ok(private) => private,
+            Err(err) => {
+                let shown = key.get_ref().display();
+                self.report(key, format!("cannot read tls_key_file {shown}: {err}"));
+                return None;
+            }
+        };
+        let build = |alpn: &[&[u8]]| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("the provider supports TLS 1.2 and 1.3")
+                .with_no_client_auth()
+                .with_single_cert(chain.clone(), private.clone_key())?;
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok::<_, rustls::Error>(Arc::new(config))
+        };
+        match (build(&[b"dot"]), build(&[b"h2", b"http/1.1"])) {
+            (Ok(dot), Ok(https)) => Some(Certificate { dot, https }),
+            (Err(err), _) | (_, Err(err)) => {
+                let message = format!("tls_cert_file {shown} with its tls_key_file: {err}");
+                self.report(cert, message);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! DNS over HTTPS (RFC 8484): HTTP/2 or HTTP/1.1 (by ALPN) over TLS; `GET` with `?dns=`
+//! (base64url) and `POST` with an `application/dns-message` body, on `https_path`. Each
+//! request is one query through the core, like a query on any transport. A connection closes
+//! when idle, after its query budget, or when the listeners stop (in-flight requests finish).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use super::stream::Connection;
+use super::tls;
+use crate::metrics::TcpLimit;
+
+/// The media type of a DNS message over HTTP.
+const DNS_MESSAGE: &str = "application/dns-message";
+/// A DNS message is at most this long.
+const MAX_MESSAGE: usize = 65_535;
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS: u32 = 100;
+
+/// Serves one DoH connection.
+pub(super) async fn serve(conn: Connection, stream: TcpStream) {
+    let Some(stream) = tls::handshake(&conn, stream, |c| c.https.clone()).await else {
+        return;
+    };
+    let path: Arc<str> = conn
+        .gateway
+        .with_policy(|p| p.config().encrypted.https_path.as_str().into());
+    let activity = Arc::new(Activity::default());
+    let (idle, stop) = (conn.limits.idle, conn.stop.clone());
+    let metrics = conn.gateway.metrics().clone();
+    let handler = Handler {
+        conn: Arc::new(conn),
+        path,
+        activity: activity.clone(),
+    };
+    let service = hyper::service::service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.respond(request).await) }
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(MAX_STREAMS);
+    let served = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let mut last_seen = activity.requests.load(Ordering::Relaxed);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(err) = result {
+                    debug!(%err, "https connection ended");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.spent.notified(), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep(idle), if !closing => {
+                let seen = activity.requests.load(Ordering::Relaxed);
+                if seen == last_seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    metrics.tcp.hit(TcpLimit::Idle);
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                last_seen = seen;
+            }
+        }
+    }
+}
+
+/// What the idle watch and the query budget see of a connection's requests.
+#[derive(Default)]
+struct Activity {
+    requests: AtomicU32,
+    in_flight: AtomicUsize,
+    /// Notified once the query budget is spent.
+    spent: Notify,
+}
+
+#[derive(Clone)]
+struct Handler {
+    conn: Arc<Connection>,
+    path: Arc<str>,
+    activity: Arc<Activity>,
+}
+
+impl Handler {
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let count = self.activity.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if count >= self.conn.limits.queries {
+            if count == self.conn.limits.queries {
+                self.conn.gateway.metrics().tcp.hit(TcpLimit::Queries);
+                self.activity.spent.notify_one();
+            } else {
+                return status(StatusCode::SERVICE_UNAVAILABLE, "query budget spent");
+            }
+        }
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let response = self.answer(request).await;
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        response
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() != &*self.path {
+            return status(StatusCode::NOT_FOUND, "not the DNS query path");
+        }
+        let query = match *request.method() {
+            Method::GET => match dns_parameter(request.uri().query().unwrap_or("")) {
+                Ok(query) => query,
+                Err(message) => return status(StatusCode::BAD_REQUEST, message),
+            },
+            Method::POST => {
+                let media = request.headers().get(CONTENT_TYPE);
+                let is_dns = media.and_then(|m| m.to_str().ok()) == Some(DNS_MESSAGE);
+                // The body is read either way: an answer before it is read resets the stream,
+                // which some clients report as a failure instead of the status.
+                let body = match Limited::new(request.into_body(), MAX_MESSAGE)
+                    .collect()
+                    .await
+                {
+                    Ok(body) => body.to_bytes(),
+                    Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE, "not a DNS message"),
+                };
+                if !is_dns {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "the body must be application/dns-message",
+                    );
+                }
+                body.to_vec()
+            }
+            _ => {
+                let mut response = status(StatusCode::METHOD_NOT_ALLOWED, "GET or POST");
+                (response.headers_mut()).insert(ALLOW, HeaderValue::from_static("GET, POST"));
+                return response;
+            }
+        };
+        let conn = &self.conn;
+        match (conn.gateway)
+            .answer(&query, conn.client, conn.transport)
+            .await
+        {
+            Some(reply) => {
+                let ttl = crate::wire::min_ttl(&reply).unwrap_or(0);
+                let mut response = Response::new(Full::new(Bytes::from(reply)));
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+                let age = HeaderValue::from_str(&format!("max-age={ttl}"))
+                    .expect("a number is a header value");
+                headers.insert(CACHE_CONTROL, age);
+                response
+            }
+            None => status(StatusCode::BAD_REQUEST, "not a DNS query"),
+        }
+    }
+}
+
+/// The query of a GET: the `dns` parameter, base64url (RFC 4648 section 5; padding tolerated).
+fn dns_parameter(query: &str) -> Result<Vec<u8>, &'static str> {
+    let value = (query.split('&'))
+        .find_map(|pair| pair.strip_prefix("dns="))
+        .ok_or("no dns parameter")?;
+    let decoded = if value.ends_with('=') {
+        URL_SAFE.decode(value)
+    } else {
+        URL_SAFE_NO_PAD.decode(value)
+    };
+    match decoded {
+        Ok(query) if (12..=MAX_MESSAGE).contains(&query.len()) => Ok(query),
+        Ok(_) => Err("the dns parameter is not a DNS message"),
+        Err(_) => Err("the dns parameter is not base64url"),
+    }
+}
+
+fn status(code: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(message.as_bytes())));
+    *response.status_mut() = code;
+    response
+}

@@ -1,0 +1,54 @@
+//! DNS over TLS (RFC 7858): a TLS handshake under the certificate of the config in force,
+//! then the framing and connection of TCP. A reload that swaps the certificate applies from
+//! the next handshake; open connections keep theirs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+use super::stream::Connection;
+use crate::config::Certificate;
+use crate::metrics::Handshake;
+
+/// A client must finish its TLS handshake within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one DoT connection.
+pub(super) async fn serve(conn: Connection, stream: TcpStream) {
+    if let Some(stream) = handshake(&conn, stream, |c| c.dot.clone()).await {
+        let (read, write) = tokio::io::split(stream);
+        conn.serve(read, write).await;
+    }
+}
+
+/// The server side of a TLS handshake with the running config's certificate (`pick` chooses
+/// the DoT or the DoH server config), counted by result.
+pub(super) async fn handshake(
+    conn: &Connection,
+    stream: TcpStream,
+    pick: fn(&Certificate) -> Arc<rustls::ServerConfig>,
+) -> Option<TlsStream<TcpStream>> {
+    let config =
+        (conn.gateway).with_policy(|p| p.config().encrypted.certificate.as_ref().map(pick))?;
+    let metrics = &conn.gateway.metrics().tcp;
+    let accept = TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(stream)) => {
+            metrics.handshake(Handshake::Ok);
+            Some(stream)
+        }
+        Ok(Err(err)) => {
+            debug!(%err, "tls handshake failed");
+            metrics.handshake(Handshake::Failed);
+            None
+        }
+        Err(_) => {
+            metrics.handshake(Handshake::Timeout);
+            None
+        }
+    }
+}

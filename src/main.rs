@@ -169,6 +169,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     info!(config = %origin, udp = ?running.udp_addrs(), tcp = ?running.tcp_addrs(), "portvakt listening");
+    if !running.tls_addrs().is_empty() || !running.https_addrs().is_empty() {
+        info!(tls = ?running.tls_addrs(), https = ?running.https_addrs(), "encrypted listeners");
+    }
     running.gateway().with_policy(log_policy);
     if let Some(admin) = running.admin_addr() {
         info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain /api/v1/reload");

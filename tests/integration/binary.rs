@@ -366,7 +366,10 @@ fn check_strict_fails_on_rejected_lines_and_explain_names_the_entry() {
         .unwrap();
     assert_eq!(explain.status.code(), Some(0));
     let stdout = String::from_utf8(explain.stdout).unwrap();
-    assert!(stdout.contains("segment: \"staff\""), "{stdout}");
+    assert!(
+        stdout.contains("segment: \"staff\" (by network "),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("blocked by list \"tiktok\" (entry `tiktok.com` at"),
         "{stdout}"

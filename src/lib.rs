@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! socket ─► transport/ ─► gateway.rs: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
-//!   udp.rs, tcp.rs  segment.rs  source address ─► SegmentId (longest prefix; none ─► REFUSED)
+//!   udp.rs, tcp.rs  segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
+//!   (stream.rs, tls.rs: DoT, https.rs: DoH)
+//!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH endpoints (advertise_encrypted)
 //!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
 //!                   policy/     (segment, qname) ─► Decision, one pass over the name's suffixes
 //!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded

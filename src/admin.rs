@@ -179,7 +179,7 @@ async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "config": config.origin,
-            "policy": { "generation": policy.generation(), "loaded_at_unix": loaded_at },
+            "policy": { "generation": policy.generation(), "loaded_at_unix": loaded_at, "hash": policy.hash() },
             "listeners": {
                 "udp": state.dns.udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "tcp": state.dns.tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -641,6 +641,9 @@ fn publish(metrics: &Metrics, policy: &Policy) {
     metrics
         .last_reload_success
         .set(unix_seconds(policy.loaded_at()));
+    metrics.set_policy_hash(policy.hash());
+    metrics.reset_probes();
+    policy.run_probes(metrics);
     for list in policy.lists() {
         metrics.set_list_entries(&list.name, list.entries);
     }

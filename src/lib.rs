@@ -143,6 +143,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
         None => None,
     };
     reloader.start(&serving);
+    tokio::spawn(self_test(gateway.clone(), serving.clone()));
     Ok(Running {
         gateway,
         listeners,
@@ -151,6 +152,25 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
         serving,
         root: root_guard,
     })
+}
+
+/// How often the self-test decides its probes again (also at every reload).
+const SELF_TEST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs the policy's probes every minute until `stop`.
+async fn self_test(gateway: Arc<Gateway>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(SELF_TEST_EVERY);
+    every.tick().await; // the policy's first run was at its start
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let failed = gateway.with_policy(|p| p.run_probes(gateway.metrics()));
+        if failed > 0 {
+            tracing::error!(failed, "self-test: probes not decided as configured");
+        }
+    }
 }
 
 impl Running {

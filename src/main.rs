@@ -272,6 +272,7 @@ async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
 /// Per-list entry counts, then every rejected line.
 fn write_check(out: &mut dyn Write, policy: &Policy) -> io::Result<()> {
     writeln!(out, "{}: ok", policy.config().origin)?;
+    writeln!(out, "policy hash: {}", policy.hash())?;
     for list in policy.lists() {
         let files: Vec<String> = list.files.iter().map(|f| f.display().to_string()).collect();
         let (entries, rejected) = (list.entries, list.rejected.len());

@@ -224,6 +224,8 @@ pub struct Metrics {
     pub reloads_success: IntCounter,
     pub reloads_failure: IntCounter,
     pub last_reload_success: Gauge,
+    policy_info: IntGaugeVec,
+    probe_ok: IntGaugeVec,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -428,6 +430,16 @@ impl Metrics {
         registry
             .register(Box::new(cache_entries.clone()))
             .expect("metric registered once");
+        let policy_info = gauge(
+            "portvakt_policy_info",
+            "1, labelled with the hash of the policy in force (equal on replicas that enforce the same policy).",
+            &["hash"],
+        );
+        let probe_ok = gauge(
+            "portvakt_policy_probe_ok",
+            "1 while the self-test decides a list's probe names for a segment as configured (blocked where it blocks the list, not where it allows it), else 0. Decided every minute.",
+            &["segment", "list"],
+        );
         let last_reload_success = Gauge::new(
             "portvakt_last_reload_success_timestamp_seconds",
             "Unix time the running policy was loaded (at start, or by the last successful reload).",
@@ -494,7 +506,27 @@ impl Metrics {
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
             last_reload_success,
+            policy_info,
+            probe_ok,
         }
+    }
+
+    /// Forgets every self-test result (a new policy has its own probes).
+    pub fn reset_probes(&self) {
+        self.probe_ok.reset();
+    }
+
+    /// The self-test's result for one (segment, list).
+    pub fn set_probe(&self, segment: &str, list: &str, ok: bool) {
+        self.probe_ok
+            .with_label_values(&[segment, list])
+            .set(i64::from(ok));
+    }
+
+    /// Shows `hash` as the policy in force, and no other.
+    pub fn set_policy_hash(&self, hash: &str) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[hash]).set(1);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -591,6 +623,7 @@ impl Metrics {
         prune(&self.server_in_flight, stale);
         prune(&self.server_up, stale);
         prune(&self.server_connections, stale);
+        prune(&self.probe_ok, stale);
     }
 
     pub fn set_list_entries(&self, list: &str, entries: usize) {

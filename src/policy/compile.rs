@@ -7,11 +7,13 @@ use std::time::SystemTime;
 
 use crate::config::{Config, ListKind, SegmentConfig};
 use crate::ddr::Advertisement;
-use crate::lists::{self, Item, ListError, Rejected};
+use crate::lists::{self, EntryKind, Item, ListError, Rejected};
 use crate::metrics::Metrics;
 use crate::name;
+use crate::policy::identity::EntryDigest;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
+use crate::policy::probe::{Samples, probes};
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
 use crate::ratelimit::{Rate, RateLimiter};
 use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
@@ -46,7 +48,12 @@ impl Policy {
     ) -> Result<Policy, CompileError> {
         let mut index = IndexBuilder::default();
         let mut addresses = NetworkIndex::default();
-        let lists = read_lists(&config, &mut index, &mut addresses)?;
+        let mut digest = EntryDigest::new(config.lists.len());
+        let mut samples = Samples::new(config.lists.len());
+        let read = (&mut index, &mut addresses, &mut digest, &mut samples);
+        let lists = read_lists(&config, read)?;
+        let hash = digest.finish(&config);
+        let index = index.build();
         let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
             s.networks
                 .iter()
@@ -72,9 +79,11 @@ impl Policy {
             list_bypass: config.lists.iter().map(|l| l.bypass).collect(),
             table,
             lists,
-            index: index.build(),
+            probes: probes(&config, &samples, &index),
+            index,
             block: BlockAnswers::new(&config.block, &config.lists),
             advertisement: Advertisement::new(&config.encrypted),
+            hash,
             upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)),
             limiter: config.segments.iter().any(|s| s.rate.is_some()).then(|| {
                 let settings = &config.rate_limit;
@@ -98,8 +107,12 @@ impl Policy {
 /// with `urls` needs their copies.
 fn read_lists(
     config: &Config,
-    index: &mut IndexBuilder,
-    networks: &mut NetworkIndex,
+    (index, networks, digest, samples): (
+        &mut IndexBuilder,
+        &mut NetworkIndex,
+        &mut EntryDigest,
+        &mut Samples,
+    ),
 ) -> Result<Vec<List>, CompileError> {
     let mut lists = Vec::with_capacity(config.lists.len());
     for (id, list) in config.lists.iter().enumerate() {
@@ -129,8 +142,18 @@ fn read_lists(
                         names_in_ip_list.push((line, name::to_text(name)));
                         return;
                     }
-                    Item::Name(name, kind) => index.insert(name, id, kind),
-                    Item::Network(net) => networks.insert(net, id),
+                    Item::Name(name, kind) => {
+                        let tag = if kind == EntryKind::Block { 0 } else { 1 };
+                        digest.add(id.0 as usize, tag, name);
+                        if kind == EntryKind::Block {
+                            samples.offer(id.0 as usize, name);
+                        }
+                        index.insert(name, id, kind);
+                    }
+                    Item::Network(net) => {
+                        digest.add(id.0 as usize, 2, net.to_string().as_bytes());
+                        networks.insert(net, id);
+                    }
                 }
                 loaded.entries += 1;
             })?;

@@ -7,8 +7,10 @@
 mod block;
 mod compile;
 mod explain;
+mod identity;
 pub(crate) mod index;
 mod networks;
+mod probe;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -48,6 +50,10 @@ pub struct Policy {
     block: BlockAnswers,
     /// DDR's records for the segments with `advertise_encrypted`.
     advertisement: Option<Advertisement>,
+    /// The policy's identity (`identity.rs`).
+    hash: String,
+    /// The self-test (`probe.rs`).
+    probes: Vec<probe::Probe>,
     /// Shared with the queries forwarded under this policy, which hold only this part.
     upstreams: Arc<Upstreams>,
     /// The clients' buckets, when a segment has a rate limit (new with each policy).
@@ -134,6 +140,23 @@ impl Policy {
     /// The config it was built from.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The hash of what decides answers: equal on replicas that enforce the same policy.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Decides every probe again and sets `portvakt_policy_probe_ok`; how many failed.
+    pub fn run_probes(&self, metrics: &crate::Metrics) -> usize {
+        let mut failed = 0;
+        for probe in &self.probes {
+            let ok = probe.passes(self);
+            failed += usize::from(!ok);
+            let segment = self.segment_name(probe.segment);
+            metrics.set_probe(segment, self.list_name(probe.list), ok);
+        }
+        failed
     }
 
     /// 1 for the policy loaded at start, one more for each reload (0: never put in force).

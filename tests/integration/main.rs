@@ -11,6 +11,7 @@ mod failover;
 mod fairness;
 mod forwarding;
 mod harness;
+mod identity;
 mod ip_lists;
 mod list_data;
 mod metrics;

@@ -53,6 +53,7 @@ impl Policy {
         let read = (&mut index, &mut addresses, &mut digest, &mut samples);
         let lists = read_lists(&config, read)?;
         let hash = digest.finish(&config);
+        let list_digests = digest.sums().to_vec();
         let index = index.build();
         let networks = config.segments.iter().enumerate().flat_map(|(id, s)| {
             s.networks
@@ -84,6 +85,7 @@ impl Policy {
             block: BlockAnswers::new(&config.block, &config.lists),
             advertisement: Advertisement::new(&config.encrypted),
             hash,
+            list_digests,
             upstreams: Arc::new(Upstreams::new(&config.upstreams, metrics)),
             limiter: config.segments.iter().any(|s| s.rate.is_some()).then(|| {
                 let settings = &config.rate_limit;

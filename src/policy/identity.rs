@@ -36,6 +36,11 @@ impl EntryDigest {
         self.sums[list] = self.sums[list].wrapping_add(low);
     }
 
+    /// Each list's entry sum, by list id.
+    pub fn sums(&self) -> &[u128] {
+        &self.sums
+    }
+
     /// The policy's hash: the config's deciding parts in a canonical text, then every list's
     /// entry sum.
     pub fn finish(&self, config: &Config) -> String {

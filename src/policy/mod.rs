@@ -52,6 +52,8 @@ pub struct Policy {
     advertisement: Option<Advertisement>,
     /// The policy's identity (`identity.rs`).
     hash: String,
+    /// Each list's entry sum (`identity.rs`), by list id.
+    list_digests: Vec<u128>,
     /// The self-test (`probe.rs`).
     probes: Vec<probe::Probe>,
     /// Shared with the queries forwarded under this policy, which hold only this part.
@@ -145,6 +147,13 @@ impl Policy {
     /// The hash of what decides answers: equal on replicas that enforce the same policy.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Each list's entry sum by name: equal when its entries are.
+    pub fn list_hashes(&self) -> std::collections::BTreeMap<&str, u128> {
+        (self.lists.iter().map(|l| l.name.as_str()))
+            .zip(self.list_digests.iter().copied())
+            .collect()
     }
 
     /// Decides every probe again and sets `portvakt_policy_probe_ok`; how many failed.

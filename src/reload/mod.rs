@@ -10,6 +10,7 @@
 //! being built). The triggers that are not calls live beside this: `watch.rs` (file changes)
 //! and `refresh.rs` (list downloads).
 
+pub mod audit;
 mod refresh;
 mod watch;
 
@@ -114,7 +115,10 @@ impl Reloader {
             seq: 0,
             result: Ok(0),
         });
-        let initial = gateway.with_policy(|policy| policy.config().clone());
+        let initial = gateway.with_policy(|policy| {
+            audit::record_change(None, policy, None);
+            policy.config().clone()
+        });
         Arc::new(Reloader {
             initial,
             gateway,
@@ -220,6 +224,7 @@ impl Reloader {
                 Err(err) => {
                     self.gateway.metrics().reloads_failure.inc();
                     let text = error::chain(&err);
+                    (self.gateway).with_policy(|p| audit::record_rejected(p, trigger, &text));
                     error!(error = %text, ?trigger, "reload rejected; the previous policy keeps serving");
                     let mut status = self.status.lock().expect("status lock");
                     status.last_error = Some(text);
@@ -243,6 +248,7 @@ impl Reloader {
         let files = self.watched_files(&policy);
         let generation = policy.generation();
         let old = self.gateway.swap(policy);
+        (self.gateway).with_policy(|new| audit::record_change(Some(&old), new, trigger));
         forget_removed(&self.gateway);
         // The replaced policy may be large: free it off the runtime, then hand the memory back.
         // A query that loaded it just before the swap lets go within microseconds.

@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on loopback, clients of different segments played by
 //! different source addresses, over real UDP and TCP. One binary, so it links once.
 
+mod audit;
 mod binary;
 mod bypass;
 mod catalogue;

@@ -27,6 +27,7 @@ use crate::gateway::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
 use crate::reload::{Reloader, Trigger};
+use crate::report::Recorder;
 use crate::transport::ListenAddrs;
 
 /// Why the admin listener could not be set up.
@@ -53,6 +54,8 @@ struct AppState {
     admin: SocketAddr,
     ready: Arc<AtomicBool>,
     dns: Arc<ListenAddrs>,
+    /// The evidence store, with `state_dir`.
+    evidence: Option<Arc<Recorder>>,
 }
 
 impl Admin {
@@ -62,6 +65,7 @@ impl Admin {
         addr: SocketAddr,
         reloader: Arc<Reloader>,
         dns: &ListenAddrs,
+        evidence: Option<Arc<Recorder>>,
         stop: CancellationToken,
     ) -> Result<Admin, AdminBindError> {
         let bind_error = |source| AdminBindError { addr, source };
@@ -74,6 +78,7 @@ impl Admin {
             admin: bound,
             ready: ready.clone(),
             dns: Arc::new(dns.clone()),
+            evidence,
         };
         let router = Router::new()
             .route("/metrics", get(metrics))
@@ -81,6 +86,7 @@ impl Admin {
             .route("/readyz", get(readyz))
             .route("/api/v1/status", get(status))
             .route("/api/v1/explain", get(explain))
+            .route("/api/v1/report", get(report))
             .route("/api/v1/reload", post(reload))
             .layer(axum::middleware::from_fn(guard))
             .with_state(state);
@@ -292,6 +298,50 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
             })),
         )
             .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReportParams {
+    from: Option<String>,
+    to: Option<String>,
+    format: Option<String>,
+}
+
+/// The compliance report (JSON, or `format=text|csv`), with the counters flushed first.
+async fn report(State(state): State<AppState>, Query(params): Query<ReportParams>) -> Response {
+    let Some(recorder) = state.evidence.clone() else {
+        let message = "no evidence store: set [server] state_dir\n";
+        return (StatusCode::NOT_FOUND, message).into_response();
+    };
+    let (from, to) = match crate::report::period(params.from.as_deref(), params.to.as_deref()) {
+        Ok(period) => period,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    let gateway = state.gateway.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
+        recorder.policy(&hash, since)?;
+        recorder.flush(gateway.metrics())?;
+        recorder.report(&from, &to)
+    })
+    .await;
+    let report = match made {
+        Ok(Ok(report)) => report,
+        Ok(Err(err)) => {
+            let text = format!("{}\n", error::chain(&err));
+            return (StatusCode::INTERNAL_SERVER_ERROR, text).into_response();
+        }
+        Err(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "report failed\n").into_response(),
+    };
+    match params.format.as_deref() {
+        None | Some("json") => axum::Json(report).into_response(),
+        Some("text") => report.text().into_response(),
+        Some("csv") => ([(header::CONTENT_TYPE, "text/csv")], report.csv()).into_response(),
+        Some(other) => {
+            let text = format!("format `{other}` is not json, text or csv\n");
+            (StatusCode::BAD_REQUEST, text).into_response()
+        }
     }
 }
 

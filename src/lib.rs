@@ -51,6 +51,7 @@ mod admin;
 mod export;
 mod gateway;
 mod reload;
+mod report;
 mod transport;
 
 use std::net::SocketAddr;
@@ -69,6 +70,7 @@ pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
+pub use report::{Report, StoreError, period as report_period, report_from};
 pub use transport::ListenAddrs;
 use transport::Listeners;
 pub use transport::{BindError, serve_stream};
@@ -95,6 +97,8 @@ pub enum StartError {
     Admin(#[from] AdminBindError),
     #[error(transparent)]
     Download(#[from] NoCopyError),
+    #[error(transparent)]
+    Store(#[from] report::StoreError),
 }
 
 /// A running gateway; `shutdown` stops it in order, and dropping it cancels everything at once.
@@ -107,6 +111,8 @@ pub struct Running {
     listeners: Listeners,
     admin: Option<Admin>,
     reloader: Arc<Reloader>,
+    /// Writes the evidence store (with `state_dir`); flushes once more when stopped.
+    recording: Option<tokio::task::JoinHandle<()>>,
     serving: CancellationToken,
     root: DropGuard,
 }
@@ -122,6 +128,10 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     fetcher.resolve_with(Box::new(move || first.clone()));
     fetcher.prepare(&config, false).await?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen);
+    let recorder = match &config.state_dir {
+        Some(dir) => Some(Arc::new(report::Recorder::open(dir)?)),
+        None => None,
+    };
     let encrypted = config.encrypted.clone();
     let policy = Policy::compile(config, &metrics, 1)?;
     reload::release_freed_memory();
@@ -138,17 +148,30 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     let reloader = Reloader::new(gateway.clone(), source, fetcher);
     let admin = match admin_listen {
         Some(addr) => {
-            Some(Admin::start(addr, reloader.clone(), &listeners.addrs, root.clone()).await?)
+            let evidence = recorder.clone();
+            Some(
+                Admin::start(
+                    addr,
+                    reloader.clone(),
+                    &listeners.addrs,
+                    evidence,
+                    root.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };
     reloader.start(&serving);
     tokio::spawn(self_test(gateway.clone(), serving.clone()));
+    let recording =
+        recorder.map(|r| tokio::spawn(report::record(r, gateway.clone(), serving.clone())));
     Ok(Running {
         gateway,
         listeners,
         admin,
         reloader,
+        recording,
         serving,
         root: root_guard,
     })
@@ -215,6 +238,9 @@ impl Running {
         }
         self.serving.cancel();
         self.listeners.stopped().await;
+        if let Some(recording) = self.recording {
+            let _ = recording.await;
+        }
         drop(self.root);
         if let Some(admin) = self.admin {
             admin.stopped().await;

@@ -57,6 +57,27 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print the compliance report from the evidence store under `state_dir`: blocked queries
+    /// and bypass attempts per day, segment and list, the policies in force, enforced time.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// First day (YYYY-MM-DD); default: 29 days before --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD); default: today (UTC).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportArg {
+    Text,
+    Json,
+    Csv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,6 +129,12 @@ fn main() -> ExitCode {
             name,
         }) => runtime.block_on(explain(config, client, listener, &name)),
         Some(Command::Export { format, config }) => export(&config, format),
+        Some(Command::Report {
+            config,
+            from,
+            to,
+            format,
+        }) => compliance_report(&config, from.as_deref(), to.as_deref(), format),
     }
 }
 
@@ -399,6 +426,48 @@ fn export(arg: &ConfigArg, format: ExportArg) -> ExitCode {
             report(&err);
             ExitCode::from(2)
         }
+    }
+}
+
+fn compliance_report(
+    arg: &ConfigArg,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: ReportArg,
+) -> ExitCode {
+    let config = match arg.source().load() {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(state_dir) = config.state_dir.as_deref() else {
+        eprintln!("error: the config has no [server] state_dir, so there is no evidence store");
+        return ExitCode::from(2);
+    };
+    let (from, to) = match portvakt::report_period(from, to) {
+        Ok(period) => period,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let made = match portvakt::report_from(state_dir, &from, &to) {
+        Ok(made) => made,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(1);
+        }
+    };
+    let text = match format {
+        ReportArg::Text => made.text(),
+        ReportArg::Csv => made.csv(),
+        ReportArg::Json => serde_json::to_string_pretty(&made).expect("a report serializes") + "\n",
+    };
+    match print_to_stdout(|out| out.write_all(text.as_bytes())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
 }
 

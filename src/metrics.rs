@@ -511,6 +511,30 @@ impl Metrics {
         }
     }
 
+    /// The report's counters as they stand: ("blocked", segment, list, value) and
+    /// ("bypass", segment, kind, value) for every series.
+    pub fn evidence(&self) -> Vec<(&'static str, String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for (kind, vec, item) in [
+            ("blocked", &self.blocked, "list"),
+            ("bypass", &self.bypass, "kind"),
+        ] {
+            for family in vec.collect() {
+                for metric in family.get_metric() {
+                    let label = |name: &str| {
+                        (metric.get_label().iter())
+                            .find(|l| l.name() == name)
+                            .map_or(String::new(), |l| l.value().to_owned())
+                    };
+                    let value = metric.get_counter().get_value() as u64;
+                    out.push((kind, label("segment"), label(item), value));
+                }
+            }
+        }
+        out
+    }
+
     /// Forgets every self-test result (a new policy has its own probes).
     pub fn reset_probes(&self) {
         self.probe_ok.reset();

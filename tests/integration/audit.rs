@@ -86,3 +86,118 @@ async fn every_policy_change_is_appended_with_what_changed_and_no_address() {
     }
     gateway.shutdown().await;
 }
+
+/// The compliance report counts exactly the blocks and bypass attempts sent, per segment and
+/// list, over the API and from the command line after a restart of nothing but the reader;
+/// no address of the traffic appears in any format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_matches_the_traffic_and_holds_no_address() {
+    let upstream = FakeUpstream::new()
+        .with_a("www.allowed.test.", "192.0.2.9")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "server.state_dir = {:?}\n\
+         lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
+         lists.telegram.files = [\"tests/fixtures/telegram.txt\"]\n\
+         segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\"], block = [\"tiktok\", \"telegram\"] }},\n\
+                    {{ name = \"devices\", networks = [\"127.0.0.3/32\"], block = [\"telegram\"] }}]\n",
+        dir.path().display().to_string()
+    );
+    let gateway = TestGateway::start(&upstream, &policy).await;
+    let (staff, device) = (
+        gateway.client_from("127.0.0.2"),
+        gateway.client_from("127.0.0.3"),
+    );
+    for _ in 0..2 {
+        staff.udp_a("www.tiktok.com.").await;
+    }
+    staff.tcp_a("tiktokcdn.com.").await;
+    staff.udp_a("t.me.").await;
+    staff.tcp_a("telegram.org.").await;
+    staff.udp_a("use-application-dns.net.").await;
+    device.udp_a("t.me.").await;
+    device.udp_a("www.tiktok.com.").await; // forwarded: not blocked there
+    gateway
+        .client_from("127.0.0.9")
+        .udp_a("www.tiktok.com.")
+        .await; // refused
+
+    let (code, json) = gateway.admin_get("/api/v1/report").await;
+    assert_eq!(code, 200, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = |section: &str| -> Vec<(String, String, u64)> {
+        let mut rows: Vec<_> = (report[section].as_array().unwrap().iter())
+            .map(|r| {
+                let text = |k: &str| r[k].as_str().unwrap().to_owned();
+                (text("segment"), text("item"), r["count"].as_u64().unwrap())
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let row = |s: &str, i: &str, c: u64| (s.to_owned(), i.to_owned(), c);
+    assert_eq!(
+        rows("blocked"),
+        [
+            row("devices", "telegram", 1),
+            row("staff", "telegram", 2),
+            row("staff", "tiktok", 3)
+        ]
+    );
+    assert_eq!(rows("bypass_attempts"), [row("staff", "canary", 1)]);
+    let hash = gateway.gateway().with_policy(|p| p.hash().to_owned());
+    assert_eq!(report["policies"][0]["hash"], hash.as_str());
+    let today = report["to"].as_str().unwrap().to_owned();
+    assert_eq!(report["blocked"][0]["day"], today.as_str());
+    let (_, text) = gateway.admin_get("/api/v1/report?format=text").await;
+    let (_, csv) = gateway.admin_get("/api/v1/report?format=csv").await;
+    assert!(
+        csv.contains("blocked,") && csv.contains(",staff,tiktok,3"),
+        "{csv}"
+    );
+    assert_eq!(
+        gateway.admin_get("/api/v1/report?from=yesterday").await.0,
+        400
+    );
+    gateway.shutdown().await;
+
+    // The command line reads the same store after the gateway is gone.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["report", "--format", "csv", "--config"])
+        .arg(dir.path().parent().unwrap().join("unused"))
+        .output()
+        .unwrap();
+    assert_eq!(cli.status.code(), Some(2), "a missing config is refused");
+    let config = dir.path().join("report.toml");
+    std::fs::write(
+        &config,
+        format!("{policy}[[upstream]]\nservers = [\"192.0.2.1\"]\n"),
+    )
+    .unwrap();
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["report", "--format", "csv", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let cli_csv = String::from_utf8(cli.stdout).unwrap();
+    assert_eq!(
+        cli.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(
+        cli_csv.contains(",staff,tiktok,3") && cli_csv.contains(",devices,telegram,1"),
+        "{cli_csv}"
+    );
+    for output in [&json, &text, &csv, &cli_csv] {
+        for address in ["127.0.0.2", "127.0.0.3", "127.0.0.9", "192.0.2.9"] {
+            assert!(
+                !output.contains(address),
+                "{address} in the report:\n{output}"
+            );
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The compliance report: per day, segment and list, the queries blocked and the bypass
+//! attempts, the policy hashes in force and since when, and the time a policy was enforced.
+//! Aggregates only, kept in SQLite at `<state_dir>/evidence.sqlite` across restarts and
+//! reloads, for `RETENTION_DAYS`. Nothing per client is stored: the counts come from the same
+//! counters as `/metrics`, whose labels are segments, lists and kinds.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// The store's file under `state_dir`.
+pub const FILE: &str = "evidence.sqlite";
+/// Days kept; older days are deleted as new ones are written.
+pub const RETENTION_DAYS: i64 = 400;
+/// How often the counters are added to the store (also on a report and at shutdown).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("evidence store {path}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+/// The store, written by the running gateway.
+pub struct Recorder {
+    path: PathBuf,
+    db: Mutex<Connection>,
+    /// The counters' values at the last flush, by (kind, segment, item).
+    seen: Mutex<HashMap<(String, String, String), u64>>,
+    last_flush: Mutex<SystemTime>,
+}
+
+impl Recorder {
+    /// Opens (or creates) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Recorder, StoreError> {
+        let path = state_dir.join(FILE);
+        let error = |source| StoreError {
+            path: path.clone(),
+            source,
+        };
+        let db = Connection::open(&path).map_err(error)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS daily (day TEXT NOT NULL, kind TEXT NOT NULL,
+               segment TEXT NOT NULL, item TEXT NOT NULL, count INTEGER NOT NULL,
+               PRIMARY KEY (day, kind, segment, item));
+             CREATE TABLE IF NOT EXISTS policies (since_unix INTEGER NOT NULL, hash TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS uptime (day TEXT PRIMARY KEY, seconds INTEGER NOT NULL);",
+        )
+        .map_err(error)?;
+        Ok(Recorder {
+            db: Mutex::new(db),
+            path,
+            seen: Mutex::new(HashMap::new()),
+            last_flush: Mutex::new(SystemTime::now()),
+        })
+    }
+
+    /// Notes that the policy `hash` is in force since `since`, unless it already was.
+    pub fn policy(&self, hash: &str, since: SystemTime) -> Result<(), StoreError> {
+        let db = self.db.lock().expect("store lock");
+        let last: Option<String> = db
+            .query_row(
+                "SELECT hash FROM policies ORDER BY rowid DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .ok();
+        if last.as_deref() != Some(hash) {
+            db.execute(
+                "INSERT INTO policies (since_unix, hash) VALUES (?1, ?2)",
+                params![unix(since) as i64, hash],
+            )
+            .map_err(|source| self.error(source))?;
+        }
+        Ok(())
+    }
+
+    /// Adds what the counters moved since the last flush to today's rows, and the time since
+    /// then to today's enforcement time.
+    pub fn flush(&self, metrics: &Metrics) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let day = day_of(unix(now));
+        let mut seen = self.seen.lock().expect("seen lock");
+        let mut deltas = Vec::new();
+        for (kind, segment, item, value) in metrics.evidence() {
+            let key = (kind.to_owned(), segment, item);
+            let before = seen.get(&key).copied().unwrap_or(0);
+            // A counter below its last value was recreated (a reload dropped its series).
+            let delta = if value >= before {
+                value - before
+            } else {
+                value
+            };
+            if delta > 0 {
+                deltas.push((key.clone(), delta));
+            }
+            seen.insert(key, value);
+        }
+        let mut last = self.last_flush.lock().expect("flush lock");
+        let seconds = now.duration_since(*last).unwrap_or_default().as_secs();
+        let mut db = self.db.lock().expect("store lock");
+        let tx = db.transaction().map_err(|source| self.error(source))?;
+        for ((kind, segment, item), delta) in deltas {
+            tx.execute(
+                "INSERT INTO daily (day, kind, segment, item, count) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (day, kind, segment, item) DO UPDATE SET count = count + ?5",
+                params![day, kind, segment, item, delta as i64],
+            )
+            .map_err(|source| self.error(source))?;
+        }
+        tx.execute(
+            "INSERT INTO uptime (day, seconds) VALUES (?1, ?2)
+             ON CONFLICT (day) DO UPDATE SET seconds = seconds + ?2",
+            params![day, seconds as i64],
+        )
+        .map_err(|source| self.error(source))?;
+        let oldest = day_of(unix(now).saturating_sub(RETENTION_DAYS as u64 * 86_400));
+        for table in ["daily", "uptime"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE day < ?1"),
+                params![oldest],
+            )
+            .map_err(|source| self.error(source))?;
+        }
+        tx.commit().map_err(|source| self.error(source))?;
+        *last = now;
+        Ok(())
+    }
+
+    /// The report for `from..=to` (days as `YYYY-MM-DD`).
+    pub fn report(&self, from: &str, to: &str) -> Result<Report, StoreError> {
+        let db = self.db.lock().expect("store lock");
+        read(&db, from, to).map_err(|source| self.error(source))
+    }
+
+    fn error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Records the policy in force and flushes the counters every `FLUSH_EVERY` until `stop`,
+/// then once more.
+pub async fn record(
+    recorder: std::sync::Arc<Recorder>,
+    gateway: std::sync::Arc<crate::gateway::Gateway>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            _ = every.tick() => false,
+        };
+        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
+        let done = recorder
+            .policy(&hash, since)
+            .and_then(|()| recorder.flush(gateway.metrics()));
+        if let Err(err) = done {
+            tracing::warn!(error = %crate::error::chain(&err), "cannot write the evidence store");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// The report from the store in `state_dir`, opened read-only (the gateway may be running).
+pub fn report_from(state_dir: &Path, from: &str, to: &str) -> Result<Report, StoreError> {
+    let path = state_dir.join(FILE);
+    let error = |source| StoreError {
+        path: path.clone(),
+        source,
+    };
+    let db = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(error)?;
+    read(&db, from, to).map_err(error)
+}
+
+/// One row of counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub day: String,
+    pub segment: String,
+    /// The list (blocked) or the bypass kind.
+    pub item: String,
+    pub count: u64,
+}
+
+/// A policy hash and when it went into force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InForce {
+    pub hash: String,
+    pub since_unix: u64,
+}
+
+/// The compliance report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub from: String,
+    pub to: String,
+    pub blocked: Vec<Count>,
+    pub bypass_attempts: Vec<Count>,
+    /// Every hash in force during the period, with when it went into force (the one before
+    /// the period first, when there is one).
+    pub policies: Vec<InForce>,
+    /// Seconds a policy was enforced, per day.
+    pub enforced_seconds: Vec<(String, u64)>,
+}
+
+fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
+    let counts = |kind: &str| -> rusqlite::Result<Vec<Count>> {
+        let mut statement = db.prepare(
+            "SELECT day, segment, item, count FROM daily WHERE kind = ?1 AND day >= ?2 AND day <= ?3
+             ORDER BY day, segment, item",
+        )?;
+        let rows = statement.query_map(params![kind, from, to], |row| {
+            Ok(Count {
+                day: row.get(0)?,
+                segment: row.get(1)?,
+                item: row.get(2)?,
+                count: row.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        rows.collect()
+    };
+    let (start, end) = (day_start(from), day_start(to) + 86_400);
+    let mut statement = db.prepare(
+        "SELECT hash, since_unix FROM policies WHERE since_unix < ?2 AND (since_unix >= ?1 OR
+           rowid = (SELECT MAX(rowid) FROM policies WHERE since_unix < ?1)) ORDER BY rowid",
+    )?;
+    let policies = statement
+        .query_map(params![start as i64, end as i64], |row| {
+            Ok(InForce {
+                hash: row.get(0)?,
+                since_unix: row.get::<_, i64>(1)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut statement =
+        db.prepare("SELECT day, seconds FROM uptime WHERE day >= ?1 AND day <= ?2 ORDER BY day")?;
+    let enforced = statement
+        .query_map(params![from, to], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Report {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        blocked: counts("blocked")?,
+        bypass_attempts: counts("bypass")?,
+        policies,
+        enforced_seconds: enforced,
+    })
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut out = format!("portvakt compliance report {} .. {}\n", self.from, self.to);
+        let _ = writeln!(out, "\nblocked queries (day, segment, list, count):");
+        for c in &self.blocked {
+            let _ = writeln!(
+                out,
+                "  {}  {:<16} {:<20} {:>10}",
+                c.day, c.segment, c.item, c.count
+            );
+        }
+        let _ = writeln!(out, "\nbypass attempts (day, segment, kind, count):");
+        for c in &self.bypass_attempts {
+            let _ = writeln!(
+                out,
+                "  {}  {:<16} {:<20} {:>10}",
+                c.day, c.segment, c.item, c.count
+            );
+        }
+        let _ = writeln!(out, "\npolicies in force (hash, since):");
+        for p in &self.policies {
+            let _ = writeln!(out, "  {}  since {}", p.hash, timestamp(p.since_unix));
+        }
+        let _ = writeln!(out, "\nenforced (day, hours of 24):");
+        for (day, seconds) in &self.enforced_seconds {
+            let _ = writeln!(out, "  {day}  {:.2}", *seconds as f64 / 3600.0);
+        }
+        out
+    }
+
+    pub fn csv(&self) -> String {
+        let mut out = String::from("section,day,segment,item,value\n");
+        for (section, rows) in [
+            ("blocked", &self.blocked),
+            ("bypass", &self.bypass_attempts),
+        ] {
+            for c in rows {
+                let _ = writeln!(
+                    out,
+                    "{section},{},{},{},{}",
+                    c.day, c.segment, c.item, c.count
+                );
+            }
+        }
+        for p in &self.policies {
+            let _ = writeln!(
+                out,
+                "policy,{},,{},{}",
+                day_of(p.since_unix),
+                p.hash,
+                p.since_unix
+            );
+        }
+        for (day, seconds) in &self.enforced_seconds {
+            let _ = writeln!(out, "enforced_seconds,{day},,,{seconds}");
+        }
+        out
+    }
+}
+
+fn unix(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time.
+pub fn day_of(unix: u64) -> String {
+    let (y, m, d) = civil((unix / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The Unix time at the start of `day` (`YYYY-MM-DD`); 0 when it does not parse.
+pub fn day_start(day: &str) -> u64 {
+    let mut parts = day.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    match (
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+    ) {
+        (Some(y), Some(m), Some(d)) => (days_from_civil(y, m, d).max(0) as u64) * 86_400,
+        _ => 0,
+    }
+}
+
+/// The report's period: `from` and `to` (inclusive, `YYYY-MM-DD`), by default the 30 days
+/// up to today.
+pub fn period(from: Option<&str>, to: Option<&str>) -> Result<(String, String), String> {
+    let today = day_of(unix(SystemTime::now()));
+    let to = to.map_or(today, str::to_owned);
+    if !is_day(&to) {
+        return Err(format!("`{to}` is not a date like 2026-12-01"));
+    }
+    let from = from.map_or_else(|| day_of(day_start(&to) - 29 * 86_400), str::to_owned);
+    if !is_day(&from) {
+        return Err(format!("`{from}` is not a date like 2026-12-01"));
+    }
+    if from > to {
+        return Err(format!("the period starts ({from}) after it ends ({to})"));
+    }
+    Ok((from, to))
+}
+
+/// Whether `day` is a date as the report takes it.
+pub fn is_day(day: &str) -> bool {
+    day.len() == 10 && day_start(day) > 0 && day_of(day_start(day)) == day
+}
+
+fn timestamp(unix: u64) -> String {
+    let rest = unix % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        day_of(unix),
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_convert_both_ways() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(1_796_083_200), "2026-12-01");
+        assert_eq!(day_start("2026-12-01"), 1_796_083_200);
+        assert_eq!(day_of(day_start("2024-02-29")), "2024-02-29");
+        assert!(is_day("2026-12-01"));
+        assert!(!is_day("2026-13-01") && !is_day("yesterday") && !is_day("2026-02-30"));
+    }
+}

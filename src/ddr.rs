@@ -42,7 +42,6 @@ impl Advertisement {
         for (addrs, alpn, path) in endpoints {
             let ports: BTreeSet<u16> = addrs.iter().map(SocketAddr::port).collect();
             for port in ports {
-                let at_port = || addrs.iter().filter(move |a| a.port() == port);
                 let mut params = vec![
                     (
                         SvcParamKey::Alpn,
@@ -50,14 +49,12 @@ impl Advertisement {
                     ),
                     (SvcParamKey::Port, SvcParamValue::Port(port)),
                 ];
-                let v4: Vec<A> = (at_port().map(SocketAddr::ip))
-                    .filter_map(|ip| match ip {
-                        IpAddr::V4(v4) if !v4.is_unspecified() => Some(A(v4)),
-                        _ => None,
-                    })
-                    .collect();
+                let (v4, v6) = hints(addrs.iter().filter(|a| a.port() == port));
                 if !v4.is_empty() {
                     params.push((SvcParamKey::Ipv4Hint, SvcParamValue::Ipv4Hint(IpHint(v4))));
+                }
+                if !v6.is_empty() {
+                    params.push((SvcParamKey::Ipv6Hint, SvcParamValue::Ipv6Hint(IpHint(v6))));
                 }
                 if let Some(path) = path {
                     let template = format!("{path}{{?dns}}").into_bytes();
@@ -65,15 +62,6 @@ impl Advertisement {
                         SvcParamKey::Unknown(DOHPATH),
                         SvcParamValue::Unknown(Unknown(template)),
                     ));
-                }
-                let v6: Vec<AAAA> = (at_port().map(SocketAddr::ip))
-                    .filter_map(|ip| match ip {
-                        IpAddr::V6(v6) if !v6.is_unspecified() => Some(AAAA(v6)),
-                        _ => None,
-                    })
-                    .collect();
-                if !v6.is_empty() {
-                    params.push((SvcParamKey::Ipv6Hint, SvcParamValue::Ipv6Hint(IpHint(v6))));
                 }
                 // SvcParams go in key order (RFC 9460 section 2.2).
                 params.sort_by_key(|(key, _)| u16::from(*key));
@@ -93,6 +81,18 @@ impl Advertisement {
     pub fn answers(&self, name: &[u8]) -> bool {
         name == RESOLVER_ARPA || name == self.own.as_slice()
     }
+}
+
+/// The specific addresses among `addrs` (not `0.0.0.0` or `[::]`), as address hints.
+fn hints<'a>(addrs: impl Iterator<Item = &'a SocketAddr>) -> (Vec<A>, Vec<AAAA>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for addr in addrs.filter(|a| !a.ip().is_unspecified()) {
+        match addr.ip() {
+            IpAddr::V4(ip) => v4.push(A(ip)),
+            IpAddr::V6(ip) => v6.push(AAAA(ip)),
+        }
+    }
+    (v4, v6)
 }
 
 #[cfg(test)]

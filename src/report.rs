@@ -269,21 +269,19 @@ fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
 impl Report {
     pub fn text(&self) -> String {
         let mut out = format!("portvakt compliance report {} .. {}\n", self.from, self.to);
-        let _ = writeln!(out, "\nblocked queries (day, segment, list, count):");
-        for c in &self.blocked {
-            let _ = writeln!(
-                out,
-                "  {}  {:<16} {:<20} {:>10}",
-                c.day, c.segment, c.item, c.count
-            );
-        }
-        let _ = writeln!(out, "\nbypass attempts (day, segment, kind, count):");
-        for c in &self.bypass_attempts {
-            let _ = writeln!(
-                out,
-                "  {}  {:<16} {:<20} {:>10}",
-                c.day, c.segment, c.item, c.count
-            );
+        let sections = [
+            ("blocked queries (day, segment, list, count)", &self.blocked),
+            (
+                "bypass attempts (day, segment, kind, count)",
+                &self.bypass_attempts,
+            ),
+        ];
+        for (title, rows) in sections {
+            let _ = writeln!(out, "\n{title}:");
+            for c in rows {
+                let (day, segment, item, count) = (&c.day, &c.segment, &c.item, c.count);
+                let _ = writeln!(out, "  {day}  {segment:<16} {item:<20} {count:>10}");
+            }
         }
         let _ = writeln!(out, "\npolicies in force (hash, since):");
         for p in &self.policies {

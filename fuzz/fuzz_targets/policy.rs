@@ -40,6 +40,18 @@ pub fn gateway() -> Gateway {
     gateway
 }
 
+/// The client a fuzz input's first byte stands for: staff, devices, staff over IPv6, or a
+/// client in no segment.
+pub fn client(who: u8) -> IpAddr {
+    let text = match who % 4 {
+        0 => "127.0.0.2",
+        1 => "127.0.0.3",
+        2 => "::1",
+        _ => "127.0.0.9",
+    };
+    text.parse().expect("an address")
+}
+
 /// A query for `name` (wire form) of type `qtype`, with EDNS.
 pub fn query(id: u16, name: &[u8], qtype: u16) -> Vec<u8> {
     let mut q = id.to_be_bytes().to_vec();

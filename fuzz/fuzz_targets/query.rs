@@ -2,7 +2,6 @@
 //! synchronous answer, under a fixed policy with name and IP lists. No panic; every reply
 //! starts with the query's ID.
 #![no_main]
-use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -20,12 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&who, packet)) = data.split_first() else {
         return;
     };
-    let client: IpAddr = match who % 4 {
-        0 => "127.0.0.2".parse().unwrap(),
-        1 => "127.0.0.3".parse().unwrap(),
-        2 => "::1".parse().unwrap(),
-        _ => "127.0.0.9".parse().unwrap(),
-    };
+    let client = policy::client(who);
     let transport = if who & 0x80 != 0 {
         Transport::Tcp
     } else {

@@ -4,7 +4,6 @@
 //! more of them than the connection's query budget allows.
 #![no_main]
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -48,12 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&who, sent)) = data.split_first() else {
         return;
     };
-    let client: IpAddr = match who % 4 {
-        0 => "127.0.0.2".parse().unwrap(),
-        1 => "127.0.0.3".parse().unwrap(),
-        2 => "::1".parse().unwrap(),
-        _ => "127.0.0.9".parse().unwrap(),
-    };
+    let client = policy::client(who);
     let limits = TcpLimits {
         queries: u32::from(who >> 2) + 1,
         ..TcpLimits::DEFAULT

@@ -4,24 +4,29 @@
 //! when idle, after its query budget, or when the listeners stop (in-flight requests finish).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use super::stream::Connection;
 use super::tls;
+use crate::gateway::Step;
 use crate::metrics::TcpLimit;
 
 /// The media type of a DNS message over HTTP.
@@ -51,19 +56,27 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.respond(request).await) }
     });
-    let mut builder = Builder::new(TokioExecutor::new());
+    // The streams' futures are polled here, in the connection's task, not spawned: no task
+    // per request, and replies ready together go out together.
+    let (executor, mut spawned) = mpsc::unbounded_channel();
+    let mut streams = FuturesUnordered::new();
+    let mut builder = Builder::new(StreamExecutor(executor));
     builder.http2().max_concurrent_streams(MAX_STREAMS);
     let served = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     let mut last_seen = activity.requests.load(Ordering::Relaxed);
     let mut closing = false;
     loop {
         tokio::select! {
+            Some(stream) = spawned.recv() => streams.push(stream),
+            Some(()) = streams.next(), if !streams.is_empty() => {}
             result = served.as_mut() => {
                 if let Err(err) = result {
                     debug!(%err, "https connection ended");
                 }
-                return;
+                break;
             }
             () = stop.cancelled(), if !closing => {
                 served.as_mut().graceful_shutdown();
@@ -73,7 +86,7 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = tokio::time::sleep(idle), if !closing => {
+            () = idle_timer.as_mut(), if !closing => {
                 let seen = activity.requests.load(Ordering::Relaxed);
                 if seen == last_seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
                     metrics.tcp.hit(TcpLimit::Idle);
@@ -81,8 +94,26 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
                     closing = true;
                 }
                 last_seen = seen;
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
             }
         }
+    }
+    // Streams still answering finish (their replies are lost with the connection anyway).
+    while streams.next().await.is_some() {}
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper's executor for HTTP/2 streams: hands each to the connection's own loop.
+#[derive(Clone)]
+struct StreamExecutor(mpsc::UnboundedSender<StreamFuture>);
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let _ = self.0.send(Box::pin(future));
     }
 }
 
@@ -155,22 +186,22 @@ impl Handler {
             }
         };
         let conn = &self.conn;
-        match (conn.gateway)
-            .answer(&query, conn.client, conn.transport)
-            .await
-        {
-            Some(reply) => {
-                let ttl = crate::wire::min_ttl(&reply).unwrap_or(0);
-                let mut response = Response::new(Full::new(Bytes::from(reply)));
-                let headers = response.headers_mut();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-                let age = HeaderValue::from_str(&format!("max-age={ttl}"))
-                    .expect("a number is a header value");
-                headers.insert(CACHE_CONTROL, age);
-                response
-            }
-            None => status(StatusCode::BAD_REQUEST, "not a DNS query"),
+        let mut reply = Vec::with_capacity(512);
+        match (conn.gateway).answer_now(&query, conn.client, conn.transport, &mut reply) {
+            Step::Reply => {}
+            Step::Drop => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
+            // Boxed: the miss path's state stays out of the future of every request (hyper
+            // moves that future into a task of its own per HTTP/2 stream).
+            Step::Forward(pending) => Box::pin(conn.gateway.forward(pending, &mut reply)).await,
         }
+        let ttl = crate::wire::min_ttl(&reply).unwrap_or(0);
+        let mut response = Response::new(Full::new(Bytes::from(reply)));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+        let age =
+            HeaderValue::from_str(&format!("max-age={ttl}")).expect("a number is a header value");
+        headers.insert(CACHE_CONTROL, age);
+        response
     }
 }
 

@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -47,11 +47,12 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     let activity = Arc::new(Activity::default());
     let (idle, stop) = (conn.limits.idle, conn.stop.clone());
     let metrics = conn.gateway.metrics().clone();
-    let handler = Handler {
-        conn: Arc::new(conn),
+    let handler = Arc::new(Handler {
+        conn,
         path,
         activity: activity.clone(),
-    };
+        max_age: Mutex::new((0, HeaderValue::from_static("max-age=0"))),
+    });
     let service = hyper::service::service_fn(move |request| {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.respond(request).await) }
@@ -126,11 +127,12 @@ struct Activity {
     spent: Notify,
 }
 
-#[derive(Clone)]
 struct Handler {
-    conn: Arc<Connection>,
+    conn: Connection,
     path: Arc<str>,
     activity: Arc<Activity>,
+    /// The last `cache-control` value and its TTL: replies in a row mostly share it.
+    max_age: Mutex<(u32, HeaderValue)>,
 }
 
 impl Handler {
@@ -198,10 +200,21 @@ impl Handler {
         let mut response = Response::new(Full::new(Bytes::from(reply)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-        let age =
-            HeaderValue::from_str(&format!("max-age={ttl}")).expect("a number is a header value");
+        let age = self.max_age(ttl);
         headers.insert(CACHE_CONTROL, age);
         response
+    }
+}
+
+impl Handler {
+    /// `max-age=<ttl>`, made again only when the TTL changed since the last reply.
+    fn max_age(&self, ttl: u32) -> HeaderValue {
+        let mut last = self.max_age.lock().expect("max-age lock");
+        if last.0 != ttl {
+            let value = HeaderValue::from_str(&format!("max-age={ttl}"));
+            *last = (ttl, value.expect("a number is a header value"));
+        }
+        last.1.clone()
     }
 }
 

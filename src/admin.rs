@@ -320,9 +320,7 @@ async fn report(State(state): State<AppState>, Query(params): Query<ReportParams
     };
     let gateway = state.gateway.clone();
     let made = tokio::task::spawn_blocking(move || {
-        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
-        recorder.policy(&hash, since)?;
-        recorder.flush(gateway.metrics())?;
+        recorder.record_now(&gateway)?;
         recorder.report(&from, &to)
     })
     .await;

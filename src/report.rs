@@ -138,6 +138,14 @@ impl Recorder {
         Ok(())
     }
 
+    /// Notes the policy in force and flushes the counters: what the minute's tick and a
+    /// report request do.
+    pub fn record_now(&self, gateway: &crate::gateway::Gateway) -> Result<(), StoreError> {
+        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
+        self.policy(&hash, since)?;
+        self.flush(gateway.metrics())
+    }
+
     /// The report for `from..=to` (days as `YYYY-MM-DD`).
     pub fn report(&self, from: &str, to: &str) -> Result<Report, StoreError> {
         let db = self.db.lock().expect("store lock");
@@ -165,11 +173,7 @@ pub async fn record(
             () = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
-        let done = recorder
-            .policy(&hash, since)
-            .and_then(|()| recorder.flush(gateway.metrics()));
-        if let Err(err) = done {
+        if let Err(err) = recorder.record_now(&gateway) {
             tracing::warn!(error = %crate::error::chain(&err), "cannot write the evidence store");
         }
         if stopping {

@@ -67,14 +67,8 @@ impl<K: Copy + Eq + Hash + BitAnd<Output = K>> Prefixes<K> {
         self.by_length[at].2.insert(network & mask, id);
     }
 
-    fn longest(&self, addr: K) -> Option<SegmentId> {
-        self.by_length
-            .iter()
-            .find_map(|(_, mask, map)| map.get(&(addr & *mask)).copied())
-    }
-
     /// The longest match's prefix length and segment.
-    fn longest_with_length(&self, addr: K) -> Option<(u8, SegmentId)> {
+    fn longest(&self, addr: K) -> Option<(u8, SegmentId)> {
         (self.by_length.iter())
             .find_map(|(len, mask, map)| map.get(&(addr & *mask)).map(|id| (*len, *id)))
     }
@@ -128,12 +122,21 @@ impl SegmentTable {
     /// The segment of a query from `client` that arrived on `listener` (if known): the
     /// listener's segment, else [`SegmentTable::classify`].
     pub fn classify_at(&self, client: IpAddr, listener: Option<SocketAddr>) -> Option<SegmentId> {
-        if let Some(at) = listener
-            && let Some(&(_, id)) = self.listeners.iter().find(|(addr, _)| *addr == at)
-        {
-            return Some(id);
+        self.by_listener(listener).or_else(|| self.classify(client))
+    }
+
+    /// The segment `listener` is tied to, if any.
+    fn by_listener(&self, listener: Option<SocketAddr>) -> Option<SegmentId> {
+        let at = listener?;
+        (self.listeners.iter()).find_map(|&(addr, id)| (addr == at).then_some(id))
+    }
+
+    /// The longest network holding `client`: its prefix length and segment.
+    fn longest(&self, client: IpAddr) -> Option<(u8, SegmentId)> {
+        match client {
+            IpAddr::V4(addr) => self.v4.longest(u32::from(addr)),
+            IpAddr::V6(addr) => self.v6.longest(u128::from(addr)),
         }
-        self.classify(client)
     }
 
     /// The segment, and what decided it.
@@ -142,17 +145,11 @@ impl SegmentTable {
         client: IpAddr,
         listener: Option<SocketAddr>,
     ) -> (Option<SegmentId>, Placement) {
-        if let Some(at) = listener
-            && let Some(&(addr, id)) = self.listeners.iter().find(|(addr, _)| *addr == at)
-        {
-            return (Some(id), Placement::Listener(addr));
+        if let (Some(id), Some(at)) = (self.by_listener(listener), listener) {
+            return (Some(id), Placement::Listener(at));
         }
         let client = client.to_canonical();
-        let found = match client {
-            IpAddr::V4(addr) => self.v4.longest_with_length(u32::from(addr)),
-            IpAddr::V6(addr) => self.v6.longest_with_length(u128::from(addr)),
-        };
-        match found {
+        match self.longest(client) {
             Some((len, id)) => {
                 let net = IpNet::new(client, len)
                     .expect("a prefix length in range")
@@ -166,11 +163,8 @@ impl SegmentTable {
     /// The client's segment by source: the longest prefix containing it, else the
     /// `unknown_clients` segment, else `None` (refused).
     pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
-        let found = match client.to_canonical() {
-            IpAddr::V4(addr) => self.v4.longest(u32::from(addr)),
-            IpAddr::V6(addr) => self.v6.longest(u128::from(addr)),
-        };
-        found.or(self.unknown)
+        let found = self.longest(client.to_canonical());
+        found.map(|(_, id)| id).or(self.unknown)
     }
 }
 

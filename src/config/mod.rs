@@ -213,6 +213,32 @@ pub struct SegmentConfig {
     pub rate: Option<(u32, u32)>,
 }
 
+impl SegmentConfig {
+    /// What decides this segment's answers, as canonical text (networks and listeners sorted,
+    /// lists by name): equal for segments that decide alike. The policy hash and the audit
+    /// log's "segments changed" both compare it.
+    pub fn deciding(&self, config: &Config) -> String {
+        let names = |ids: &[usize]| -> Vec<&str> {
+            ids.iter()
+                .map(|&id| config.lists[id].name.as_str())
+                .collect()
+        };
+        let mut networks: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
+        networks.sort();
+        let mut listeners: Vec<String> = self.listeners.iter().map(ToString::to_string).collect();
+        listeners.sort();
+        format!(
+            "networks {networks:?} listeners {listeners:?} block {:?} allow {:?} bypass {:?} \
+             advertise {} rate {:?}",
+            names(&self.block),
+            names(&self.allow),
+            self.bypass,
+            self.advertise_encrypted,
+            self.rate
+        )
+    }
+}
+
 /// Which built-in bypass handling a segment applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BypassHandling {

@@ -63,24 +63,12 @@ impl EntryDigest {
                 list.name, list.kind, list.bypass, list.message
             );
         }
-        let name = |id: &usize| config.lists[*id].name.as_str();
         for segment in &config.segments {
-            let mut networks: Vec<String> =
-                segment.networks.iter().map(|n| n.to_string()).collect();
-            networks.sort();
-            let mut listeners: Vec<String> =
-                segment.listeners.iter().map(|l| l.to_string()).collect();
-            listeners.sort();
             let _ = writeln!(
                 text,
-                "segment {} networks {networks:?} listeners {listeners:?} block {:?} allow {:?} \
-                 bypass {:?} advertise {} rate {:?}",
+                "segment {} {}",
                 segment.name,
-                segment.block.iter().map(name).collect::<Vec<_>>(),
-                segment.allow.iter().map(name).collect::<Vec<_>>(),
-                segment.bypass,
-                segment.advertise_encrypted,
-                segment.rate
+                segment.deciding(config)
             );
         }
         let hash = digest(&SHA256, text.as_bytes());

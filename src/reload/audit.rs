@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::Trigger;
-use crate::config::{Config, SegmentConfig};
+use super::{Trigger, unix_now};
+use crate::config::Config;
 use crate::policy::Policy;
 
 /// The file under `state_dir`.
@@ -99,7 +99,7 @@ fn lists_changed(old: &Policy, new: &Policy) -> Value {
 fn segments_changed(old: &Config, new: &Config) -> Value {
     let by_name = |c: &Config| -> BTreeMap<String, String> {
         (c.segments.iter())
-            .map(|s| (s.name.clone(), describe(c, s)))
+            .map(|s| (s.name.clone(), s.deciding(c)))
             .collect()
     };
     let (before, after) = (by_name(old), by_name(new));
@@ -110,25 +110,6 @@ fn segments_changed(old: &Config, new: &Config) -> Value {
         .map(|(n, _)| n)
         .collect();
     json!({ "added": added, "removed": removed, "changed": changed })
-}
-
-/// What decides a segment's answers, as text to compare.
-fn describe(config: &Config, s: &SegmentConfig) -> String {
-    let names = |ids: &[usize]| -> Vec<&str> {
-        ids.iter()
-            .map(|&id| config.lists[id].name.as_str())
-            .collect()
-    };
-    format!(
-        "{:?} {:?} {:?} {:?} {:?} {} {:?}",
-        s.networks,
-        s.listeners,
-        names(&s.block),
-        names(&s.allow),
-        s.bypass,
-        s.advertise_encrypted,
-        s.rate
-    )
 }
 
 fn append(path: &Path, record: &Value) {
@@ -144,10 +125,4 @@ fn append(path: &Path, record: &Value) {
     if let Err(err) = written {
         warn!(path = %path.display(), %err, "cannot append to the audit log");
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

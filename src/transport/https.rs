@@ -6,8 +6,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -51,7 +51,6 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
         conn,
         path,
         activity: activity.clone(),
-        max_age: Mutex::new((0, HeaderValue::from_static("max-age=0"))),
     });
     let service = hyper::service::service_fn(move |request| {
         let handler = handler.clone();
@@ -131,8 +130,6 @@ struct Handler {
     conn: Connection,
     path: Arc<str>,
     activity: Arc<Activity>,
-    /// The last `cache-control` value and its TTL: replies in a row mostly share it.
-    max_age: Mutex<(u32, HeaderValue)>,
 }
 
 impl Handler {
@@ -200,22 +197,20 @@ impl Handler {
         let mut response = Response::new(Full::new(Bytes::from(reply)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-        let age = self.max_age(ttl);
+        let age = max_age(ttl);
         headers.insert(CACHE_CONTROL, age);
         response
     }
 }
 
-impl Handler {
-    /// `max-age=<ttl>`, made again only when the TTL changed since the last reply.
-    fn max_age(&self, ttl: u32) -> HeaderValue {
-        let mut last = self.max_age.lock().expect("max-age lock");
-        if last.0 != ttl {
-            let value = HeaderValue::from_str(&format!("max-age={ttl}"));
-            *last = (ttl, value.expect("a number is a header value"));
-        }
-        last.1.clone()
-    }
+/// `max-age=<ttl>`, written on the stack: the header value is its only allocation.
+fn max_age(ttl: u32) -> HeaderValue {
+    use std::io::Write as _;
+    let mut text = [0u8; 24];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    write!(cursor, "max-age={ttl}").expect("24 bytes hold max-age and a u32");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&text[..len]).expect("ASCII is a header value")
 }
 
 /// The query of a GET: the `dns` parameter, base64url (RFC 4648 section 5; padding tolerated).

@@ -19,6 +19,7 @@ use crate::cache::{self, Answer, Cache, WithoutEch};
 use crate::coalesce::{self, InFlight, Join, Lead};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
+use crate::proxy;
 use crate::ratelimit::Limit;
 use crate::reply;
 use crate::segment::SegmentId;
@@ -254,9 +255,25 @@ impl Gateway {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Step {
-        let client = client.into();
+        let mut client = client.into();
         let started = std::time::Instant::now();
         let policy = self.policy.load();
+        // A load balancer's datagram: the client is the one its PROXY header names. (Streams
+        // read theirs once, at the start of the connection.)
+        let mut packet = packet;
+        if transport == Transport::Udp && policy.behind_proxy(client.addr) {
+            match proxy::parse(packet) {
+                Ok((named, len)) => {
+                    client.addr = named.unwrap_or(client.addr);
+                    packet = &packet[len..];
+                }
+                Err(err) => {
+                    debug!(%err, "dropped a datagram from a load balancer");
+                    self.metrics.query.proxy_errors.inc();
+                    return Step::Drop;
+                }
+            }
+        }
         let query = match Query::parse(packet) {
             Ok(query) => query,
             Err(Malformed::Drop) => return Step::Drop,

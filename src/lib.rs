@@ -7,6 +7,7 @@
 //! socket ─► transport/ ─► gateway.rs: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
 //!   udp.rs, tcp.rs  segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
 //!   (stream.rs, tls.rs: DoT, https.rs: DoH)
+//!                   proxy.rs    a load balancer's PROXY v2 header ─► the client it names
 //!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH endpoints (advertise_encrypted)
 //!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
 //!                   policy/     (segment, qname) ─► Decision, one pass over the name's suffixes
@@ -33,6 +34,7 @@ mod bypass;
 mod error;
 mod metrics;
 mod name;
+mod proxy;
 mod ratelimit;
 mod segment;
 mod wire;

@@ -239,6 +239,8 @@ pub struct QueryMetrics {
     pub cache_misses: IntCounter,
     /// Expired answers served because every upstream failed (RFC 8767).
     pub stale_answers: IntCounter,
+    /// What a `proxy_protocol_from` source sent without a valid PROXY v2 header.
+    pub proxy_errors: IntCounter,
 }
 
 impl QueryMetrics {
@@ -471,6 +473,15 @@ impl Metrics {
                 IntCounter::new(
                     "portvakt_stale_answers_total",
                     "Expired answers served (TTL 30, EDE 3) because the upstreams failed.",
+                )
+                .expect("valid metric"),
+            ),
+            proxy_errors: register(
+                &registry,
+                IntCounter::new(
+                    "portvakt_proxy_header_errors_total",
+                    "Datagrams and connections from a proxy_protocol_from source dropped for a \
+                     missing or invalid PROXY v2 header.",
                 )
                 .expect("valid metric"),
             ),

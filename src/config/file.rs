@@ -96,6 +96,9 @@ pub struct ServerSection {
     pub tls_key_file: Option<Spanned<PathBuf>>,
     /// The name the certificate is for: the target DDR advertises.
     pub tls_name: Option<Spanned<String>>,
+    /// Load balancers whose queries carry a PROXY protocol v2 header with the client's address.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<Network>>,
 }
 
 impl Default for ServerSection {
@@ -115,6 +118,7 @@ impl Default for ServerSection {
             tls_cert_file: None,
             tls_key_file: None,
             tls_name: None,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

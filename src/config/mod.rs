@@ -62,6 +62,9 @@ pub struct Config {
     pub tcp: TcpLimits,
     /// DoT and DoH: listeners and the certificate.
     pub encrypted: EncryptedSettings,
+    /// Sources that must put a PROXY protocol v2 header before what they send (load
+    /// balancers); the client is the one the header names.
+    pub proxy_from: Vec<IpNet>,
 }
 
 /// The TCP listeners' limits.
@@ -454,6 +457,9 @@ impl Checks<'_> {
             rate_limit: self.rate_limit(&file.rate_limit),
             tcp,
             encrypted,
+            proxy_from: (file.server.proxy_protocol_from.iter())
+                .map(|n| n.get_ref().0)
+                .collect(),
         }
     }
 
@@ -987,7 +993,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tls_listen`, `https_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tls_listen`, `https_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`, `proxy_protocol_from`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

@@ -144,6 +144,11 @@ impl Policy {
         &self.config
     }
 
+    /// Whether `addr` is a load balancer that sends PROXY v2 headers (`proxy_protocol_from`).
+    pub fn behind_proxy(&self, addr: IpAddr) -> bool {
+        (self.config.proxy_from.iter()).any(|net| net.contains(&addr))
+    }
+
     /// The hash of what decides answers: equal on replicas that enforce the same policy.
     pub fn hash(&self) -> &str {
         &self.hash

@@ -2,7 +2,9 @@
 //! connections can be capped (hickory-server's listener accepts without limit and cannot be
 //! filtered). A connection is refused at accept when the total or its client's count is full
 //! (the caps are shared by the three kinds of listener); then it is served as plain DNS over
-//! TCP (`stream.rs`), after a TLS handshake (`tls.rs`), or as HTTPS (`https.rs`).
+//! TCP (`stream.rs`), after a TLS handshake (`tls.rs`), or as HTTPS (`https.rs`). A load
+//! balancer's connection first gives its PROXY v2 header (`proxy.rs`), and counts against the
+//! client the header names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::budget::ClientBudget;
 use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Transport};
 use crate::metrics::TcpLimit;
+use crate::proxy;
 
 /// What a stream listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +113,19 @@ impl Accept {
                 metrics.hit(TcpLimit::Total);
                 continue; // dropped: closed at once
             };
-            let Some(client) = self.clients.admit(peer.ip(), true) else {
-                metrics.hit(TcpLimit::Client);
-                continue;
+            // A load balancer's connection counts against the client its header names.
+            let proxied = self.gateway.with_policy(|p| p.behind_proxy(peer.ip()));
+            let admitted = match proxied {
+                true => None,
+                false => match self.clients.admit(peer.ip(), true) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        metrics.hit(TcpLimit::Client);
+                        continue;
+                    }
+                },
             };
-            let conn = Connection {
+            let mut conn = Connection {
                 gateway: self.gateway.clone(),
                 client: Client {
                     addr: peer.ip(),
@@ -128,8 +139,28 @@ impl Accept {
                 limits: self.limits,
                 stop: self.stop.clone(),
             };
-            let kind = self.stream;
+            let (kind, clients) = (self.stream, self.clients.clone());
             self.tasks.spawn(async move {
+                let mut stream = stream;
+                let client = match admitted {
+                    Some(permit) => permit,
+                    None => {
+                        let metrics = conn.gateway.metrics();
+                        match proxy::read_stream_header(&mut stream, peer.ip()).await {
+                            Ok(named) => conn.client.addr = named,
+                            Err(err) => {
+                                debug!(%err, "dropped a connection from a load balancer");
+                                metrics.query.proxy_errors.inc();
+                                return;
+                            }
+                        }
+                        let Some(permit) = clients.admit(conn.client.addr, true) else {
+                            metrics.tcp.hit(TcpLimit::Client);
+                            return;
+                        };
+                        permit
+                    }
+                };
                 let _held = (connection, client);
                 conn.gateway.metrics().tcp.open.inc();
                 if let Err(err) = stream.set_nodelay(true) {

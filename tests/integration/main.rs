@@ -17,6 +17,7 @@ mod ip_lists;
 mod list_data;
 mod metrics;
 mod modules;
+mod proxy;
 mod ratelimit;
 mod reload;
 mod remote;

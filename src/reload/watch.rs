@@ -2,10 +2,11 @@
 //! so edits that write a new file and rename it over the old one (editors, `git checkout`,
 //! config management) are seen as well as edits in place. Events are debounced: a burst of
 //! writes is one reload. Only changes count: opening or reading a file (as every reload does)
-//! is not one, or each reload would trigger the next. What a change does is the caller's
-//! (`on_change`).
+//! is not one, or each reload would trigger the next. A file that is a symlink changes when
+//! what it resolves to does: a Kubernetes ConfigMap volume is updated by swapping its `..data`
+//! link, which no event names the file for. What a change does is the caller's (`on_change`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,25 +18,32 @@ use tracing::{debug, warn};
 /// Quiet time after the last event before the reload starts.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// Each watched file and what it resolves to (through symlinks), when it exists.
+type Files = HashMap<PathBuf, Option<PathBuf>>;
+
 /// Watches a set of files; a change to any of them calls `on_change`.
 pub(crate) struct Watcher {
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
-    files: Arc<Mutex<HashSet<PathBuf>>>,
+    files: Arc<Mutex<Files>>,
     dirs: HashSet<PathBuf>,
 }
 
 impl Watcher {
     pub(crate) fn new(on_change: impl Fn() + Send + 'static) -> notify::Result<Watcher> {
-        let files: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
+        let files: Arc<Mutex<Files>> = Arc::default();
         let watched = files.clone();
         let handler = move |result: DebounceEventResult| match result {
             Ok(events) => {
-                let files = watched.lock().expect("watch set lock");
-                let changed = events
-                    .iter()
+                let mut files = watched.lock().expect("watch set lock");
+                let mut changes = (events.iter())
                     .filter(|e| !matches!(e.kind, EventKind::Access(_)))
                     .flat_map(|e| &e.paths)
-                    .find(|path| files.contains(*path));
+                    .peekable();
+                if changes.peek().is_none() {
+                    return;
+                }
+                let named = changes.find(|path| files.contains_key(*path));
+                let changed = named.cloned().or_else(|| relinked(&mut files));
                 if let Some(path) = changed {
                     debug!(path = %path.display(), "watched file changed");
                     on_change();
@@ -54,9 +62,13 @@ impl Watcher {
 
     /// Watches exactly `files` from now on (the set changes when the config does).
     pub(crate) fn set_files(&mut self, files: Vec<PathBuf>) {
-        let files: HashSet<PathBuf> = files.iter().filter_map(|f| absolute(f)).collect();
-        let dirs: HashSet<PathBuf> = files
-            .iter()
+        let files: Files = (files.iter().filter_map(|f| absolute(f)))
+            .map(|f| {
+                let target = resolved(&f);
+                (f, target)
+            })
+            .collect();
+        let dirs: HashSet<PathBuf> = (files.keys())
             .filter_map(|f| f.parent().map(Path::to_owned))
             .collect();
         for gone in self.dirs.difference(&dirs) {
@@ -70,6 +82,24 @@ impl Watcher {
         self.dirs = dirs;
         *self.files.lock().expect("watch set lock") = files;
     }
+}
+
+/// A watched file that now resolves elsewhere (a symlink on its way was swapped); the
+/// targets are brought up to date.
+fn relinked(files: &mut Files) -> Option<PathBuf> {
+    let mut changed = None;
+    for (file, target) in files.iter_mut() {
+        let now = resolved(file);
+        if now != *target {
+            *target = now;
+            changed = Some(file.clone());
+        }
+    }
+    changed
+}
+
+fn resolved(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
 }
 
 fn absolute(path: &Path) -> Option<PathBuf> {

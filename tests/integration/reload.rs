@@ -484,3 +484,45 @@ async fn an_oversized_admin_request_is_refused_unread() {
     assert_eq!(code, 200, "a request without a body still reloads");
     gateway.shutdown().await;
 }
+
+/// A Kubernetes ConfigMap volume: each file a link through `..data` to a versioned directory,
+/// updated by swapping `..data` (no event names the file). Each swap is a reload.
+#[tokio::test]
+async fn a_configmap_style_link_swap_reloads() {
+    let upstream = FakeUpstream::new()
+        .with_a("www.example.org.", "192.0.2.1")
+        .start()
+        .await;
+    let volume = tempfile::tempdir().unwrap();
+    let swap_to = |version: &str, list: &str| {
+        let dir = volume.path().join(format!("..{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("blocked.txt"), list).unwrap();
+        let tmp = volume.path().join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, volume.path().join("..data")).unwrap();
+    };
+    swap_to("v1", "tiktok.com\n");
+    let list = volume.path().join("blocked.txt");
+    std::os::unix::fs::symlink("..data/blocked.txt", &list).unwrap();
+    let gateway = TestGateway::start(&upstream, &staff_config(&list, "")).await;
+    let staff = gateway.client_from("127.0.0.2");
+    let blocked =
+        async |name: &str| staff.udp_a(name).await.metadata.response_code == ResponseCode::NXDomain;
+    assert!(blocked("www.tiktok.com.").await);
+    assert!(!blocked("www.example.org.").await);
+
+    for (version, text) in [("v2", "tiktok.com\nexample.org\n"), ("v3", "tiktok.com\n")] {
+        swap_to(version, text);
+        let previous = volume
+            .path()
+            .join(if version == "v2" { "..v1" } else { "..v2" });
+        std::fs::remove_dir_all(previous).unwrap();
+        let want = version == "v2";
+        eventually(EDIT_DEADLINE, "the swapped list in force", async || {
+            blocked("www.example.org.").await == want
+        })
+        .await;
+    }
+    assert_eq!(gateway.gateway().generation(), 3, "one reload per swap");
+}

@@ -21,6 +21,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod remote;
+mod replicas;
 mod responses;
 mod segments;
 mod spoofing;

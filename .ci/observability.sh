@@ -3,7 +3,8 @@
 #   a real portvakt (release build) with dnsmasq as its upstream, fed bounded dig traffic;
 #   promtool check metrics on a real scrape; promtool check/test rules on the alert rules;
 #   a real Prometheus scraping portvakt, and every PromQL expression of the Grafana
-#   dashboard evaluated against it; docker-compose config on the compose file.
+#   dashboard evaluated against it; docker-compose config on both compose files; dnsdist's
+#   and Prometheus's checks on their replica configs; kubernetes-validate on the manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -14,9 +15,12 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
+apt_install() {
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if ((${#need[@]})); then
+  apt_install "${need[@]}"
 fi
 
 cargo build --release --locked --quiet
@@ -110,4 +114,26 @@ python3 .ci/check_dashboard.py "http://$PROM" docker/grafana/dashboards/portvakt
 
 echo "== docker-compose config"
 docker-compose -f docker/compose.yaml config -q
+docker-compose -f docker/compose.ha.yaml config -q
+
+echo "== deployment files: dnsdist, Prometheus for the replicas, Kubernetes"
+command -v dnsdist >/dev/null || apt_install dnsdist
+dnsdist --check-config -C docker/dnsdist/dnsdist.conf
+sed "s#/etc/prometheus/#$repo/docker/prometheus/#" docker/prometheus/prometheus-ha.yml >"$work/prometheus-ha.yml"
+promtool check config "$work/prometheus-ha.yml"
+validate=kubernetes-validate
+if ! command -v "$validate" >/dev/null; then
+  python3 -m venv "$work/venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$work/venv"; }
+  "$work/venv/bin/pip" install --quiet kubernetes-validate
+  validate="$work/venv/bin/kubernetes-validate"
+fi
+# The lists' ConfigMap, as `kubectl create configmap portvakt-lists --from-file=blocklists/` makes it.
+python3 - "$work/lists.yaml" <<'PY'
+import json, pathlib, sys
+data = {p.name: p.read_text() for p in sorted(pathlib.Path("blocklists").glob("*.txt"))}
+assert sum(len(v) for v in data.values()) < 1 << 20, "a ConfigMap holds at most 1 MiB"
+doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "portvakt-lists"}, "data": data}
+pathlib.Path(sys.argv[1]).write_text(json.dumps(doc))
+PY
+"$validate" --strict docker/kubernetes/*.yaml "$work/lists.yaml"
 echo "observability checks passed"

@@ -57,3 +57,49 @@ async fn replicas_with_the_same_entries_show_the_same_hash() {
         gateway.shutdown().await;
     }
 }
+
+/// `portvakt check`'s policy hash for the config `text` (lists relative to the repository).
+fn checked_hash(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{name}: {stdout}{output:?}");
+    let line = stdout.lines().find_map(|l| l.strip_prefix("policy hash: "));
+    line.unwrap_or_else(|| panic!("{name}: no hash in {stdout}"))
+        .to_owned()
+}
+
+/// The shipped deployments (one container, the compose replicas, Kubernetes) differ in how
+/// they listen and where their files are, and enforce one policy: one hash.
+#[test]
+fn the_shipped_deployments_enforce_one_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |path| std::fs::read_to_string(path).unwrap();
+    let manifest = read("docker/kubernetes/portvakt.yaml");
+    let embedded: String = (manifest.lines())
+        .skip_while(|l| l.trim() != "portvakt.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    assert!(embedded.contains("[[segment]]"), "{embedded}");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret\n").unwrap();
+    let kubernetes = (embedded.replace("/etc/portvakt/lists/", "blocklists/"))
+        .replace("/etc/portvakt/token/token", &token.display().to_string())
+        .replace("/var/lib/portvakt", &dir.path().display().to_string());
+
+    let single = checked_hash(dir.path(), "single.toml", &read("docker/portvakt.toml"));
+    let compose = checked_hash(dir.path(), "ha.toml", &read("docker/portvakt-ha.toml"));
+    let k8s = checked_hash(dir.path(), "k8s.toml", &kubernetes);
+    assert_eq!(single, compose, "docker/portvakt-ha.toml");
+    assert_eq!(single, k8s, "docker/kubernetes/portvakt.yaml");
+    // And it can fail: one segment's lists changed is another policy.
+    let other = kubernetes.replacen("block = [\"internal\"]", "block = []", 1);
+    assert_ne!(checked_hash(dir.path(), "other.toml", &other), single);
+}

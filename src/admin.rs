@@ -308,7 +308,8 @@ struct ReportParams {
     format: Option<String>,
 }
 
-/// The compliance report (JSON, or `format=text|csv`), with the counters flushed first.
+/// The compliance report (JSON, or `format=text|csv`), with the counters flushed first and
+/// today's top clients under pseudonyms when they are listed.
 async fn report(State(state): State<AppState>, Query(params): Query<ReportParams>) -> Response {
     let Some(recorder) = state.evidence.clone() else {
         let message = "no evidence store: set [server] state_dir\n";
@@ -321,7 +322,10 @@ async fn report(State(state): State<AppState>, Query(params): Query<ReportParams
     let gateway = state.gateway.clone();
     let made = tokio::task::spawn_blocking(move || {
         recorder.record_now(&gateway)?;
-        recorder.report(&from, &to)
+        let mut report = recorder.report(&from, &to)?;
+        // Today's top clients, when today is in the period.
+        report.top_clients = (gateway.top_clients()).filter(|t| from <= t.day && t.day <= to);
+        Ok::<_, crate::report::StoreError>(report)
     })
     .await;
     let report = match made {

@@ -20,6 +20,7 @@ use crate::coalesce::{self, InFlight, Join, Lead};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
 use crate::proxy;
+use crate::pseudonym::{Attempts, TopClients};
 use crate::ratelimit::Limit;
 use crate::reply;
 use crate::segment::SegmentId;
@@ -164,6 +165,7 @@ enum Outcome {
 /// segment, and the query once it parsed.
 #[derive(Clone, Copy)]
 struct Context<'q> {
+    client: IpAddr,
     transport: Transport,
     started: std::time::Instant,
     segment: Option<SegmentId>,
@@ -172,12 +174,14 @@ struct Context<'q> {
 
 impl<'q> Context<'q> {
     fn new(
+        client: IpAddr,
         transport: Transport,
         started: std::time::Instant,
         segment: Option<SegmentId>,
         query: Option<&'q Query<'q>>,
     ) -> Self {
         Context {
+            client,
             transport,
             started,
             segment,
@@ -194,6 +198,8 @@ pub struct Gateway {
     clients: Arc<ClientBudget>,
     /// Questions in flight upstream, shared by identical misses.
     questions: Arc<InFlight<Settled>>,
+    /// Today's attempts per client pseudonym, when the report lists top clients.
+    attempts: Attempts,
     metrics: Arc<Metrics>,
 }
 
@@ -210,6 +216,7 @@ impl Gateway {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             clients: ClientBudget::new(CLIENT_IN_FLIGHT),
             questions: InFlight::new(),
+            attempts: Attempts::default(),
             metrics,
         }
     }
@@ -240,6 +247,13 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Today's clients with the most attempts, under pseudonyms, when the report lists them.
+    pub fn top_clients(&self) -> Option<TopClients> {
+        let report = self.with_policy(|p| p.config().report);
+        (report.top_clients > 0)
+            .then(|| (self.attempts).top(report.top_clients, report.top_clients_min, unix_now()))
     }
 
     /// Answers in the cache now.
@@ -280,12 +294,12 @@ impl Gateway {
             Err(Malformed::Answer(rcode)) => {
                 wire::write_header_only(packet, rcode, out);
                 let segment = policy.classify(client.addr, client.listener);
-                let ctx = Context::new(transport, started, segment, None);
+                let ctx = Context::new(client.addr, transport, started, segment, None);
                 return self.finish(&policy, &ctx, Outcome::Malformed, out);
             }
         };
         let segment = policy.classify(client.addr, client.listener);
-        let ctx = Context::new(transport, started, segment, Some(&query));
+        let ctx = Context::new(client.addr, transport, started, segment, Some(&query));
         let Some(segment) = ctx.segment else {
             debug!(client = %client.addr, "refused: client in no segment");
             reply::refused(&query, out);
@@ -445,7 +459,13 @@ impl Gateway {
     fn reply(&self, pending: &Pending, query: &Query, answer: Settled, out: &mut Vec<u8>) {
         let policy = self.policy.load();
         let segment = policy.classify(pending.client.addr, pending.client.listener);
-        let ctx = Context::new(pending.transport, pending.started, segment, Some(query));
+        let ctx = Context::new(
+            pending.client.addr,
+            pending.transport,
+            pending.started,
+            segment,
+            Some(query),
+        );
         // A reload meanwhile may have moved the client or blocked the name: decide again.
         let decision = segment.map(|segment| (segment, policy.decide(segment, query.name())));
         let outcome = match (decision, answer) {
@@ -554,6 +574,11 @@ impl Gateway {
             Some(segment) => &policy.metrics().segments[segment.0 as usize],
             None => &policy.metrics().no_segment,
         };
+        if matches!(outcome, Outcome::Blocked(_) | Outcome::Bypass(_))
+            && policy.config().report.top_clients > 0
+        {
+            self.attempts.note(ctx.client, unix_now());
+        }
         let decision = match (outcome, ctx.segment) {
             (Outcome::Blocked(list), _) => {
                 handles.blocked_by(list.0 as usize);
@@ -669,4 +694,8 @@ fn publish(metrics: &Metrics, policy: &Policy) {
 fn unix_seconds(time: std::time::SystemTime) -> f64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn unix_now() -> u64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs())
 }

@@ -31,10 +31,12 @@
 // Bottom layer: names, wire format, segments, bypass kinds, error text, metric handles.
 mod budget;
 mod bypass;
+mod days;
 mod error;
 mod metrics;
 mod name;
 mod proxy;
+mod pseudonym;
 mod ratelimit;
 mod segment;
 mod wire;

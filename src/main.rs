@@ -460,6 +460,12 @@ fn compliance_report(
             return ExitCode::from(1);
         }
     };
+    if config.report.top_clients > 0 {
+        eprintln!(
+            "note: top clients come only from the running gateway (GET /api/v1/report): \
+             their pseudonyms' key is in its memory alone"
+        );
+    }
     let text = match format {
         ReportArg::Text => made.text(),
         ReportArg::Csv => made.csv(),

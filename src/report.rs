@@ -2,7 +2,8 @@
 //! attempts, the policy hashes in force and since when, and the time a policy was enforced.
 //! Aggregates only, kept in SQLite at `<state_dir>/evidence.sqlite` across restarts and
 //! reloads, for `RETENTION_DAYS`. Nothing per client is stored: the counts come from the same
-//! counters as `/metrics`, whose labels are segments, lists and kinds.
+//! counters as `/metrics`, whose labels are segments, lists and kinds. The optional top clients
+//! (`pseudonym.rs`) are added by the running gateway and never written.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -13,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+use crate::days::{day_of, day_start, is_day};
 use crate::metrics::Metrics;
+use crate::pseudonym::TopClients;
 
 /// The store's file under `state_dir`.
 pub const FILE: &str = "evidence.sqlite";
@@ -222,6 +225,10 @@ pub struct Report {
     pub policies: Vec<InForce>,
     /// Seconds a policy was enforced, per day.
     pub enforced_seconds: Vec<(String, u64)>,
+    /// Today's clients with the most attempts, under pseudonyms: only from the running
+    /// gateway (the key is in its memory alone), when `[report] top_clients` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_clients: Option<TopClients>,
 }
 
 fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
@@ -267,6 +274,7 @@ fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
         bypass_attempts: counts("bypass")?,
         policies,
         enforced_seconds: enforced,
+        top_clients: None,
     })
 }
 
@@ -294,6 +302,16 @@ impl Report {
         let _ = writeln!(out, "\nenforced (day, hours of 24):");
         for (day, seconds) in &self.enforced_seconds {
             let _ = writeln!(out, "  {day}  {:.2}", *seconds as f64 / 3600.0);
+        }
+        if let Some(top) = &self.top_clients {
+            let (day, min) = (&top.day, top.min_attempts);
+            let _ = writeln!(
+                out,
+                "\ntop clients {day} (pseudonym, attempts; a key of the day's, at least {min}):"
+            );
+            for c in &top.clients {
+                let _ = writeln!(out, "  {}  {:>10}", c.pseudonym, c.attempts);
+            }
         }
         out
     }
@@ -324,31 +342,23 @@ impl Report {
         for (day, seconds) in &self.enforced_seconds {
             let _ = writeln!(out, "enforced_seconds,{day},,,{seconds}");
         }
+        for c in self
+            .top_clients
+            .iter()
+            .flat_map(|t| t.clients.iter().map(move |c| (t, c)))
+        {
+            let _ = writeln!(
+                out,
+                "top_client,{},,{},{}",
+                c.0.day, c.1.pseudonym, c.1.attempts
+            );
+        }
         out
     }
 }
 
 fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// `YYYY-MM-DD` (UTC) of a Unix time.
-pub fn day_of(unix: u64) -> String {
-    let (y, m, d) = civil((unix / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// The Unix time at the start of `day` (`YYYY-MM-DD`); 0 when it does not parse.
-pub fn day_start(day: &str) -> u64 {
-    let mut parts = day.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    match (
-        parts.next().flatten(),
-        parts.next().flatten(),
-        parts.next().flatten(),
-    ) {
-        (Some(y), Some(m), Some(d)) => (days_from_civil(y, m, d).max(0) as u64) * 86_400,
-        _ => 0,
-    }
 }
 
 /// The report's period: `from` and `to` (inclusive, `YYYY-MM-DD`), by default the 30 days
@@ -369,11 +379,6 @@ pub fn period(from: Option<&str>, to: Option<&str>) -> Result<(String, String), 
     Ok((from, to))
 }
 
-/// Whether `day` is a date as the report takes it.
-pub fn is_day(day: &str) -> bool {
-    day.len() == 10 && day_start(day) > 0 && day_of(day_start(day)) == day
-}
-
 fn timestamp(unix: u64) -> String {
     let rest = unix % 86_400;
     format!(
@@ -383,42 +388,4 @@ fn timestamp(unix: u64) -> String {
         rest % 3600 / 60,
         rest % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn days_convert_both_ways() {
-        assert_eq!(day_of(0), "1970-01-01");
-        assert_eq!(day_of(1_796_083_200), "2026-12-01");
-        assert_eq!(day_start("2026-12-01"), 1_796_083_200);
-        assert_eq!(day_of(day_start("2024-02-29")), "2024-02-29");
-        assert!(is_day("2026-12-01"));
-        assert!(!is_day("2026-13-01") && !is_day("yesterday") && !is_day("2026-02-30"));
-    }
 }

@@ -35,6 +35,19 @@ pub struct ConfigFile {
     pub cache: CacheSection,
     #[serde(default)]
     pub rate_limit: RateLimitSection,
+    #[serde(default)]
+    pub report: ReportSection,
+}
+
+/// `[report]`: the compliance report.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// How many clients with the most attempts today the report lists, under pseudonyms (a
+    /// keyed hash, its key kept in memory and new every day); 0 (the default): none.
+    pub top_clients: Option<Spanned<usize>>,
+    /// Attempts a client needs today to be listed (default 5).
+    pub top_clients_min: Option<Spanned<u64>>,
 }
 
 /// `[rate_limit]`: per client address, over UDP.

@@ -28,6 +28,8 @@ pub use tls::{Certificate, EncryptedSettings};
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");
 /// How the embedded default is named in messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/portvakt.toml>";
+/// Most clients a report lists under pseudonyms.
+pub const MAX_TOP_CLIENTS: usize = 100;
 /// List ids are bits of a `u64` in the lookup core.
 pub const MAX_LISTS: usize = 64;
 
@@ -65,6 +67,16 @@ pub struct Config {
     /// Sources that must put a PROXY protocol v2 header before what they send (load
     /// balancers); the client is the one the header names.
     pub proxy_from: Vec<IpNet>,
+    pub report: ReportSettings,
+}
+
+/// `[report]`, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportSettings {
+    /// Clients listed under pseudonyms; 0: none, and no client is counted.
+    pub top_clients: usize,
+    /// Fewest attempts today for a client to be listed.
+    pub top_clients_min: u64,
 }
 
 /// The TCP listeners' limits.
@@ -460,6 +472,7 @@ impl Checks<'_> {
             proxy_from: (file.server.proxy_protocol_from.iter())
                 .map(|n| n.get_ref().0)
                 .collect(),
+            report: self.report_settings(&file.report),
         }
     }
 
@@ -526,6 +539,26 @@ impl Checks<'_> {
             ipv6_prefix,
             exempt: section.exempt.iter().map(|n| n.get_ref().0).collect(),
             clients,
+        }
+    }
+
+    /// `[report]`: at most `MAX_TOP_CLIENTS` listed, each with at least 2 attempts.
+    fn report_settings(&mut self, section: &file::ReportSection) -> ReportSettings {
+        let top_clients = section.top_clients.as_ref().map_or(0, |n| {
+            if *n.get_ref() > MAX_TOP_CLIENTS {
+                self.report(n, format!("top_clients is at most {MAX_TOP_CLIENTS}"));
+            }
+            *n.get_ref()
+        });
+        let top_clients_min = section.top_clients_min.as_ref().map_or(5, |n| {
+            if *n.get_ref() < 2 {
+                self.report(n, "top_clients_min must be at least 2");
+            }
+            *n.get_ref()
+        });
+        ReportSettings {
+            top_clients,
+            top_clients_min,
         }
     }
 

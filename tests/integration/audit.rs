@@ -99,6 +99,8 @@ async fn the_report_matches_the_traffic_and_holds_no_address() {
     let dir = tempfile::tempdir().unwrap();
     let policy = format!(
         "server.state_dir = {:?}\n\
+         report.top_clients = 5\n\
+         report.top_clients_min = 3\n\
          lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
          lists.telegram.files = [\"tests/fixtures/telegram.txt\"]\n\
          segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\"], block = [\"tiktok\", \"telegram\"] }},\n\
@@ -151,8 +153,21 @@ async fn the_report_matches_the_traffic_and_holds_no_address() {
     assert_eq!(report["policies"][0]["hash"], hash.as_str());
     let today = report["to"].as_str().unwrap().to_owned();
     assert_eq!(report["blocked"][0]["day"], today.as_str());
+    // Top clients: staff's 6 attempts (5 blocked, 1 canary) under a pseudonym; the device's
+    // one attempt is under the minimum.
+    let top = &report["top_clients"];
+    assert_eq!(top["day"], today.as_str());
+    assert_eq!(top["clients"].as_array().unwrap().len(), 1, "{top}");
+    assert_eq!(top["clients"][0]["attempts"], 6);
+    let pseudonym = top["clients"][0]["pseudonym"].as_str().unwrap().to_owned();
+    assert!(pseudonym.len() == 16 && pseudonym.bytes().all(|b| b.is_ascii_hexdigit()));
     let (_, text) = gateway.admin_get("/api/v1/report?format=text").await;
     let (_, csv) = gateway.admin_get("/api/v1/report?format=csv").await;
+    assert!(text.contains(&format!("{pseudonym}           6")), "{text}");
+    assert!(
+        csv.contains(&format!("top_client,{today},,{pseudonym},6")),
+        "{csv}"
+    );
     assert!(
         csv.contains("blocked,") && csv.contains(",staff,tiktok,3"),
         "{csv}"
@@ -192,6 +207,11 @@ async fn the_report_matches_the_traffic_and_holds_no_address() {
         cli_csv.contains(",staff,tiktok,3") && cli_csv.contains(",devices,telegram,1"),
         "{cli_csv}"
     );
+    assert!(
+        !cli_csv.contains("top_client"),
+        "the key died with the gateway"
+    );
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("only from the running gateway"));
     for output in [&json, &text, &csv, &cli_csv] {
         for address in ["127.0.0.2", "127.0.0.3", "127.0.0.9", "192.0.2.9"] {
             assert!(

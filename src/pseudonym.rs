@@ -18,9 +18,11 @@ use crate::days::day_of;
 /// Clients counted per day at most; the attempts of clients past that are only summed.
 const MAX_CLIENTS: usize = 65_536;
 
-/// Today's attempts per pseudonym.
+/// Today's attempts per pseudonym. The first key is drawn at the first attempt counted, so
+/// a gateway that lists no top clients never asks for randomness here.
+#[derive(Default)]
 pub struct Attempts {
-    today: Mutex<Day>,
+    today: Mutex<Option<Day>>,
 }
 
 struct Day {
@@ -58,14 +60,6 @@ pub struct TopClients {
     pub min_attempts: u64,
     /// Most attempts first.
     pub clients: Vec<Listed>,
-}
-
-impl Default for Attempts {
-    fn default() -> Self {
-        Attempts {
-            today: Mutex::new(Day::new(0)),
-        }
-    }
 }
 
 impl Attempts {
@@ -108,12 +102,12 @@ impl Attempts {
 }
 
 /// Today's counts, after starting a new day (key and counts) when `unix` is in one.
-fn roll(today: &mut Day, unix: u64) -> &mut Day {
+fn roll(today: &mut Option<Day>, unix: u64) -> &mut Day {
     let day = unix / 86_400;
-    if today.day != day {
-        *today = Day::new(day);
+    if today.as_ref().is_none_or(|t| t.day != day) {
+        *today = Some(Day::new(day));
     }
-    today
+    today.as_mut().expect("a day just started")
 }
 
 fn pseudonym(key: &hmac::Key, client: IpAddr) -> u64 {

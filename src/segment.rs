@@ -68,6 +68,7 @@ impl<K: Copy + Eq + Hash + BitAnd<Output = K>> Prefixes<K> {
     }
 
     /// The longest match's prefix length and segment.
+    #[inline]
     fn longest(&self, addr: K) -> Option<(u8, SegmentId)> {
         (self.by_length.iter())
             .find_map(|(len, mask, map)| map.get(&(addr & *mask)).map(|id| (*len, *id)))
@@ -122,6 +123,9 @@ impl SegmentTable {
     /// The segment of a query from `client` that arrived on `listener` (if known): the
     /// listener's segment, else [`SegmentTable::classify`].
     pub fn classify_at(&self, client: IpAddr, listener: Option<SocketAddr>) -> Option<SegmentId> {
+        if self.listeners.is_empty() {
+            return self.classify(client); // the usual config: no listener decides
+        }
         self.by_listener(listener).or_else(|| self.classify(client))
     }
 
@@ -132,6 +136,7 @@ impl SegmentTable {
     }
 
     /// The longest network holding `client`: its prefix length and segment.
+    #[inline]
     fn longest(&self, client: IpAddr) -> Option<(u8, SegmentId)> {
         match client {
             IpAddr::V4(addr) => self.v4.longest(u32::from(addr)),
@@ -163,7 +168,15 @@ impl SegmentTable {
     /// The client's segment by source: the longest prefix containing it, else the
     /// `unknown_clients` segment, else `None` (refused).
     pub fn classify(&self, client: IpAddr) -> Option<SegmentId> {
-        let found = self.longest(client.to_canonical());
+        // Matched on the address as given (not through `to_canonical`, which rebuilds an
+        // `IpAddr` byte by byte on this path).
+        let found = match client {
+            IpAddr::V4(v4) => self.v4.longest(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => self.v4.longest(u32::from(v4)),
+                None => self.v6.longest(u128::from(v6)),
+            },
+        };
         found.map(|(_, id)| id).or(self.unknown)
     }
 }

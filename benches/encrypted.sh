@@ -50,6 +50,7 @@
 #   other processes above which a run counts as contended; medians use clean rounds when there are any)
 #   STARTUP_TIMEOUT=60 MAX_S=3600 (no new measurement starts after this many seconds) KEEP_RUN=0
 #   PORTVAKT_BIN=target/release/portvakt BENCH=../shared/bench BENCH_WORK=/tmp/portvakt-bench
+#   PORTVAKT_BIN_B (the peer portvakt-b: a second build, for an interleaved A/B of two portvakts)
 #   BENCH_NETNS=auto|0|1 RESULTS=$BENCH_WORK/results/encrypted-<time>.txt
 # Needs root (unshare --net; inside the namespace the TIME_WAIT table is switched off and the ephemeral
 # range widened, so tens of thousands of short connections cannot run out of ports), dnsperf >= 2.10,
@@ -95,7 +96,7 @@ STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-60} MAX_S=${MAX_S:-3600}
 PORTVAKT_BIN=${PORTVAKT_BIN:-$ROOT/target/release/portvakt}
 CERT_NAME=dns.portvakt.test
 
-for p in $PEERS; do case "$p" in portvakt|dnsdist|unbound) ;; *) die "unknown peer $p (portvakt, dnsdist, unbound)" ;; esac; done
+for p in $PEERS; do case "$p" in portvakt|portvakt-b|dnsdist|unbound) ;; *) die "unknown peer $p (portvakt, portvakt-b, dnsdist, unbound)" ;; esac; done
 for m in $MODES; do case "$m" in dot|doh) ;; *) die "unknown mode $m (dot, doh)" ;; esac; done
 for w in $WORKLOADS; do case "$w" in blocked|cached) ;; *) die "unknown workload $w (blocked, cached)" ;; esac; done
 case "$DOH_METHOD" in GET|POST) ;; *) die "DOH_METHOD must be GET or POST" ;; esac
@@ -179,6 +180,7 @@ peer_cmd() { # peer -> CMD array
     unbound)  CMD=(unbound -d -c "$RUN/unbound.conf") ;;
     dnsdist)  CMD=(dnsdist --supervised --disable-syslog -C "$RUN/dnsdist.conf") ;;
     portvakt) CMD=("$PORTVAKT_BIN" serve --config "$RUN/portvakt.toml" --log-level warn) ;;
+    portvakt-b) CMD=("$PORTVAKT_BIN_B" serve --config "$RUN/portvakt.toml" --log-level warn) ;;
   esac
 }
 
@@ -390,7 +392,10 @@ run_peer() {
   if [[ $peer == portvakt && ! -x "$PORTVAKT_BIN" ]]; then
     skip "$peer" "$round" "$PORTVAKT_BIN is not an executable (cargo build --release, or set PORTVAKT_BIN)"; return
   fi
-  command -v "$peer" >/dev/null || [[ $peer == portvakt ]] || { skip "$peer" "$round" "$peer is not installed"; return; }
+  if [[ $peer == portvakt-b && ! -x "${PORTVAKT_BIN_B:-}" ]]; then
+    skip "$peer" "$round" "PORTVAKT_BIN_B is not set to an executable"; return
+  fi
+  command -v "$peer" >/dev/null || [[ $peer == portvakt* ]] || { skip "$peer" "$round" "$peer is not installed"; return; }
   [[ "$(dig_rcode 127.0.0.1 "$GW_PORT" 127.0.0.1 probe.invalid)" == TIMEOUT ]] || die "port $GW_PORT already answers"
   peer_cmd "$peer"
   log "round $round: starting $peer: ${CMD[*]}"

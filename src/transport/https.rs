@@ -20,6 +20,7 @@ use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::Builder;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
@@ -68,6 +69,10 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     tokio::pin!(idle_timer);
     let mut last_seen = activity.requests.load(Ordering::Relaxed);
     let mut closing = false;
+    // Made once: a new one each turn of the loop would join and leave a waiter list (under
+    // its lock) per request.
+    let (stopped, spent) = (stop.cancelled(), activity.spent.notified());
+    tokio::pin!(stopped, spent);
     loop {
         tokio::select! {
             Some(stream) = spawned.recv() => streams.push(stream),
@@ -78,11 +83,11 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
                 }
                 break;
             }
-            () = stop.cancelled(), if !closing => {
+            () = &mut stopped, if !closing => {
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = activity.spent.notified(), if !closing => {
+            () = &mut spent, if !closing => {
                 served.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -150,23 +155,18 @@ impl Handler {
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.uri().path() != &*self.path {
+        let (parts, body) = request.into_parts();
+        if parts.uri.path() != &*self.path {
             return status(StatusCode::NOT_FOUND, "not the DNS query path");
         }
-        let query = match *request.method() {
-            Method::GET => match dns_parameter(request.uri().query().unwrap_or("")) {
-                Ok(query) => query,
-                Err(message) => return status(StatusCode::BAD_REQUEST, message),
-            },
+        let posted = match parts.method {
+            Method::GET => None,
             Method::POST => {
-                let media = request.headers().get(CONTENT_TYPE);
+                let media = parts.headers.get(CONTENT_TYPE);
                 let is_dns = media.and_then(|m| m.to_str().ok()) == Some(DNS_MESSAGE);
                 // The body is read either way: an answer before it is read resets the stream,
                 // which some clients report as a failure instead of the status.
-                let body = match Limited::new(request.into_body(), MAX_MESSAGE)
-                    .collect()
-                    .await
-                {
+                let body = match Limited::new(body, MAX_MESSAGE).collect().await {
                     Ok(body) => body.to_bytes(),
                     Err(_) => return status(StatusCode::PAYLOAD_TOO_LARGE, "not a DNS message"),
                 };
@@ -176,7 +176,7 @@ impl Handler {
                         "the body must be application/dns-message",
                     );
                 }
-                body.to_vec()
+                Some(body)
             }
             _ => {
                 let mut response = status(StatusCode::METHOD_NOT_ALLOWED, "GET or POST");
@@ -186,7 +186,23 @@ impl Handler {
         };
         let conn = &self.conn;
         let mut reply = Vec::with_capacity(512);
-        match (conn.gateway).answer_now(&query, conn.client, conn.transport, &mut reply) {
+        // The decoded query lives in this block only: it is not kept in the request's future
+        // across the miss path's await (answer_now copies what a miss needs).
+        let step = {
+            let decoded;
+            let query = match &posted {
+                Some(body) => &body[..],
+                None => match dns_parameter(parts.uri.query().unwrap_or("")) {
+                    Ok(query) => {
+                        decoded = query;
+                        &decoded[..]
+                    }
+                    Err(message) => return status(StatusCode::BAD_REQUEST, message),
+                },
+            };
+            (conn.gateway).answer_now(query, conn.client, conn.transport, &mut reply)
+        };
+        match step {
             Step::Reply => {}
             Step::Drop => return status(StatusCode::BAD_REQUEST, "not a DNS query"),
             // Boxed: the miss path's state stays out of the future of every request (hyper
@@ -197,15 +213,33 @@ impl Handler {
         let mut response = Response::new(Full::new(Bytes::from(reply)));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-        let age = max_age(ttl);
-        headers.insert(CACHE_CONTROL, age);
+        headers.insert(CACHE_CONTROL, max_age(ttl));
         response
     }
 }
 
-/// `max-age=<ttl>`, written on the stack: the header value is its only allocation.
+/// TTLs whose `max-age` value comes from a table made once per process (about 50 KB).
+const TABLED_AGES: u32 = 3600;
+
+/// `max-age=<ttl>`: from the table (a clone of a static value: no allocation, no count), or
+/// for longer TTLs written on the stack and copied.
 fn max_age(ttl: u32) -> HeaderValue {
     use std::io::Write as _;
+    static AGES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if ttl <= TABLED_AGES {
+        let ages = AGES.get_or_init(|| {
+            let texts: Vec<String> = (0..=TABLED_AGES).map(|t| format!("max-age={t}")).collect();
+            let all: &'static str = Box::leak(texts.concat().into_boxed_str());
+            let mut at = 0;
+            (texts.iter())
+                .map(|t| {
+                    at += t.len();
+                    HeaderValue::from_static(&all[at - t.len()..at])
+                })
+                .collect()
+        });
+        return ages[ttl as usize].clone();
+    }
     let mut text = [0u8; 24];
     let mut cursor = std::io::Cursor::new(&mut text[..]);
     write!(cursor, "max-age={ttl}").expect("24 bytes hold max-age and a u32");
@@ -213,18 +247,28 @@ fn max_age(ttl: u32) -> HeaderValue {
     HeaderValue::from_bytes(&text[..len]).expect("ASCII is a header value")
 }
 
+/// A GET's query, decoded: inline when it is as short as queries are.
+type Decoded = SmallVec<[u8; 512]>;
+
 /// The query of a GET: the `dns` parameter, base64url (RFC 4648 section 5; padding tolerated).
-fn dns_parameter(query: &str) -> Result<Vec<u8>, &'static str> {
+fn dns_parameter(query: &str) -> Result<Decoded, &'static str> {
     let value = (query.split('&'))
         .find_map(|pair| pair.strip_prefix("dns="))
         .ok_or("no dns parameter")?;
-    let decoded = if value.ends_with('=') {
-        URL_SAFE.decode(value)
+    if value.len() > MAX_MESSAGE / 3 * 4 + 4 {
+        return Err("the dns parameter is not a DNS message");
+    }
+    let engine = if value.ends_with('=') {
+        &URL_SAFE
     } else {
-        URL_SAFE_NO_PAD.decode(value)
+        &URL_SAFE_NO_PAD
     };
-    match decoded {
-        Ok(query) if (12..=MAX_MESSAGE).contains(&query.len()) => Ok(query),
+    let mut decoded = Decoded::from_elem(0, base64::decoded_len_estimate(value.len()));
+    match engine.decode_slice(value, &mut decoded) {
+        Ok(len) if (12..=MAX_MESSAGE).contains(&len) => {
+            decoded.truncate(len);
+            Ok(decoded)
+        }
         Ok(_) => Err("the dns parameter is not a DNS message"),
         Err(_) => Err("the dns parameter is not base64url"),
     }
@@ -234,4 +278,37 @@ fn status(code: StatusCode, message: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(message.as_bytes())));
     *response.status_mut() = code;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_the_ttl_from_the_table_and_beyond_it() {
+        for ttl in [0, 1, 299, TABLED_AGES, TABLED_AGES + 1, u32::MAX] {
+            assert_eq!(max_age(ttl), format!("max-age={ttl}").as_str());
+        }
+    }
+
+    #[test]
+    fn the_dns_parameter_is_base64url_with_or_without_padding() {
+        let query = [0x12u8, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        let bare = URL_SAFE_NO_PAD.encode(query);
+        let padded = URL_SAFE.encode(query);
+        assert!(padded.ends_with('='));
+        for value in [bare, padded] {
+            let decoded = dns_parameter(&format!("x=1&dns={value}")).unwrap();
+            assert_eq!(&decoded[..], &query[..]);
+        }
+        let long = URL_SAFE_NO_PAD.encode(vec![0u8; 2000]);
+        assert_eq!(dns_parameter(&format!("dns={long}")).unwrap().len(), 2000);
+        assert!(
+            dns_parameter("dns=AAAA").is_err(),
+            "3 bytes are no DNS message"
+        );
+        assert!(dns_parameter("dns=!!!!!!!!!!!!!!!!").is_err());
+        assert!(dns_parameter(&format!("dns={}", "A".repeat(90_000))).is_err());
+        assert!(dns_parameter("name=x").is_err());
+    }
 }

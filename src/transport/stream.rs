@@ -63,10 +63,13 @@ impl Connection {
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
         let metrics = &self.gateway.metrics().tcp;
         let mut queries = 0u32;
+        // Made once, not per query (each would join and leave the token's waiter list).
+        let stopped = self.stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let mut len = [0u8; 2];
             let first = tokio::select! {
-                () = self.stop.cancelled() => break,
+                () = &mut stopped => break,
                 read = tokio::time::timeout(self.limits.idle, read.read_exact(&mut len)) => read,
             };
             match first {

@@ -14,10 +14,6 @@ use portvakt::{
 };
 use tracing::{error, info};
 
-/// mimalloc instead of glibc's malloc: measured in the README (Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// DNS policy gateway: blocks lists of names per client segment, forwards the rest.
 #[derive(Parser)]
 #[command(version, about)]

@@ -1,5 +1,10 @@
 //! UTC days as the report writes them (`YYYY-MM-DD`), to and from Unix time.
 
+/// Seconds since the Unix epoch, now (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs())
+}
+
 /// `YYYY-MM-DD` (UTC) of a Unix time.
 pub(crate) fn day_of(unix: u64) -> String {
     let (y, m, d) = civil((unix / 86_400) as i64);

@@ -17,6 +17,7 @@ use crate::budget::{ClientBudget, ClientPermit};
 use crate::bypass::BypassKind;
 use crate::cache::{self, Answer, Cache, WithoutEch};
 use crate::coalesce::{self, InFlight, Join, Lead};
+use crate::days::unix_now;
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Decision, ListId, Policy};
 use crate::proxy;
@@ -694,8 +695,4 @@ fn publish(metrics: &Metrics, policy: &Policy) {
 fn unix_seconds(time: std::time::SystemTime) -> f64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn unix_now() -> u64 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)).map_or(0, |d| d.as_secs())
 }

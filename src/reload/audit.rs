@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::{Trigger, unix_now};
+use super::Trigger;
 use crate::config::Config;
+use crate::days::unix_now;
 use crate::policy::Policy;
 
 /// The file under `state_dir`.

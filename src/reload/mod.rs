@@ -17,7 +17,6 @@ mod watch;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::sync::{Notify, watch as channel};
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::days::unix_now;
 use crate::error;
 use crate::gateway::Gateway;
 use crate::lists::remote::{Fetcher, NoCopyError};
@@ -375,10 +375,4 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
         changes.push(format!("server.watch: {} -> {}", running.watch, new.watch));
     }
     changes
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

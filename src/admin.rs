@@ -26,7 +26,7 @@ use crate::error;
 use crate::gateway::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
-use crate::reload::{Reloader, Trigger};
+use crate::reload::{Override, Reloader, Trigger};
 use crate::report::Recorder;
 use crate::transport::ListenAddrs;
 
@@ -281,11 +281,35 @@ async fn guard(request: axum::extract::Request, next: axum::middleware::Next) ->
     }
 }
 
-async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct ReloadParams {
+    /// Lists (comma-separated) that may shrink beyond their `max_shrink` in this reload.
+    allow_shrink: Option<String>,
+    /// Why: required with `allow_shrink`, written to the audit log.
+    reason: Option<String>,
+}
+
+async fn reload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<ReloadParams>,
+) -> Response {
     if let Some(refused) = refuse_mutation(&state, &headers) {
         return refused;
     }
-    match state.reloader.reload(Trigger::Api).await {
+    let accepted = match (params.allow_shrink, params.reason) {
+        (None, _) => None,
+        (Some(lists), Some(reason)) if !reason.trim().is_empty() => Some(Override {
+            allow_shrink: lists.split(',').map(|l| l.trim().to_owned()).collect(),
+            reason,
+        }),
+        (Some(_), _) => {
+            let message = "allow_shrink needs a reason (it goes to the audit log)";
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": message })))
+                .into_response();
+        }
+    };
+    match state.reloader.reload_accepting(Trigger::Api, accepted).await {
         Ok(generation) => {
             axum::Json(json!({ "result": "success", "generation": generation })).into_response()
         }
@@ -374,16 +398,26 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
             return bad(format!("`{text}` is not an address with a port"));
         }
     };
-    let explained = state.gateway.with_policy(|policy| {
-        let block_response = policy.config().block.response.as_str();
-        policy
-            .explain(client, listener, &params.name)
-            .map(|explanation| (explanation, block_response))
-    });
-    let (explanation, block_response) = match explained {
-        Ok(explained) => explained,
+    let explained = (state.gateway).with_policy(|policy| policy.explain(client, listener, &params.name));
+    let mut explanation = match explained {
+        Ok(explanation) => explanation,
         Err(err) => return bad(format!("`{}` is not a domain name: {err}", params.name)),
     };
+    // A forwarded name: its upstream answer (cached, else asked) is judged as a query's is.
+    if explanation.answer == "forwarded" && params.name.parse::<IpAddr>().is_err() {
+        let wire = wire_name(&explanation.name);
+        for qtype in [1, 28] {
+            let Some(answer) = state.gateway.lookup(&wire, qtype).await else {
+                continue;
+            };
+            explanation = (state.gateway).with_policy(|policy| {
+                policy.explain_answer(explanation, client, listener, &answer)
+            });
+            if explanation.answer != "forwarded" {
+                break;
+            }
+        }
+    }
     // Finding the entry's line reads the list files: not on the runtime's workers.
     let Ok(explanation) = tokio::task::spawn_blocking(move || explanation.locate()).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "explain failed\n").into_response();
@@ -396,31 +430,27 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
             "line": l.at.as_ref().map(|(_, line)| line),
         })
     };
-    let (verdict, by) = match &explanation.verdict {
-        Verdict::Refused => ("refused", Value::Null),
-        Verdict::Allowed => ("allowed", Value::Null),
-        Verdict::AllowedByList(l) => ("allowed", located(l)),
-        Verdict::Blocked(l) => ("blocked", located(l)),
-        Verdict::Bypass => ("blocked", Value::Null),
-    };
-    let answer = match explanation.verdict {
-        Verdict::Blocked(_) => block_response,
-        Verdict::Bypass if explanation.bypass == Some("ddr") => "nodata",
-        Verdict::Bypass => "nxdomain",
-        Verdict::Refused => "refused",
-        _ => "forwarded",
+    let via = match &explanation.verdict {
+        Verdict::BlockedInAnswer { via, .. } => Some(via.as_str()),
+        _ => None,
     };
     axum::Json(json!({
         "client": client.to_string(),
         "name": explanation.name,
         "segment": explanation.segment,
         "placed_by": explanation.placement.to_string(),
-        "verdict": verdict,
-        "decided_by": by,
+        "verdict": explanation.verdict.as_str(),
+        "decided_by": explanation.verdict.located().map_or(Value::Null, located),
+        "in_answer": via,
         "bypass": explanation.bypass,
-        "answer": answer,
+        "answer": explanation.answer,
     }))
     .into_response()
+}
+
+/// `name` as written by `explain` (valid text) in wire format.
+fn wire_name(text: &str) -> Vec<u8> {
+    crate::name::from_text(text).expect("explain wrote a valid name")
 }
 
 #[cfg(test)]

@@ -68,13 +68,7 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
             allowed: ip_ids(&s.allow),
         })
         .collect();
-    // portvakt's own addresses: where the blocking segments may still send encrypted DNS.
-    let resolvers: Vec<IpAddr> = config
-        .listen
-        .iter()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_unspecified())
-        .collect();
+    let resolvers = resolvers(config);
     Ok(match format {
         ExportFormat::Nftables => nftables(config, &blocking, &ip_lists, &resolvers),
         ExportFormat::Cidr => cidr(&blocking, &ip_lists),
@@ -218,6 +212,38 @@ fn nets(networks: &[IpNet], v6: bool) -> impl Iterator<Item = String> + '_ {
         .map(|n| n.trunc().to_string())
 }
 
+/// portvakt's own addresses, where the blocking segments may still send encrypted DNS: the
+/// specific addresses of every listener (plain, DoT, DoH), each once.
+fn resolvers(config: &Config) -> Vec<IpAddr> {
+    let mut resolvers: Vec<IpAddr> = listeners(config)
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    resolvers.sort();
+    resolvers.dedup();
+    resolvers
+}
+
+fn listeners(config: &Config) -> impl Iterator<Item = &std::net::SocketAddr> {
+    (config.listen.iter())
+        .chain(&config.encrypted.tls_listen)
+        .chain(&config.encrypted.https_listen)
+}
+
+/// What the export cannot know from `config`: listeners on a wildcard address, whose
+/// address clients use must be added to `portvakt_v4`/`portvakt_v6` by hand.
+pub fn warnings(config: &Config) -> Vec<String> {
+    listeners(config)
+        .filter(|a| a.ip().is_unspecified())
+        .map(|a| {
+            let family = if a.is_ipv6() { "v6" } else { "v4" };
+            format!(
+                "portvakt listens on {a}: the address clients reach it on is not in the config, so encrypted DNS to it is rejected until you add it: nft add element inet portvakt portvakt_{family} {{ ADDRESS }}"
+            )
+        })
+        .collect()
+}
+
 fn nftables(
     config: &Config,
     blocking: &[Blocking],
@@ -230,6 +256,9 @@ fn nftables(
         "#!/usr/sbin/nft -f\n# portvakt export nftables, from {}.\n# Load on the router or firewall between the segments and the internet: `nft -f FILE`.\n# It replaces only its own table. Segments that block nothing are not in it.\n",
         config.origin
     );
+    for warning in warnings(config) {
+        let _ = writeln!(out, "# warning: {warning}");
+    }
     out.push_str("table inet portvakt\ndelete table inet portvakt\n\ntable inet portvakt {\n");
     for family in ["v4", "v6"] {
         let v6 = family == "v6";

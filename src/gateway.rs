@@ -19,7 +19,7 @@ use crate::cache::{self, Answer, Cache, WithoutEch};
 use crate::coalesce::{self, InFlight, Join, Lead};
 use crate::days::unix_now;
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
-use crate::policy::{Decision, ListId, Policy};
+use crate::policy::{Judgement, ListId, Policy};
 use crate::proxy;
 use crate::pseudonym::{Attempts, TopClients};
 use crate::ratelimit::Limit;
@@ -328,23 +328,23 @@ impl Gateway {
             reply::bad_version(&query, out);
             return self.finish(&policy, &ctx, Outcome::BadVersion, out);
         }
-        if let Some(ad) = policy.advertisement(segment, query.name()) {
-            reply::advertise(&query, ad, policy.block(), out);
-            return self.finish(&policy, &ctx, Outcome::Allowed, out);
-        }
-        if let Some((kind, zone_at)) = policy.bypass_name(segment, query.name()) {
-            debug!(segment = %policy.segment_name(segment), kind = kind.as_str(), "bypass name");
-            reply::bypass(&query, policy.block(), kind, zone_at, out);
-            return self.finish(&policy, &ctx, Outcome::Bypass(kind), out);
-        }
-        let outcome = match policy.decide(segment, query.name()) {
+        let outcome = match policy.judge(segment, query.name()) {
+            Judgement::Advertise => {
+                reply::advertise(&query, policy.advertised(), policy.block(), out);
+                Outcome::Allowed
+            }
+            Judgement::Bypass { kind, zone_at } => {
+                debug!(segment = %policy.segment_name(segment), kind = kind.as_str(), "bypass name");
+                reply::bypass(&query, policy.block(), kind, zone_at, out);
+                Outcome::Bypass(kind)
+            }
             // Answered here and never forwarded: forwarding would leak the lookup.
-            Decision::Blocked { list, zone_at } => {
+            Judgement::Blocked { list, zone_at } => {
                 debug!(segment = %policy.segment_name(segment), list = %policy.list_name(list), "blocked");
                 reply::blocked(&query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
             }
-            Decision::Allowed | Decision::Excepted(_) => {
+            Judgement::Forward { .. } => {
                 let cached = self.cache.as_ref().and_then(|cache| {
                     let stale_for = policy.config().cache_stale_for;
                     let hit = cache.get(&query, Instant::now(), stale_for);
@@ -467,16 +467,24 @@ impl Gateway {
             segment,
             Some(query),
         );
-        // A reload meanwhile may have moved the client or blocked the name: decide again.
-        let decision = segment.map(|segment| (segment, policy.decide(segment, query.name())));
-        let outcome = match (decision, answer) {
+        // A reload meanwhile may have moved the client or blocked the name: judge again.
+        let judged = segment.map(|segment| (segment, policy.judge(segment, query.name())));
+        let outcome = match (judged, answer) {
             (None, _) => {
                 reply::refused(query, out);
                 Outcome::Refused
             }
-            (Some((_, Decision::Blocked { list, zone_at })), _) => {
+            (Some((_, Judgement::Blocked { list, zone_at })), _) => {
                 reply::blocked(query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
+            }
+            (Some((_, Judgement::Bypass { kind, zone_at })), _) => {
+                reply::bypass(query, policy.block(), kind, zone_at, out);
+                Outcome::Bypass(kind)
+            }
+            (Some((_, Judgement::Advertise)), _) => {
+                reply::advertise(query, policy.advertised(), policy.block(), out);
+                Outcome::Allowed
             }
             (Some((segment, _)), Ok(answer)) => serve(&policy, segment, query, &answer, out),
             (Some(_), Err((rcode, ede))) => {
@@ -539,6 +547,22 @@ impl Gateway {
                 Err((Rcode::ServFail, Some(ede)))
             }
         }
+    }
+
+    /// The upstream answer a forwarded `name` (wire format) of type `qtype` gets now: the
+    /// cached one, else one asked upstream (and cached). For `explain`: no client query is
+    /// counted; `None` when the upstreams fail or are busy.
+    pub(crate) async fn lookup(&self, name: &[u8], qtype: u16) -> Option<Arc<Answer>> {
+        let packet = wire::question(name, qtype);
+        let query = Query::parse(&packet).ok()?;
+        let (stale_for, upstreams) =
+            self.with_policy(|p| (p.config().cache_stale_for, p.upstreams().clone()));
+        let cached = (self.cache.as_ref()).and_then(|c| c.get(&query, Instant::now(), stale_for));
+        if cached.is_some() {
+            return cached;
+        }
+        let forwarded = upstreams.admit(query.name())?.forward(&query).await;
+        self.accept(&query, forwarded.as_deref(), stale_for).ok()
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).
@@ -637,21 +661,12 @@ fn serve(
     let now = Instant::now();
     let stale = answer.stale(now, policy.config().cache_stale_for);
     let answer = stale.map_or(answer, |s| &**s);
-    for target in answer.cname_targets() {
-        if let Decision::Blocked { list, .. } = policy.decide(segment, target) {
-            debug!(list = %policy.list_name(list), "blocked: CNAME target");
-            // The SOA is owned by the question name: the blocked zone is not in the question.
-            reply::blocked(query, policy.block(), list, 0, out);
-            return Outcome::Blocked(list);
-        }
-    }
-    if policy.blocks_addresses(segment) {
-        let blocked = (answer.addresses().iter()).find_map(|&a| policy.decide_address(segment, a));
-        if let Some(list) = blocked {
-            debug!(list = %policy.list_name(list), "blocked: answer address");
-            reply::blocked(query, policy.block(), list, 0, out);
-            return Outcome::Blocked(list);
-        }
+    if let Some(block) = policy.judge_answer(segment, answer) {
+        let list = block.list();
+        debug!(list = %policy.list_name(list), ?block, "blocked: in the answer");
+        // The SOA is owned by the question name: the blocked zone is not in the question.
+        reply::blocked(query, policy.block(), list, 0, out);
+        return Outcome::Blocked(list);
     }
     let write = |answer: &Answer, out: &mut Vec<u8>| match stale {
         Some(_) => answer.write_stale(query, out),
@@ -678,6 +693,9 @@ fn serve(
     }
 }
 
+/// Rejected lines logged per list as a policy goes into force (`portvakt check` lists all).
+const REJECTED_LOGGED: usize = 10;
+
 /// Sets the gauges that describe the policy in force: its load time and list sizes. Called
 /// as a policy goes into force, so a build that fails later never shows its figures.
 fn publish(metrics: &Metrics, policy: &Policy) {
@@ -686,9 +704,21 @@ fn publish(metrics: &Metrics, policy: &Policy) {
         .set(unix_seconds(policy.loaded_at()));
     metrics.set_policy_hash(policy.hash());
     metrics.reset_probes();
-    policy.run_probes(metrics);
+    let (_, broken) = policy.self_test(metrics);
+    // Only expectations with `on_fail = "warn"` can be broken in a policy put in force.
+    for message in broken {
+        tracing::warn!(%message, "expectation broken (on_fail = \"warn\"): the policy is in force anyway");
+    }
     for list in policy.lists() {
         metrics.set_list_entries(&list.name, list.entries);
+        metrics.set_list_rejected(&list.name, list.rejected.len());
+        for rejected in list.rejected.iter().take(REJECTED_LOGGED) {
+            tracing::warn!(list = %list.name, line = %rejected, "list line rejected (skipped)");
+        }
+        if list.rejected.len() > REJECTED_LOGGED {
+            let more = list.rejected.len() - REJECTED_LOGGED;
+            tracing::warn!(list = %list.name, more, "more list lines rejected; `portvakt check` lists them all");
+        }
     }
 }
 

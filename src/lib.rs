@@ -67,13 +67,14 @@ use admin::Admin;
 pub use admin::AdminBindError;
 pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
-pub use export::{ExportFormat, export};
+pub use export::{ExportFormat, export, warnings as export_warnings};
 pub use gateway::{Client, Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
-pub use reload::{ConfigSource, ReloadError, ReloadStatus, Reloader, Trigger};
+pub use reload::audit::{AuditError, Verified, verify as audit_verify};
+pub use reload::{ConfigSource, Override, ReloadError, ReloadStatus, Reloader, Shrunk, Trigger};
 pub use report::{Report, StoreError, period as report_period, report_from};
 pub use transport::ListenAddrs;
 use transport::Listeners;
@@ -149,7 +150,10 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     let root_guard = root.clone().drop_guard();
     let serving = root.child_token();
     let listeners = Listeners::bind(&listen, &encrypted, gateway.clone(), serving.clone()).await?;
-    let reloader = Reloader::new(gateway.clone(), source, fetcher);
+    let on_change = recorder.clone().map(|recorder| {
+        Box::new(move |policy: &Policy| recorder.note(policy)) as reload::OnChange
+    });
+    let reloader = Reloader::new(gateway.clone(), source, fetcher, on_change);
     let admin = match admin_listen {
         Some(addr) => {
             let evidence = recorder.clone();
@@ -184,7 +188,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
 /// How often the self-test decides its probes again (also at every reload).
 const SELF_TEST_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs the policy's probes every minute until `stop`.
+/// Runs the policy's self-test (probes and expectations) every minute until `stop`.
 async fn self_test(gateway: Arc<Gateway>, stop: CancellationToken) {
     let mut every = tokio::time::interval(SELF_TEST_EVERY);
     every.tick().await; // the policy's first run was at its start
@@ -193,9 +197,12 @@ async fn self_test(gateway: Arc<Gateway>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let failed = gateway.with_policy(|p| p.run_probes(gateway.metrics()));
+        let (failed, broken) = gateway.with_policy(|p| p.self_test(gateway.metrics()));
         if failed > 0 {
             tracing::error!(failed, "self-test: probes not decided as configured");
+        }
+        for message in broken {
+            tracing::error!(%message, "self-test: expectation broken");
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The `portvakt` command: `serve` (the default), `check` and `explain`; tracing setup and
-//! exit codes (0 ok, 1 failure or `check --strict` with rejected lines, 2 invalid config).
+//! The `portvakt` command: `serve` (the default), `check`, `explain`, `export`, `report` and
+//! `audit verify`; tracing setup and exit codes (0 ok, 1 failure, a broken expectation or
+//! audit chain, or `check --strict` with rejected lines; 2 invalid config).
 
 use std::error::Error;
 use std::io::{self, Write};
@@ -71,6 +72,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: ReportArg,
     },
+    /// The audit log of policy changes.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of `<state_dir>/audit*.jsonl`: names the first line that does not
+    /// follow the one before it (edited, or a line removed). Exit 0 intact, 1 broken.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,6 +151,9 @@ fn main() -> ExitCode {
             to,
             format,
         }) => compliance_report(&config, from.as_deref(), to.as_deref(), format),
+        Some(Command::Audit {
+            command: AuditCommand::Verify { config },
+        }) => audit_verify(&config),
     }
 }
 
@@ -288,6 +307,14 @@ async fn check(arg: ConfigArg, strict: bool) -> ExitCode {
     if let Err(code) = print_to_stdout(|out| write_check(out, &policy)) {
         return code;
     }
+    // Expectations that refuse failed the compile already; these warn only, and still fail.
+    let (_, broken) = policy.self_test(&Metrics::new());
+    for message in &broken {
+        eprintln!("error: {message} (on_fail = \"warn\")");
+    }
+    if !broken.is_empty() {
+        return ExitCode::from(1);
+    }
     let rejected: usize = policy.lists().iter().map(|l| l.rejected.len()).sum();
     if strict && rejected > 0 {
         eprintln!("error: {rejected} list lines were rejected (--strict)");
@@ -356,51 +383,58 @@ fn write_explanation(
         Some((path, line)) => format!("entry `{}` at {}:{line}", located.entry, path.display()),
         None => format!("entry `{}`", located.entry),
     };
+    let answer = explanation.answer;
     match &explanation.verdict {
         Verdict::Refused => writeln!(
             out,
             "verdict: refused (client is in no segment; unknown_clients = \"refuse\")"
-        ),
+        )?,
         Verdict::Allowed => writeln!(
             out,
             "verdict: allowed (no list of the segment contains the name): forwarded"
-        ),
-        Verdict::AllowedByList(located) => {
-            writeln!(
-                out,
-                "verdict: allowed by list \"{}\" ({}): forwarded",
-                located.list,
-                entry(located)
-            )
+        )?,
+        Verdict::AllowedByList(located) => writeln!(
+            out,
+            "verdict: allowed by list \"{}\" ({}): forwarded",
+            located.list,
+            entry(located)
+        )?,
+        Verdict::Blocked(located) => writeln!(
+            out,
+            "verdict: blocked by list \"{}\" ({})",
+            located.list,
+            entry(located)
+        )?,
+        Verdict::BlockedInAnswer { via, located } => writeln!(
+            out,
+            "verdict: blocked in the answer: `{via}` is in list \"{}\" ({})",
+            located.list,
+            entry(located)
+        )?,
+        Verdict::Bypass => writeln!(
+            out,
+            "verdict: bypass name ({}), answered by the segment's bypass handling",
+            explanation.bypass.unwrap_or("bypass")
+        )?,
+        Verdict::Advertised => writeln!(
+            out,
+            "verdict: DDR, answered with portvakt's own encrypted endpoints (advertise_encrypted)"
+        )?,
+    }
+    match answer {
+        "forwarded" => writeln!(
+            out,
+            "answer:  forwarded; the upstream answer is judged too (CNAME targets, addresses): \
+             /api/v1/explain on the running gateway includes it"
+        )?,
+        "refused" => {}
+        _ => writeln!(out, "answer:  {answer}, ttl {}", policy.config().block.ttl)?,
+    }
+    match (explanation.bypass, &explanation.verdict) {
+        (Some(kind), Verdict::Blocked(_) | Verdict::BlockedInAnswer { .. }) => {
+            writeln!(out, "bypass:  counted as a bypass attempt ({kind})")
         }
-        Verdict::Blocked(located) => {
-            writeln!(
-                out,
-                "verdict: blocked by list \"{}\" ({})",
-                located.list,
-                entry(located)
-            )?;
-            let block = &policy.config().block;
-            writeln!(
-                out,
-                "answer:  {}, ttl {}",
-                block.response.as_str(),
-                block.ttl
-            )?;
-            match explanation.bypass {
-                Some(kind) => writeln!(out, "bypass:  counted as a bypass attempt ({kind})"),
-                None => Ok(()),
-            }
-        }
-        Verdict::Bypass => {
-            let kind = explanation.bypass.unwrap_or("bypass");
-            let answer = if kind == "ddr" { "nodata" } else { "nxdomain" };
-            writeln!(
-                out,
-                "verdict: bypass name ({kind}), answered by the segment's bypass handling"
-            )?;
-            writeln!(out, "answer:  {answer}")
-        }
+        _ => Ok(()),
     }
 }
 
@@ -417,6 +451,11 @@ fn export(arg: &ConfigArg, format: ExportArg) -> ExitCode {
         ExportArg::Cidr => ExportFormat::Cidr,
         ExportArg::Json => ExportFormat::Json,
     };
+    if matches!(format, ExportFormat::Nftables) {
+        for warning in portvakt::export_warnings(&config) {
+            eprintln!("warning: {warning}");
+        }
+    }
     match portvakt::export(&config, format) {
         Ok(text) => match print_to_stdout(|out| out.write_all(text.as_bytes())) {
             Ok(()) => ExitCode::SUCCESS,
@@ -474,6 +513,38 @@ fn compliance_report(
     match print_to_stdout(|out| out.write_all(text.as_bytes())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
+    }
+}
+
+fn audit_verify(arg: &ConfigArg) -> ExitCode {
+    let config = match arg.source().load() {
+        Ok(config) => config,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(state_dir) = config.state_dir.as_deref() else {
+        eprintln!("error: the config has no [server] state_dir, so there is no audit log");
+        return ExitCode::from(2);
+    };
+    match portvakt::audit_verify(state_dir) {
+        Ok(verified) => {
+            let text = format!(
+                "audit log intact: {} lines in {} files ({})\n",
+                verified.lines,
+                verified.files,
+                state_dir.display()
+            );
+            match print_to_stdout(|out| out.write_all(text.as_bytes())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
+        }
+        Err(err) => {
+            report(&err);
+            ExitCode::from(1)
+        }
     }
 }
 

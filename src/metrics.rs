@@ -226,6 +226,11 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     policy_info: IntGaugeVec,
     probe_ok: IntGaugeVec,
+    expectation_ok: IntGaugeVec,
+    /// 1 from a rejected reload until one succeeds.
+    pub reload_failing: IntGauge,
+    list_rejected_lines: IntGaugeVec,
+    list_shrink_refused: IntGaugeVec,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -442,6 +447,29 @@ impl Metrics {
             "1 while the self-test decides a list's probe names for a segment as configured (blocked where it blocks the list, not where it allows it), else 0. Decided every minute.",
             &["segment", "list"],
         );
+        let expectation_ok = gauge(
+            "portvakt_expectation_ok",
+            "1 while every [[expect]] of a segment holds for the policy in force, else 0. Checked at every reload and every minute, through the query path's own judge.",
+            &["segment"],
+        );
+        let list_rejected_lines = gauge(
+            "portvakt_list_rejected_lines",
+            "Lines of a list's files the policy in force could not read (skipped).",
+            &["list"],
+        );
+        let list_shrink_refused = gauge(
+            "portvakt_list_shrink_refused",
+            "1 while the last reload was refused because a list a segment blocks lost more than its max_shrink share of entries; 0 again after a reload succeeds.",
+            &["list"],
+        );
+        let reload_failing = IntGauge::new(
+            "portvakt_reload_failing",
+            "1 from a rejected reload (the previous policy keeps serving) until a reload succeeds.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reload_failing.clone()))
+            .expect("metric registered once");
         let last_reload_success = Gauge::new(
             "portvakt_last_reload_success_timestamp_seconds",
             "Unix time the running policy was loaded (at start, or by the last successful reload).",
@@ -519,6 +547,35 @@ impl Metrics {
             last_reload_success,
             policy_info,
             probe_ok,
+            expectation_ok,
+            reload_failing,
+            list_rejected_lines,
+            list_shrink_refused,
+        }
+    }
+
+    /// Shows the expectations' result per segment, and no segment's that has none now.
+    pub fn set_expectations(&self, results: &[(&str, bool)]) {
+        self.expectation_ok.reset();
+        for (segment, ok) in results {
+            self.expectation_ok
+                .with_label_values(&[segment])
+                .set(i64::from(*ok));
+        }
+    }
+
+    /// Rejected lines of the lists in force.
+    pub fn set_list_rejected(&self, list: &str, lines: usize) {
+        self.list_rejected_lines
+            .with_label_values(&[list])
+            .set(lines as i64);
+    }
+
+    /// Marks the lists whose shrink made the last reload fail (none: every mark cleared).
+    pub fn set_shrink_refused(&self, lists: &[&str]) {
+        self.list_shrink_refused.reset();
+        for list in lists {
+            self.list_shrink_refused.with_label_values(&[list]).set(1);
         }
     }
 
@@ -659,6 +716,7 @@ impl Metrics {
         prune(&self.server_up, stale);
         prune(&self.server_connections, stale);
         prune(&self.probe_ok, stale);
+        prune(&self.list_rejected_lines, stale);
     }
 
     pub fn set_list_entries(&self, list: &str, entries: usize) {

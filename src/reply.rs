@@ -7,7 +7,7 @@
 use crate::bypass::BypassKind;
 use crate::config::BlockResponse;
 use crate::ddr::Advertisement;
-use crate::policy::{BlockAnswers, ListId};
+use crate::policy::{BlockAnswers, ListId, bypass_is_nodata};
 use crate::wire::{
     self, CLASS_IN, EdeCode, HEADER_LEN, Query, Rcode, TYPE_SOA, TYPE_SVCB, push_opt,
 };
@@ -55,7 +55,7 @@ pub fn bypass(
 ) {
     let (rcode, text) = match kind {
         BypassKind::Ddr => (
-            if zone_at == 0 {
+            if bypass_is_nodata(kind, zone_at) {
                 Rcode::NoError
             } else {
                 Rcode::NxDomain

@@ -141,6 +141,15 @@ impl Recorder {
         Ok(())
     }
 
+    /// Notes `policy` as in force from now (called at every policy change, not on a tick);
+    /// a failure is logged, and the minute's tick notes the policy again.
+    pub fn note(&self, policy: &crate::policy::Policy) {
+        if let Err(err) = self.policy(policy.hash(), SystemTime::now()) {
+            let error = crate::error::chain(&err);
+            tracing::warn!(%error, "cannot note the policy in the evidence store");
+        }
+    }
+
     /// Notes the policy in force and flushes the counters: what the minute's tick and a
     /// report request do.
     pub fn record_now(&self, gateway: &crate::gateway::Gateway) -> Result<(), StoreError> {
@@ -152,7 +161,10 @@ impl Recorder {
     /// The report for `from..=to` (days as `YYYY-MM-DD`).
     pub fn report(&self, from: &str, to: &str) -> Result<Report, StoreError> {
         let db = self.db.lock().expect("store lock");
-        read(&db, from, to).map_err(|source| self.error(source))
+        let mut report = read(&db, from, to).map_err(|source| self.error(source))?;
+        let state_dir = self.path.parent().unwrap_or(Path::new("."));
+        report.changes = changes(state_dir, from, to);
+        Ok(report)
     }
 
     fn error(&self, source: rusqlite::Error) -> StoreError {
@@ -193,7 +205,9 @@ pub fn report_from(state_dir: &Path, from: &str, to: &str) -> Result<Report, Sto
         source,
     };
     let db = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(error)?;
-    read(&db, from, to).map_err(error)
+    let mut report = read(&db, from, to).map_err(error)?;
+    report.changes = changes(state_dir, from, to);
+    Ok(report)
 }
 
 /// One row of counts.
@@ -213,6 +227,46 @@ pub struct InForce {
     pub since_unix: u64,
 }
 
+/// One record of the audit log: a policy put in force (`start`, `reload`) or a reload
+/// `rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyChange {
+    pub time_unix: u64,
+    pub event: String,
+    pub trigger: Option<String>,
+    /// The policy in force after it (for `rejected`: the one that stayed).
+    pub hash: Option<String>,
+    pub previous_hash: Option<String>,
+    /// For `rejected`: why.
+    pub error: Option<String>,
+    /// An operator's acceptance of lists shrinking, with its reason.
+    pub accepted: Option<serde_json::Value>,
+}
+
+/// The audit log's records of `from..=to` (days), oldest first.
+fn changes(state_dir: &Path, from: &str, to: &str) -> Vec<PolicyChange> {
+    let (start, end) = (day_start(from), day_start(to) + 86_400);
+    let records = match crate::reload::audit::records(state_dir, start, end) {
+        Ok(records) => records,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read the audit log for the report");
+            return Vec::new();
+        }
+    };
+    let text = |r: &serde_json::Value, key: &str| r.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    (records.iter())
+        .map(|r| PolicyChange {
+            time_unix: r.get("time_unix").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            event: text(r, "event").unwrap_or_default(),
+            trigger: text(r, "trigger"),
+            hash: text(r, "hash").or_else(|| text(r, "running_hash")),
+            previous_hash: text(r, "previous_hash"),
+            error: text(r, "error"),
+            accepted: r.get("accepted").cloned(),
+        })
+        .collect()
+}
+
 /// The compliance report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -225,6 +279,8 @@ pub struct Report {
     pub policies: Vec<InForce>,
     /// Seconds a policy was enforced, per day.
     pub enforced_seconds: Vec<(String, u64)>,
+    /// Every policy put in force and every reload rejected in the period, from the audit log.
+    pub changes: Vec<PolicyChange>,
     /// Today's clients with the most attempts, under pseudonyms: only from the running
     /// gateway (the key is in its memory alone), when `[report] top_clients` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,6 +330,7 @@ fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
         bypass_attempts: counts("bypass")?,
         policies,
         enforced_seconds: enforced,
+        changes: Vec::new(),
         top_clients: None,
     })
 }
@@ -298,6 +355,15 @@ impl Report {
         let _ = writeln!(out, "\npolicies in force (hash, since):");
         for p in &self.policies {
             let _ = writeln!(out, "  {}  since {}", p.hash, timestamp(p.since_unix));
+        }
+        let _ = writeln!(out, "\npolicy changes (time, event, trigger, hash):");
+        for c in &self.changes {
+            let trigger = c.trigger.as_deref().unwrap_or("-");
+            let hash = c.hash.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  {}  {:<8} {trigger:<13} {hash}", timestamp(c.time_unix), c.event);
+            if let Some(error) = &c.error {
+                let _ = writeln!(out, "      {}", error.lines().next().unwrap_or(""));
+            }
         }
         let _ = writeln!(out, "\nenforced (day, hours of 24):");
         for (day, seconds) in &self.enforced_seconds {
@@ -341,6 +407,10 @@ impl Report {
         }
         for (day, seconds) in &self.enforced_seconds {
             let _ = writeln!(out, "enforced_seconds,{day},,,{seconds}");
+        }
+        for c in &self.changes {
+            let hash = c.hash.as_deref().unwrap_or("");
+            let _ = writeln!(out, "change,{},,{},{hash}", day_of(c.time_unix), c.event);
         }
         for c in self
             .top_clients

@@ -27,6 +27,8 @@ pub struct SegmentTable {
     unknown: Option<SegmentId>,
     /// Listen addresses tied to a segment (a handful at most).
     listeners: Vec<(SocketAddr, SegmentId)>,
+    /// Every network as configured, for [`SegmentTable::member`].
+    networks: Vec<(IpNet, SegmentId)>,
 }
 
 /// What placed a client in its segment (or in none).
@@ -96,6 +98,7 @@ impl SegmentTable {
             ..SegmentTable::default()
         };
         for (net, id) in networks {
+            table.networks.push((net, id));
             match net {
                 IpNet::V4(net) => table.v4.insert(
                     net.prefix_len(),
@@ -144,6 +147,32 @@ impl SegmentTable {
         }
     }
 
+    /// A client this table places in `id`: an address of one of its networks that no longer
+    /// network of another segment holds, or else any address on a listener tied to it. Nested
+    /// segments (staff `10.10.0.0/16`, printers `10.10.0.0/24`) take the first address of the
+    /// outer network, so the addresses next to each nested network are tried too. `None`:
+    /// every address of the segment is another segment's.
+    pub fn member(&self, id: SegmentId) -> Option<(IpAddr, Option<SocketAddr>)> {
+        let own = self.networks.iter().filter(|(_, s)| *s == id).map(|(n, _)| n);
+        for net in own {
+            let nested = (self.networks.iter().map(|(n, _)| n))
+                .filter(|m| m.prefix_len() > net.prefix_len() && net.contains(*m));
+            let beside = nested.flat_map(|m| [step(m.network(), -1), step(m.broadcast(), 1)]);
+            let candidates = [Some(net.network()), Some(net.broadcast())]
+                .into_iter()
+                .chain(beside)
+                .flatten()
+                .filter(|a| net.contains(a));
+            for addr in candidates {
+                if self.classify_at(addr, None) == Some(id) {
+                    return Some((addr, None));
+                }
+            }
+        }
+        let listener = self.listeners.iter().find(|(_, s)| *s == id)?.0;
+        Some((listener.ip(), Some(listener)))
+    }
+
     /// The segment, and what decided it.
     pub fn place(
         &self,
@@ -178,6 +207,20 @@ impl SegmentTable {
             },
         };
         found.map(|(_, id)| id).or(self.unknown)
+    }
+}
+
+/// The address `by` away from `addr`, if there is one.
+fn step(addr: IpAddr, by: i8) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_add_signed(i32::from(by))
+            .map(|a| IpAddr::from(std::net::Ipv4Addr::from(a))),
+        IpAddr::V6(a) => {
+            let a = u128::from(a);
+            let moved = if by < 0 { a.checked_sub(1) } else { a.checked_add(1) };
+            moved.map(|a| IpAddr::from(std::net::Ipv6Addr::from(a)))
+        }
     }
 }
 
@@ -243,6 +286,40 @@ mod tests {
                 "{addr}"
             );
         }
+    }
+
+    #[test]
+    fn a_member_is_an_address_the_segment_wins() {
+        let table = table(None);
+        let cases = [
+            // 127.0.0.0 is won by 0 (its /32 child is 127.0.0.3 only).
+            (0, Some("127.0.0.0")),
+            (1, Some("127.0.0.3")),
+            (2, Some("10.0.0.0")),
+            (3, Some("10.20.0.0")),
+            (4, Some("10.20.30.0")),
+        ];
+        for (id, want) in cases {
+            let got = table.member(SegmentId(id)).map(|(a, _)| a);
+            assert_eq!(got, want.map(|w| w.parse().unwrap()), "segment {id}");
+        }
+        // Staff holds 10.10.0.0/16, printers its first /24 and a device its last address.
+        let nets = [("10.10.0.0/16", 0), ("10.10.0.0/24", 1), ("10.10.255.255/32", 2)];
+        let nested = SegmentTable::new(
+            nets.iter().map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
+            None,
+        );
+        let staff = nested.member(SegmentId(0)).unwrap().0;
+        assert_eq!(staff, "10.10.1.0".parse::<IpAddr>().unwrap());
+        assert_eq!(nested.classify(staff), Some(SegmentId(0)));
+        // A segment wholly inside others wins nothing.
+        let shadowed = SegmentTable::new(
+            [("10.0.0.0/31", 0), ("10.0.0.0/32", 1), ("10.0.0.1/32", 2)]
+                .iter()
+                .map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
+            None,
+        );
+        assert_eq!(shadowed.member(SegmentId(0)), None);
     }
 
     #[test]

@@ -168,6 +168,17 @@ impl<'a> Query<'a> {
 
 /// Writes a header-only answer to a packet that has at least a header: ID, opcode and RD
 /// echoed, no question. Used for FORMERR and NOTIMP, where the question cannot be trusted.
+/// A query (RD set, no EDNS) for `name` (wire format) and `qtype`: for portvakt's own
+/// lookups (`explain`), never sent for a client.
+pub fn question(name: &[u8], qtype: u16) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(HEADER_LEN + name.len() + 4);
+    packet.extend_from_slice(&[0, 0, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    packet.extend_from_slice(name);
+    packet.extend_from_slice(&qtype.to_be_bytes());
+    packet.extend_from_slice(&1u16.to_be_bytes());
+    packet
+}
+
 pub fn write_header_only(packet: &[u8], rcode: Rcode, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&packet[..2]);

@@ -69,6 +69,12 @@ impl Source<'_> {
         (at, problem)
     }
 
+    /// `file:line` of `span`, for messages given later (an expectation's).
+    pub fn at(&self, span: Range<usize>) -> String {
+        let problem = self.problem(span, "").1;
+        format!("{}:{}", problem.file, problem.line)
+    }
+
     /// toml's own error: its message (first line, without toml's excerpt) at its span.
     pub fn toml_problem(&self, err: &toml::de::Error) -> (usize, Problem) {
         let message = err.message().trim().to_owned();

@@ -37,6 +37,54 @@ pub struct ConfigFile {
     pub rate_limit: RateLimitSection,
     #[serde(default)]
     pub report: ReportSection,
+    /// `[[expect]]`: what the policy must do, declared apart from the lists it is built from.
+    #[serde(default)]
+    pub expect: Vec<Spanned<ExpectSection>>,
+}
+
+/// `[[expect]]`: names a segment must block and names it must resolve, checked at every
+/// reload and every minute. A reload that breaks one is refused (unless `on_fail = "warn"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSection {
+    /// The segment, checked from an address it holds (and wins against nested segments).
+    pub segment: Option<Spanned<String>>,
+    /// A client address instead (or as well): tests its placement too.
+    pub client: Option<Spanned<IpAddrText>>,
+    /// Names (or addresses, for IP lists) answered negatively, never forwarded.
+    #[serde(default)]
+    pub blocked: Vec<Spanned<String>>,
+    /// Names (or addresses) the segment forwards: no list of it blocks them.
+    #[serde(default)]
+    pub resolves: Vec<Spanned<String>>,
+    /// `"refuse"` (the default): a policy that breaks this is not put in force; `"warn"`:
+    /// it is, and the failure shows in logs and `portvakt_expectation_ok`.
+    #[serde(default)]
+    pub on_fail: OnFail,
+}
+
+/// What a broken expectation does to the policy that breaks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    #[default]
+    Refuse,
+    Warn,
+}
+
+/// An IP address written as a string, e.g. `"10.10.0.5"`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IpAddrText(pub IpAddr);
+
+impl TryFrom<String> for IpAddrText {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+            .map(IpAddrText)
+            .map_err(|_| format!("`{text}` is not an IP address, e.g. `10.10.0.5`"))
+    }
 }
 
 /// `[report]`: the compliance report.

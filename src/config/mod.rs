@@ -21,7 +21,7 @@ use crate::bypass::BypassKind;
 use error::Source;
 pub use error::{ConfigError, Problem};
 use file::ConfigFile;
-pub use file::{BlockResponse, ListKind, ServerAddr};
+pub use file::{BlockResponse, ListKind, OnFail, ServerAddr};
 pub use tls::{Certificate, EncryptedSettings};
 
 /// The annotated example config, also the default when no `--config` is given.
@@ -68,6 +68,40 @@ pub struct Config {
     /// balancers); the client is the one the header names.
     pub proxy_from: Vec<IpNet>,
     pub report: ReportSettings,
+    /// `[[expect]]`, in file order.
+    pub expectations: Vec<Expectation>,
+}
+
+/// One `[[expect]]`, checked: what a segment (or a client) must get for some names.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// Where it is written, `file:line`.
+    pub at: String,
+    /// Index into `Config::segments`.
+    pub segment: Option<usize>,
+    pub client: Option<IpAddr>,
+    pub blocked: Vec<Expected>,
+    pub resolves: Vec<Expected>,
+    pub on_fail: OnFail,
+}
+
+/// One name (or address) of an expectation.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    /// As written.
+    pub text: String,
+    /// Where it is written, `file:line`.
+    pub at: String,
+    pub subject: Subject,
+}
+
+/// What an expectation asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Lowercase wire format.
+    Name(Vec<u8>),
+    /// An address as found in an answer (checked against IP lists).
+    Address(IpAddr),
 }
 
 /// `[report]`, checked.
@@ -229,27 +263,34 @@ pub struct SegmentConfig {
 }
 
 impl SegmentConfig {
-    /// What decides this segment's answers, as canonical text (networks and listeners sorted,
-    /// lists by name): equal for segments that decide alike. The policy hash and the audit
-    /// log's "segments changed" both compare it.
+    /// What decides this segment's answers, in the policy hash's canonical encoding
+    /// (docs/evidence.md): networks, listeners and allow lists sorted, block lists in config
+    /// order (the first decides), each field `key=value`. Equal for segments that decide
+    /// alike; the policy hash and the audit log's "segments changed" both compare it.
     pub fn deciding(&self, config: &Config) -> String {
-        let names = |ids: &[usize]| -> Vec<&str> {
-            ids.iter()
-                .map(|&id| config.lists[id].name.as_str())
-                .collect()
+        let sorted = |mut items: Vec<String>| {
+            items.sort();
+            items.join(",")
         };
-        let mut networks: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
-        networks.sort();
-        let mut listeners: Vec<String> = self.listeners.iter().map(ToString::to_string).collect();
-        listeners.sort();
+        let name = |id: &usize| config.lists[*id].name.clone();
+        let networks = sorted(self.networks.iter().map(ToString::to_string).collect());
+        let listeners = sorted(self.listeners.iter().map(ToString::to_string).collect());
+        let block: Vec<String> = self.block.iter().map(name).collect();
+        let allow = sorted(self.allow.iter().map(name).collect());
+        let b = &self.bypass;
+        let flag = |on: bool| u8::from(on);
+        let rate = self
+            .rate
+            .map_or("-".to_owned(), |(qps, burst)| format!("{qps}/{burst}"));
         format!(
-            "networks {networks:?} listeners {listeners:?} block {:?} allow {:?} bypass {:?} \
-             advertise {} rate {:?}",
-            names(&self.block),
-            names(&self.allow),
-            self.bypass,
-            self.advertise_encrypted,
-            self.rate
+            "networks={networks} listeners={listeners} block={} allow={allow} \
+             bypass=canary:{},private_relay:{},ddr:{},strip_ech:{} advertise={} rate={rate}",
+            block.join(","),
+            flag(b.canary),
+            flag(b.private_relay),
+            flag(b.ddr),
+            flag(b.strip_ech),
+            flag(self.advertise_encrypted),
         )
     }
 }
@@ -325,6 +366,79 @@ impl Config {
             source,
         })?;
         Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// Keeps what only a restart applies as `running` has it (listeners, the admin listener,
+    /// TCP limits, cache size, file watching, `state_dir`), so a reloaded policy advertises
+    /// and places clients by what is bound; a segment's listener that is not bound is left
+    /// out until then. Returns each difference as "what: old -> new", for `restart_required`.
+    pub fn keep_start_settings(&mut self, running: &Config) -> Vec<String> {
+        fn shown<T: std::fmt::Debug>(value: &T) -> String {
+            format!("{value:?}")
+        }
+        let mut changes = Vec::new();
+        let mut keep = |what: &str, old: String, new: String| {
+            if old != new {
+                changes.push(format!("{what}: {new} (running: {old})"));
+            }
+        };
+        let addrs = |addrs: &[SocketAddr]| {
+            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("[{}]", shown.join(", "))
+        };
+        keep("server.listen", addrs(&running.listen), addrs(&self.listen));
+        keep(
+            "server.tls_listen",
+            addrs(&running.encrypted.tls_listen),
+            addrs(&self.encrypted.tls_listen),
+        );
+        keep(
+            "server.https_listen",
+            addrs(&running.encrypted.https_listen),
+            addrs(&self.encrypted.https_listen),
+        );
+        let admin = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
+        keep("admin.listen", admin(running.admin_listen), admin(self.admin_listen));
+        keep("server.tcp_*", shown(&running.tcp), shown(&self.tcp));
+        keep(
+            "cache.max_entries",
+            running.cache_max_entries.to_string(),
+            self.cache_max_entries.to_string(),
+        );
+        keep(
+            "cache.max_mib",
+            (running.cache_max_bytes >> 20).to_string(),
+            (self.cache_max_bytes >> 20).to_string(),
+        );
+        keep("server.watch", running.watch.to_string(), self.watch.to_string());
+        keep("server.state_dir", shown(&running.state_dir), shown(&self.state_dir));
+        self.listen.clone_from(&running.listen);
+        self.encrypted.tls_listen.clone_from(&running.encrypted.tls_listen);
+        self.encrypted.https_listen.clone_from(&running.encrypted.https_listen);
+        self.admin_listen = running.admin_listen;
+        self.tcp = running.tcp;
+        self.cache_max_entries = running.cache_max_entries;
+        self.cache_max_bytes = running.cache_max_bytes;
+        self.watch = running.watch;
+        self.state_dir.clone_from(&running.state_dir);
+        let bound: Vec<SocketAddr> = (self.listen.iter())
+            .chain(&self.encrypted.tls_listen)
+            .chain(&self.encrypted.https_listen)
+            .copied()
+            .collect();
+        for segment in &mut self.segments {
+            let name = &segment.name;
+            segment.listeners.retain(|addr| {
+                let is_bound = bound.contains(addr);
+                if !is_bound {
+                    changes.push(format!(
+                        "segment \"{name}\" listener {addr}: not bound until a restart (not used to place clients meanwhile)"
+                    ));
+                }
+                is_bound
+            });
+        }
+        changes
     }
 
     /// The embedded default (`config/portvakt.toml`).
@@ -437,6 +551,9 @@ impl Checks<'_> {
         }
 
         let tcp = self.tcp_limits(&file.server);
+        let segments_by_name: BTreeMap<String, usize> = (segments.iter().enumerate())
+            .map(|(id, s)| (s.name.clone(), id))
+            .collect();
         Config {
             origin: origin.to_owned(),
             listen: listen.get_ref().iter().map(|a| a.get_ref().0).collect(),
@@ -473,7 +590,78 @@ impl Checks<'_> {
                 .map(|n| n.get_ref().0)
                 .collect(),
             report: self.report_settings(&file.report),
+            expectations: self.expectations(&file.expect, &segments_by_name),
         }
+    }
+
+    /// The `[[expect]]` entries: each names a segment that exists or a client (or both), and
+    /// at least one name; every name must be a domain name or an address.
+    fn expectations(
+        &mut self,
+        entries: &[Spanned<file::ExpectSection>],
+        segments: &BTreeMap<String, usize>,
+    ) -> Vec<Expectation> {
+        let mut out = Vec::with_capacity(entries.len());
+        for spanned in entries {
+            let entry = spanned.get_ref();
+            let segment = entry.segment.as_ref().and_then(|name| {
+                let found = segments.get(name.get_ref()).copied();
+                if found.is_none() {
+                    let known: Vec<&str> = segments.keys().map(String::as_str).collect();
+                    let text = format!(
+                        "expectation names segment \"{}\", which is not defined (segments: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    );
+                    self.report(name, text);
+                }
+                found
+            });
+            if entry.segment.is_none() && entry.client.is_none() {
+                self.report(spanned, "an [[expect]] needs a segment or a client");
+            }
+            if entry.blocked.is_empty() && entry.resolves.is_empty() {
+                self.report(spanned, "an [[expect]] needs names in blocked or resolves");
+            }
+            let subjects = |texts: &[Spanned<String>], checks: &mut Self| -> Vec<Expected> {
+                let mut subjects = Vec::with_capacity(texts.len());
+                for text in texts {
+                    let subject = match text.get_ref().parse::<IpAddr>() {
+                        Ok(addr) => Some(Subject::Address(addr)),
+                        Err(_) => match crate::name::from_text(text.get_ref()) {
+                            Ok(wire) => Some(Subject::Name(wire)),
+                            Err(err) => {
+                                let message = format!(
+                                    "`{}` is neither a domain name nor an address: {err}",
+                                    text.get_ref()
+                                );
+                                checks.report(text, message);
+                                None
+                            }
+                        },
+                    };
+                    if let Some(subject) = subject {
+                        subjects.push(Expected {
+                            text: text.get_ref().clone(),
+                            at: checks.source.at(text.span()),
+                            subject,
+                        });
+                    }
+                }
+                subjects
+            };
+            let blocked = subjects(&entry.blocked, self);
+            let resolves = subjects(&entry.resolves, self);
+            out.push(Expectation {
+                at: self.source.at(spanned.span()),
+                segment,
+                client: entry.client.as_ref().map(|c| c.get_ref().0),
+                blocked,
+                resolves,
+                on_fail: entry.on_fail,
+            });
+        }
+        out
     }
 
     /// The `[server] tcp_*` limits; each at least 1.

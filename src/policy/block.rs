@@ -31,6 +31,11 @@ pub struct BlockAnswers {
 }
 
 impl BlockAnswers {
+    /// The configured response's name (`nxdomain`, `sinkhole`, ...).
+    pub fn response_name(&self) -> &'static str {
+        self.response.as_str()
+    }
+
     pub(crate) fn new(block: &BlockSettings, lists: &[ListConfig]) -> Self {
         let mut soa_rdata = Vec::with_capacity(64);
         soa_rdata.extend_from_slice(SOA_MNAME);

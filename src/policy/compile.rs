@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{Config, ListKind, SegmentConfig};
+use crate::config::{Config, ListKind, OnFail, SegmentConfig};
 use crate::ddr::Advertisement;
 use crate::lists::{self, EntryKind, Item, ListError, Rejected};
 use crate::metrics::Metrics;
@@ -35,13 +35,40 @@ pub enum CompileError {
         line: u32,
         max: u64,
     },
+    /// Expectations (`[[expect]]`, `on_fail = "refuse"`) the policy breaks, one line each.
+    #[error("the policy breaks {} expectation(s), so it is refused:\n{}", broken.len(), broken.join("\n"))]
+    Expectations { broken: Vec<String> },
 }
 
 impl Policy {
     /// Builds the policy for `config`, reading its list files, and resolves its metric
     /// handles in `metrics`. `generation` is the one it will have in force (0: never put in
-    /// force, as for `check`).
+    /// force, as for `check`). A policy that breaks an expectation that refuses is an error.
     pub fn compile(
+        config: Config,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Result<Policy, CompileError> {
+        let policy = Policy::build(config, metrics, generation)?;
+        match policy.refused_by_expectations() {
+            Some(err) => Err(err),
+            None => Ok(policy),
+        }
+    }
+
+    /// The expectations with `on_fail = "refuse"` that this policy breaks, as the error.
+    pub(crate) fn refused_by_expectations(&self) -> Option<CompileError> {
+        let (broken, _) = self.check_expectations();
+        let refused: Vec<String> = (broken.into_iter())
+            .filter(|b| b.on_fail == OnFail::Refuse)
+            .map(|b| b.message)
+            .collect();
+        (!refused.is_empty()).then_some(CompileError::Expectations { broken: refused })
+    }
+
+    /// [`Policy::compile`] without judging the expectations (the reload judges them beside
+    /// its other guards, so a refusal names every reason at once).
+    pub(crate) fn build(
         config: Config,
         metrics: &Metrics,
         generation: u64,
@@ -70,7 +97,8 @@ impl Policy {
             config.unknown_clients.map(|id| SegmentId(id as u16)),
         )
         .with_listeners(listeners.collect());
-        Ok(Policy {
+        let probes = probes(&config, &samples, &index, &table);
+        let policy = Policy {
             segments: config
                 .segments
                 .iter()
@@ -80,7 +108,7 @@ impl Policy {
             list_bypass: config.lists.iter().map(|l| l.bypass).collect(),
             table,
             lists,
-            probes: probes(&config, &samples, &index),
+            probes,
             index,
             block: BlockAnswers::new(&config.block, &config.lists),
             advertisement: Advertisement::new(&config.encrypted),
@@ -101,7 +129,8 @@ impl Policy {
             generation,
             loaded_at: SystemTime::now(),
             config,
-        })
+        };
+        Ok(policy)
     }
 }
 

@@ -1,17 +1,20 @@
 //! `portvakt explain` and `/api/v1/explain`: why a client gets what it gets for a name. The
-//! verdict comes from `Policy::decide`, like a query's; the deciding entry's file and line are
+//! verdict comes from `Policy::judge` (and `judge_answer` for an upstream answer), like a
+//! query's; the deciding entry's file and line are
 //! found by reading the list's files again (the index keeps no origins), the only file reads
 //! of a running policy, so `locate` runs off the async runtime.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::cache::Answer;
 use crate::lists::{self, EntryKind};
 use crate::name::{self, NameError};
-use crate::policy::{Decision, ListId, Policy};
+use crate::policy::{AnswerBlock, Judgement, ListId, Policy, bypass_is_nodata};
 pub use crate::segment::Placement;
 
-/// The answer to `portvakt explain`.
+/// The answer to `portvakt explain` and `/api/v1/explain`, decided by the query path's own
+/// judge ([`Policy::judge`], [`Policy::judge_answer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     pub name: String,
@@ -21,6 +24,9 @@ pub struct Explanation {
     pub verdict: Verdict,
     /// The bypass kind the query counts as (`portvakt_bypass_attempts_total`), if any.
     pub bypass: Option<&'static str>,
+    /// What goes on the wire: `refused`, `forwarded`, `advertised` (DDR's own SVCB records),
+    /// `nodata`, `nxdomain`, or the configured block response.
+    pub answer: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +40,31 @@ pub enum Verdict {
     Blocked(Located),
     /// A built-in bypass name the segment answers itself (negatively).
     Bypass,
+    /// DDR answered with portvakt's own encrypted endpoints.
+    Advertised,
+    /// Forwarded, but the upstream answer is blocked: `via` is the CNAME target or the
+    /// address in it that the list holds.
+    BlockedInAnswer { via: String, located: Located },
+}
+
+impl Verdict {
+    /// The verdict's word: `refused`, `allowed` or `blocked`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Refused => "refused",
+            Verdict::Allowed | Verdict::AllowedByList(_) | Verdict::Advertised => "allowed",
+            Verdict::Blocked(_) | Verdict::Bypass | Verdict::BlockedInAnswer { .. } => "blocked",
+        }
+    }
+
+    /// The list entry that decided, if one did.
+    pub fn located(&self) -> Option<&Located> {
+        match self {
+            Verdict::AllowedByList(l) | Verdict::Blocked(l) => Some(l),
+            Verdict::BlockedInAnswer { located, .. } => Some(located),
+            Verdict::Refused | Verdict::Allowed | Verdict::Bypass | Verdict::Advertised => None,
+        }
+    }
 }
 
 /// A list entry that decided, and where it is written.
@@ -56,10 +87,10 @@ enum Key {
 }
 
 impl Policy {
-    /// Why `client` gets what it gets for `text_name`, by the same decision as a query. Pure:
-    /// the deciding entry's file and line are left to [`Explanation::locate`].
-    /// `text_name` may also be an address, as found in an answer: then the verdict is that of
-    /// the IP lists.
+    /// Why `client` gets what it gets for `text_name`, by the same judge as a query. Pure:
+    /// the deciding entry's file and line are left to [`Explanation::locate`], the upstream
+    /// answer to [`Policy::explain_answer`]. `text_name` may also be an address, as found in
+    /// an answer: then the verdict is that of the IP lists.
     pub fn explain(
         &self,
         client: IpAddr,
@@ -68,69 +99,117 @@ impl Policy {
     ) -> Result<Explanation, NameError> {
         let (segment, placement) = self.table.place(client, listener);
         let segment_name = segment.map(|s| self.segment_name(s).to_owned());
-        let located = |list: ListId, entry: String, key: Key| Located {
-            list: self.list_name(list).to_owned(),
-            entry,
-            at: None,
-            key,
-            files: self.lists[list.0 as usize].files.clone(),
+        let mut explanation = Explanation {
+            name: String::new(),
+            segment: segment_name,
+            placement,
+            verdict: Verdict::Refused,
+            bypass: None,
+            answer: "refused",
         };
         if let Ok(addr) = text_name.parse::<IpAddr>() {
-            let key = || Key::Address(addr);
-            let verdict = match segment {
+            explanation.name = addr.to_string();
+            explanation.verdict = match segment {
                 None => Verdict::Refused,
                 Some(s) => match (
                     self.decide_address(s, addr),
                     self.address_exception(s, addr),
                 ) {
-                    (Some(list), _) => Verdict::Blocked(located(list, addr.to_string(), key())),
-                    (None, Some(list)) => {
-                        Verdict::AllowedByList(located(list, addr.to_string(), key()))
-                    }
+                    (Some(list), _) => Verdict::Blocked(self.located_address(list, addr)),
+                    (None, Some(list)) => Verdict::AllowedByList(self.located_address(list, addr)),
                     (None, None) => Verdict::Allowed,
                 },
             };
-            return Ok(Explanation {
-                name: addr.to_string(),
-                segment: segment_name,
-                placement,
-                bypass: self.bypass_of(&verdict),
-                verdict,
-            });
+            explanation.answer = match (&explanation.verdict, segment) {
+                (Verdict::Refused, _) | (_, None) => "refused",
+                (Verdict::Blocked(_), _) => self.block().response_name(),
+                _ => "forwarded",
+            };
+            explanation.bypass = self.bypass_of(&explanation.verdict);
+            return Ok(explanation);
         }
         let wire = name::from_text(text_name)?;
-        let entry = |list: ListId, zone_at: usize| {
-            let zone = wire[zone_at..].to_vec();
-            located(list, name::to_text(&zone), Key::Zone(zone))
+        explanation.name = name::to_text(&wire);
+        let Some(s) = segment else {
+            return Ok(explanation);
         };
-        let verdict = match segment {
-            None => Verdict::Refused,
-            Some(s) if self.bypass_name(s, &wire).is_some() => Verdict::Bypass,
-            Some(s) => match self.decide(s, &wire) {
-                Decision::Allowed => Verdict::Allowed,
-                Decision::Excepted(list) => {
-                    Verdict::AllowedByList(entry(list, self.entry_of(&wire, list)))
-                }
-                Decision::Blocked { list, zone_at } => Verdict::Blocked(entry(list, zone_at)),
-            },
+        (explanation.verdict, explanation.answer) = match self.judge(s, &wire) {
+            Judgement::Advertise => (Verdict::Advertised, "advertised"),
+            Judgement::Bypass { kind, zone_at } => {
+                explanation.bypass = Some(kind.as_str());
+                let answer = if bypass_is_nodata(kind, zone_at) { "nodata" } else { "nxdomain" };
+                (Verdict::Bypass, answer)
+            }
+            Judgement::Blocked { list, zone_at } => (
+                Verdict::Blocked(self.located_zone(list, &wire[zone_at..])),
+                self.block().response_name(),
+            ),
+            Judgement::Forward {
+                excepted: Some(list),
+            } => {
+                let zone_at = self.entry_of(&wire, list);
+                (Verdict::AllowedByList(self.located_zone(list, &wire[zone_at..])), "forwarded")
+            }
+            Judgement::Forward { excepted: None } => (Verdict::Allowed, "forwarded"),
         };
-        let bypass = match verdict {
-            Verdict::Bypass => crate::bypass::built_in(&wire).map(|(k, _)| k.as_str()),
-            _ => self.bypass_of(&verdict),
+        if explanation.bypass.is_none() {
+            explanation.bypass = self.bypass_of(&explanation.verdict);
+        }
+        Ok(explanation)
+    }
+
+    /// `explanation` (of a forwarded name) once its upstream `answer` is known: blocked when a
+    /// CNAME target or an address in it is, as the query path would block it.
+    pub(crate) fn explain_answer(
+        &self,
+        mut explanation: Explanation,
+        client: IpAddr,
+        listener: Option<SocketAddr>,
+        answer: &Answer,
+    ) -> Explanation {
+        let forwarded = matches!(explanation.verdict, Verdict::Allowed | Verdict::AllowedByList(_));
+        let Some(segment) = self.classify(client, listener).filter(|_| forwarded) else {
+            return explanation;
         };
-        Ok(Explanation {
-            name: name::to_text(&wire),
-            segment: segment_name,
-            placement,
-            verdict,
-            bypass,
-        })
+        let (via, located) = match self.judge_answer(segment, answer) {
+            None => return explanation,
+            Some(AnswerBlock::Target(list, target)) => {
+                let zone_at = self.entry_of(target, list);
+                (name::to_text(target), self.located_zone(list, &target[zone_at..]))
+            }
+            Some(AnswerBlock::Address(list, addr)) => {
+                (addr.to_string(), self.located_address(list, addr))
+            }
+        };
+        explanation.verdict = Verdict::BlockedInAnswer { via, located };
+        explanation.bypass = self.bypass_of(&explanation.verdict);
+        explanation.answer = self.block().response_name();
+        explanation
+    }
+
+    fn located_zone(&self, list: ListId, zone: &[u8]) -> Located {
+        self.located(list, name::to_text(zone), Key::Zone(zone.to_vec()))
+    }
+
+    fn located_address(&self, list: ListId, addr: IpAddr) -> Located {
+        self.located(list, addr.to_string(), Key::Address(addr))
+    }
+
+    fn located(&self, list: ListId, entry: String, key: Key) -> Located {
+        Located {
+            list: self.list_name(list).to_owned(),
+            entry,
+            at: None,
+            key,
+            files: self.lists[list.0 as usize].files.clone(),
+        }
     }
 
     /// The bypass kind of the list that blocked, if it is tagged with one.
     fn bypass_of(&self, verdict: &Verdict) -> Option<&'static str> {
-        let Verdict::Blocked(located) = verdict else {
-            return None;
+        let located = match verdict {
+            Verdict::Blocked(located) | Verdict::BlockedInAnswer { located, .. } => located,
+            _ => return None,
         };
         let list = self.lists.iter().position(|l| l.name == located.list)?;
         self.list_bypass(ListId(list as u8)).map(|k| k.as_str())
@@ -141,7 +220,10 @@ impl Explanation {
     /// Finds the deciding entry's file and line by reading its list's files. Blocking I/O:
     /// from async code, call it through `spawn_blocking`.
     pub fn locate(mut self) -> Explanation {
-        if let Verdict::AllowedByList(located) | Verdict::Blocked(located) = &mut self.verdict {
+        if let Verdict::AllowedByList(located)
+        | Verdict::Blocked(located)
+        | Verdict::BlockedInAnswer { located, .. } = &mut self.verdict
+        {
             let found = located.files.iter().find_map(|path| {
                 let file = lists::read(path).ok()?;
                 match &located.key {

@@ -6,9 +6,11 @@
 
 mod block;
 mod compile;
+mod expect;
 mod explain;
 mod identity;
 pub(crate) mod index;
+mod judge;
 mod networks;
 mod probe;
 
@@ -29,6 +31,7 @@ pub use block::BlockAnswers;
 pub use compile::CompileError;
 pub use explain::{Explanation, Located, Verdict};
 pub use index::{ListId, ListSet};
+pub use judge::{AnswerBlock, Judgement, bypass_is_nodata};
 use index::{Matches, SuffixIndex};
 use networks::NetworkIndex;
 
@@ -161,8 +164,10 @@ impl Policy {
             .collect()
     }
 
-    /// Decides every probe again and sets `portvakt_policy_probe_ok`; how many failed.
-    pub fn run_probes(&self, metrics: &crate::Metrics) -> usize {
+    /// The self-test: decides every probe and judges every expectation again, and sets
+    /// `portvakt_policy_probe_ok` and `portvakt_expectation_ok`. Returns how many probes
+    /// failed and what each broken expectation says.
+    pub fn self_test(&self, metrics: &crate::Metrics) -> (usize, Vec<String>) {
         let mut failed = 0;
         for probe in &self.probes {
             let ok = probe.passes(self);
@@ -170,7 +175,10 @@ impl Policy {
             let segment = self.segment_name(probe.segment);
             metrics.set_probe(segment, self.list_name(probe.list), ok);
         }
-        failed
+        let (broken, by_segment) = self.check_expectations();
+        let results: Vec<(&str, bool)> = by_segment.iter().map(|(s, ok)| (s.as_str(), *ok)).collect();
+        metrics.set_expectations(&results);
+        (failed, broken.into_iter().map(|b| b.message).collect())
     }
 
     /// 1 for the policy loaded at start, one more for each reload (0: never put in force).
@@ -237,6 +245,11 @@ impl Policy {
     pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<(BypassKind, usize)> {
         let handling = &self.segments[segment.0 as usize].bypass;
         bypass::built_in(name).filter(|&(kind, _)| handling.handles(kind))
+    }
+
+    /// The advertisement of portvakt's encrypted endpoints; only for a [`Judgement::Advertise`].
+    pub(crate) fn advertised(&self) -> &Advertisement {
+        self.advertisement.as_ref().expect("judged Advertise only with an advertisement")
     }
 
     /// The advertisement of portvakt's encrypted endpoints, if `segment` gets it for `name`.

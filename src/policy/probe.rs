@@ -1,15 +1,16 @@
-//! The self-test: per segment, a few names of each list it blocks or allows, chosen when the
-//! policy is built, are decided again against the policy in force (from an address of the
+//! The self-test's list probes: per segment, a few names of each list it blocks or allows,
+//! chosen when the policy is built, are decided again against the policy in force (from an address of the
 //! segment, through its classification); `portvakt_policy_probe_ok{segment,list}` says whether
 //! each decision is the configured one (blocked for a blocked list, not blocked for an allowed
-//! one). It touches no counter of real queries.
+//! one). It touches no counter of real queries. Being taken from the policy they test, they
+//! catch a broken index, not a wrong policy: that is what the expectations (`expect.rs`) are for.
 
 use std::net::IpAddr;
 
 use crate::config::Config;
 use crate::policy::index::{ListId, SuffixIndex};
 use crate::policy::{Decision, Policy};
-use crate::segment::SegmentId;
+use crate::segment::{SegmentId, SegmentTable};
 
 /// Names probed per list.
 pub const NAMES: usize = 3;
@@ -46,14 +47,17 @@ impl Samples {
 /// The probes of `config`: for each segment, each list it blocks or allows that has names.
 /// A blocked list's name that one of the segment's allowed lists also holds is left out (allow
 /// beats block, so it is not expected blocked).
-pub fn probes(config: &Config, samples: &Samples, index: &SuffixIndex) -> Vec<Probe> {
+pub fn probes(
+    config: &Config,
+    samples: &Samples,
+    index: &SuffixIndex,
+    table: &SegmentTable,
+) -> Vec<Probe> {
     let mut probes = Vec::new();
     for (id, segment) in config.segments.iter().enumerate() {
-        let listener = segment.listeners.first().copied();
-        let client = match (segment.networks.first(), listener) {
-            (Some(net), _) => net.network(),
-            (None, Some(at)) => at.ip(),
-            (None, None) => continue,
+        // A client the segment wins (nested segments take the outer one's first address).
+        let Some((client, listener)) = table.member(SegmentId(id as u16)) else {
+            continue;
         };
         let allowed = |name: &[u8]| {
             let found = index.lookup(name).lists;
@@ -74,7 +78,7 @@ pub fn probes(config: &Config, samples: &Samples, index: &SuffixIndex) -> Vec<Pr
                     segment: SegmentId(id as u16),
                     list: ListId(list as u8),
                     client,
-                    listener: listener.filter(|_| segment.networks.is_empty()),
+                    listener,
                     names,
                     blocked,
                 });
@@ -141,6 +145,6 @@ mod tests {
         };
         assert!(!elsewhere.passes(&policy));
         let metrics = Metrics::new();
-        assert_eq!(policy.run_probes(&metrics), 0);
+        assert_eq!(policy.self_test(&metrics).0, 0);
     }
 }

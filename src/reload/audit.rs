@@ -3,6 +3,11 @@
 //! admin token's id for API reloads (never the token), the policy hashes before and after,
 //! and what changed (lists with their entry counts before and after, segments added, removed
 //! or changed). No client address is ever written. Without `state_dir` there is no log.
+//!
+//! The lines form a hash chain: each carries `prev`, the SHA-256 of the line before it (the
+//! first line of the log `null`), so [`verify`] names the first line after one that was
+//! edited or removed. A file past [`ROTATE_AT`] bytes is renamed `audit-<unix time>.jsonl`
+//! and the chain goes on in a new `audit.jsonl`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,13 +24,25 @@ use crate::policy::Policy;
 /// The file under `state_dir`.
 pub const FILE: &str = "audit.jsonl";
 
+/// Size past which the log is rotated before the next line.
+pub const ROTATE_AT: u64 = 8 << 20;
+
+/// Appends one at a time, so each line's `prev` is the line before it.
+static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Where `config` keeps its audit log, if anywhere.
 pub fn path(config: &Config) -> Option<PathBuf> {
     config.state_dir.as_ref().map(|dir| dir.join(FILE))
 }
 
-/// Records `new` going into force after `old` (`None`: at start).
-pub fn record_change(old: Option<&Policy>, new: &Policy, trigger: Option<Trigger>) {
+/// Records `new` going into force after `old` (`None`: at start); `accepted` is the
+/// operator's acceptance of lists shrinking, with its reason, if one was given.
+pub fn record_change(
+    old: Option<&Policy>,
+    new: &Policy,
+    trigger: Option<Trigger>,
+    accepted: Option<&super::Override>,
+) {
     let Some(path) = path(new.config()) else {
         return;
     };
@@ -39,6 +56,9 @@ pub fn record_change(old: Option<&Policy>, new: &Policy, trigger: Option<Trigger
     if trigger == Some(Trigger::Api) {
         let token = old.and_then(|p| p.config().admin_token.as_ref());
         record["token_id"] = json!(token.map(|t| t.id()));
+    }
+    if let Some(accepted) = accepted {
+        record["accepted"] = json!(accepted);
     }
     if let Some(old) = old {
         record["previous_hash"] = json!(old.hash());
@@ -114,16 +134,171 @@ fn segments_changed(old: &Config, new: &Config) -> Value {
 }
 
 fn append(path: &Path, record: &Value) {
-    let line = format!("{record}\n");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut file| {
-            file.write_all(line.as_bytes())?;
-            file.sync_data()
-        });
+    let _one = APPENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let written = rotate_if_full(path).and_then(|()| {
+        let mut record = record.clone();
+        record["prev"] = json!(last_line(path)?.map(|line| line_hash(&line)));
+        let line = format!("{record}\n");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        file.write_all(line.as_bytes())?;
+        file.sync_data()
+    });
     if let Err(err) = written {
         warn!(path = %path.display(), %err, "cannot append to the audit log");
     }
+}
+
+/// Renames a full log to `audit-<unix time>.jsonl` (a fixed width, so names sort by age).
+fn rotate_if_full(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() >= ROTATE_AT => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut stamp = unix_now();
+            let mut rotated = dir.join(format!("audit-{stamp:020}.jsonl"));
+            while rotated.exists() {
+                stamp += 1;
+                rotated = dir.join(format!("audit-{stamp:020}.jsonl"));
+            }
+            std::fs::rename(path, rotated)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The SHA-256 of a line (without its newline), in hex.
+fn line_hash(line: &str) -> String {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line.as_bytes());
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last line of the log: of `path`, or, when it is new, of the newest rotated file.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for file in files(dir)?.iter().rev() {
+        let text = std::fs::read_to_string(file)?;
+        if let Some(line) = text.lines().rev().find(|l| !l.is_empty()) {
+            return Ok(Some(line.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// The log's files in `state_dir`, oldest first: the rotated ones, then `audit.jsonl`.
+pub fn files(state_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut rotated = Vec::new();
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("audit-") && name.ends_with(".jsonl") {
+            rotated.push(state_dir.join(&*name));
+        }
+    }
+    rotated.sort();
+    let current = state_dir.join(FILE);
+    if current.exists() {
+        rotated.push(current);
+    }
+    Ok(rotated)
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub files: usize,
+    pub lines: usize,
+}
+
+/// Why the chain does not hold: the first line that does not follow the one before it.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("failed to read the audit log {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {reason}", path.display())]
+    Broken {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("no audit log in {}", .0.display())]
+    Empty(PathBuf),
+}
+
+/// Checks the hash chain over every file of the log in `state_dir`, oldest first.
+pub fn verify(state_dir: &Path) -> Result<Verified, AuditError> {
+    let read_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AuditError::Read { path, source }
+    };
+    let files = files(state_dir).map_err(read_error(state_dir))?;
+    let mut previous: Option<String> = None;
+    let mut lines = 0;
+    for path in &files {
+        let text = std::fs::read_to_string(path).map_err(read_error(path))?;
+        for (at, line) in text.lines().enumerate() {
+            let broken = |reason: String| AuditError::Broken {
+                path: path.clone(),
+                line: at + 1,
+                reason,
+            };
+            let record: Value = serde_json::from_str(line)
+                .map_err(|err| broken(format!("not a JSON record ({err}): edited")))?;
+            let prev = record.get("prev").and_then(Value::as_str);
+            let want = previous.as_deref().map(line_hash);
+            match (prev, want) {
+                (None, None) => {}
+                (Some(prev), Some(want)) if prev == want => {}
+                (Some(_), None) => {
+                    return Err(broken(
+                        "the chain starts here, but this line follows another: a line before it was removed".into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(broken("no `prev`: the line was written by hand or edited".into()));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(broken(
+                        "`prev` is not the hash of the line before it: that line was edited or a line between them was removed".into(),
+                    ));
+                }
+            }
+            previous = Some(line.to_owned());
+            lines += 1;
+        }
+    }
+    if lines == 0 {
+        return Err(AuditError::Empty(state_dir.to_owned()));
+    }
+    Ok(Verified {
+        files: files.len(),
+        lines,
+    })
+}
+
+/// The log's records whose `time_unix` is in `from..to`, oldest first (for the report).
+pub fn records(state_dir: &Path, from: u64, to: u64) -> std::io::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for path in files(state_dir)? {
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let Ok(record) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let time = record.get("time_unix").and_then(Value::as_u64).unwrap_or(0);
+            if (from..to).contains(&time) {
+                out.push(record);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -57,8 +57,62 @@ pub enum ReloadError {
     Compile(#[from] CompileError),
     #[error(transparent)]
     Download(#[from] NoCopyError),
+    /// A guard refused the new policy: lists that shrank too far, expectations it breaks.
+    #[error("{}", guard_message(shrunk, broken))]
+    Guarded {
+        shrunk: Vec<Shrunk>,
+        broken: Option<CompileError>,
+    },
     #[error("portvakt is shutting down")]
     ShuttingDown,
+}
+
+/// A list a segment blocks that lost more than its `max_shrink` share in one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shrunk {
+    pub list: String,
+    pub before: usize,
+    pub after: usize,
+    /// `max_shrink` as a percentage.
+    pub max_percent: u32,
+    pub files: Vec<PathBuf>,
+}
+
+fn guard_message(shrunk: &[Shrunk], broken: &Option<CompileError>) -> String {
+    let mut lines = vec![shrink_message(shrunk)];
+    lines.extend(broken.as_ref().map(ToString::to_string));
+    lines.retain(|l| !l.is_empty());
+    lines.join("\n")
+}
+
+fn shrink_message(shrunk: &[Shrunk]) -> String {
+    let lines: Vec<String> = shrunk
+        .iter()
+        .map(|s| {
+            let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+            format!(
+                "list \"{}\" would shrink from {} to {} entries in one change, more than its max_shrink of {}% ({}); refused: the running policy stays (to accept it: POST /api/v1/reload?allow_shrink={}&reason=...)",
+                s.list,
+                s.before,
+                s.after,
+                s.max_percent,
+                files.join(", "),
+                s.list
+            )
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// What is told of every policy put in force, at start and by each reload.
+pub type OnChange = Box<dyn Fn(&Policy) + Send + Sync>;
+
+/// An operator's acceptance, with a reason, of lists shrinking beyond their `max_shrink` in
+/// the next reload (audit-logged with the token's id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Override {
+    pub allow_shrink: Vec<String>,
+    pub reason: String,
 }
 
 /// What asked for a reload.
@@ -69,6 +123,18 @@ pub enum Trigger {
     FileChange,
     Api,
     ListDownload,
+}
+
+impl Trigger {
+    /// The word logs, status and the audit log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::FileChange => "file_change",
+            Trigger::Api => "api",
+            Trigger::ListDownload => "list_download",
+        }
+    }
 }
 
 /// The reload history `/api/v1/status` shows.
@@ -103,22 +169,34 @@ pub struct Reloader {
     wake: Notify,
     done: channel::Sender<Completed>,
     trigger: Mutex<Option<Trigger>>,
+    /// The acceptance the next build applies, if one was given.
+    accepted: Mutex<Option<Override>>,
     status: Mutex<ReloadStatus>,
+    /// Called with every policy put in force (the evidence store notes it).
+    on_change: Option<OnChange>,
     watcher: Mutex<Option<Watcher>>,
     /// The config the process started with: what the listeners were built from.
     initial: Config,
 }
 
 impl Reloader {
-    pub fn new(gateway: Arc<Gateway>, source: ConfigSource, fetcher: Fetcher) -> Arc<Reloader> {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        source: ConfigSource,
+        fetcher: Fetcher,
+        on_change: Option<OnChange>,
+    ) -> Arc<Reloader> {
         let (done, _) = channel::channel(Completed {
             seq: 0,
             result: Ok(0),
         });
         let initial = gateway.with_policy(|policy| {
-            audit::record_change(None, policy, None);
+            audit::record_change(None, policy, None, None);
             policy.config().clone()
         });
+        if let Some(on_change) = &on_change {
+            gateway.with_policy(|p| on_change(p));
+        }
         Arc::new(Reloader {
             initial,
             gateway,
@@ -128,7 +206,9 @@ impl Reloader {
             wake: Notify::new(),
             done,
             trigger: Mutex::new(None),
+            accepted: Mutex::new(None),
             status: Mutex::new(ReloadStatus::default()),
+            on_change,
             watcher: Mutex::new(None),
         })
     }
@@ -191,6 +271,18 @@ impl Reloader {
     /// Asks for a reload and waits for a build that started after this call: the new
     /// generation, or why the running policy was kept.
     pub async fn reload(&self, trigger: Trigger) -> Result<u64, Arc<ReloadError>> {
+        self.reload_accepting(trigger, None).await
+    }
+
+    /// [`Reloader::reload`], accepting the shrinks `accepted` names for this build.
+    pub async fn reload_accepting(
+        &self,
+        trigger: Trigger,
+        accepted: Option<Override>,
+    ) -> Result<u64, Arc<ReloadError>> {
+        if accepted.is_some() {
+            *self.accepted.lock().expect("accepted lock") = accepted;
+        }
         let mut done = self.done.subscribe();
         let seq = self.enqueue(trigger);
         let completed = done
@@ -219,13 +311,35 @@ impl Reloader {
             }
             let seq = self.requested.load(Ordering::SeqCst);
             let trigger = self.trigger.lock().expect("trigger lock").take();
-            let result = match self.build().await {
-                Ok(policy) => Ok(self.put_in_force(policy, trigger)),
+            let accepted = self.accepted.lock().expect("accepted lock").take();
+            let built = self.build().await.and_then(|(policy, restart)| {
+                let shrunk = self.shrunk(&policy, accepted.as_ref());
+                let broken = policy.refused_by_expectations();
+                if shrunk.is_empty() && broken.is_none() {
+                    Ok((policy, restart))
+                } else {
+                    Err(ReloadError::Guarded { shrunk, broken })
+                }
+            });
+            let result = match built {
+                Ok((policy, restart)) => {
+                    Ok(self.put_in_force(policy, restart, trigger, accepted.as_ref()))
+                }
                 Err(err) => {
-                    self.gateway.metrics().reloads_failure.inc();
+                    let metrics = self.gateway.metrics();
+                    metrics.reloads_failure.inc();
+                    metrics.reload_failing.set(1);
+                    let shrunk: Vec<&str> = match &err {
+                        ReloadError::Guarded { shrunk, .. } => {
+                            shrunk.iter().map(|s| s.list.as_str()).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    metrics.set_shrink_refused(&shrunk);
                     let text = error::chain(&err);
                     (self.gateway).with_policy(|p| audit::record_rejected(p, trigger, &text));
-                    error!(error = %text, ?trigger, "reload rejected; the previous policy keeps serving");
+                    let trigger = trigger.map_or("none", Trigger::as_str);
+                    error!(error = %text, trigger, "reload rejected; the previous policy keeps serving");
                     let mut status = self.status.lock().expect("status lock");
                     status.last_error = Some(text);
                     status.last_error_unix = Some(unix_now());
@@ -242,13 +356,55 @@ impl Reloader {
         }
     }
 
+    /// The lists of `policy` that a segment blocks and that lost more than their `max_shrink`
+    /// share of entries against the policy in force, unless `accepted` names them. A list
+    /// that is only allowed may shrink: that blocks more, never less.
+    fn shrunk(&self, policy: &Policy, accepted: Option<&Override>) -> Vec<Shrunk> {
+        self.gateway.with_policy(|running| {
+            let before: std::collections::HashMap<&str, usize> =
+                (running.lists().iter()).map(|l| (l.name.as_str(), l.entries)).collect();
+            let config = policy.config();
+            let blocked = |id: usize| config.segments.iter().any(|s| s.block.contains(&id));
+            let mut shrunk = Vec::new();
+            for (id, (list, settings)) in policy.lists().iter().zip(&config.lists).enumerate() {
+                let Some(&before) = before.get(list.name.as_str()) else {
+                    continue;
+                };
+                let lost = before.saturating_sub(list.entries) as f64;
+                let accepted = accepted.is_some_and(|a| a.allow_shrink.contains(&list.name));
+                if blocked(id) && lost > settings.max_shrink * before as f64 && !accepted {
+                    shrunk.push(Shrunk {
+                        list: list.name.clone(),
+                        before,
+                        after: list.entries,
+                        max_percent: (settings.max_shrink * 100.0).round() as u32,
+                        files: list.files.clone(),
+                    });
+                }
+            }
+            shrunk
+        })
+    }
+
     /// Swaps `policy` in, and says so in metrics, log and status; returns its generation.
-    fn put_in_force(&self, policy: Policy, trigger: Option<Trigger>) -> u64 {
-        let listeners = restart_required(&self.initial, policy.config());
+    /// `restart` lists the changed settings that only a restart applies.
+    fn put_in_force(
+        &self,
+        policy: Policy,
+        restart: Vec<String>,
+        trigger: Option<Trigger>,
+        accepted: Option<&Override>,
+    ) -> u64 {
+        let listeners = restart;
         let files = self.watched_files(&policy);
         let generation = policy.generation();
         let old = self.gateway.swap(policy);
-        (self.gateway).with_policy(|new| audit::record_change(Some(&old), new, trigger));
+        (self.gateway).with_policy(|new| {
+            audit::record_change(Some(&old), new, trigger, accepted);
+            if let Some(on_change) = &self.on_change {
+                on_change(new);
+            }
+        });
         forget_removed(&self.gateway);
         // The replaced policy may be large: free it off the runtime, then hand the memory back.
         // A query that loaded it just before the swap lets go within microseconds.
@@ -266,8 +422,12 @@ impl Reloader {
             }
             release_freed_memory();
         });
-        self.gateway.metrics().reloads_success.inc();
-        info!(generation, ?trigger, "policy reloaded");
+        let metrics = self.gateway.metrics();
+        metrics.reloads_success.inc();
+        metrics.reload_failing.set(0);
+        metrics.set_shrink_refused(&[]);
+        let trigger = trigger.map_or("none", Trigger::as_str);
+        info!(generation, trigger, "policy reloaded");
         for change in &listeners {
             warn!(change = %change, "changed in the config: takes effect at the next restart");
         }
@@ -281,21 +441,24 @@ impl Reloader {
         generation
     }
 
-    /// Reads the config, downloads sources that have no copy yet, and compiles on a
+    /// Reads the config, keeps what only a restart applies as the process started it (listed
+    /// in the second value), downloads sources that have no copy yet, and compiles on a
     /// blocking thread.
-    async fn build(&self) -> Result<Policy, ReloadError> {
+    async fn build(&self) -> Result<(Policy, Vec<String>), ReloadError> {
         let source = self.source.clone();
-        let config = tokio::task::spawn_blocking(move || source.load())
+        let mut config = tokio::task::spawn_blocking(move || source.load())
             .await
             .expect("config load does not panic")?;
+        let restart = config.keep_start_settings(&self.initial);
         self.fetcher.prepare(&config, true).await?;
         let metrics = self.gateway.metrics().clone();
         // Only this worker swaps, so the generation in force now is the one this follows.
         let generation = self.gateway.generation() + 1;
-        tokio::task::spawn_blocking(move || Policy::compile(config, &metrics, generation))
-            .await
-            .expect("policy build does not panic")
-            .map_err(ReloadError::from)
+        let policy =
+            tokio::task::spawn_blocking(move || Policy::build(config, &metrics, generation))
+                .await
+                .expect("policy build does not panic")?;
+        Ok((policy, restart))
     }
 
     /// The config file (if any) and every local list file of `policy`.
@@ -346,33 +509,4 @@ pub(crate) fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Settings that a reload cannot apply, as "what: old -> new".
-fn restart_required(running: &Config, new: &Config) -> Vec<String> {
-    let addrs = |addrs: &[std::net::SocketAddr]| {
-        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        format!("[{}]", shown.join(", "))
-    };
-    let admin =
-        |addr: Option<std::net::SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
-    let mut changes = Vec::new();
-    if running.listen != new.listen {
-        let (old, new) = (addrs(&running.listen), addrs(&new.listen));
-        changes.push(format!("server.listen: {old} -> {new}"));
-    }
-    if running.admin_listen != new.admin_listen {
-        let (old, new) = (admin(running.admin_listen), admin(new.admin_listen));
-        changes.push(format!("admin.listen: {old} -> {new}"));
-    }
-    if running.cache_max_entries != new.cache_max_entries {
-        changes.push(format!(
-            "cache.max_entries: {} -> {}",
-            running.cache_max_entries, new.cache_max_entries
-        ));
-    }
-    if running.watch != new.watch {
-        changes.push(format!("server.watch: {} -> {}", running.watch, new.watch));
-    }
-    changes
 }

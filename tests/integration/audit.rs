@@ -221,3 +221,98 @@ async fn the_report_matches_the_traffic_and_holds_no_address() {
         }
     }
 }
+
+/// `portvakt audit verify` on the log of `state_dir` (through `config`): exit code, output.
+fn verify(config: &std::path::Path) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portvakt"))
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_reloads_in_a_minute_are_all_reported_and_the_chain_names_an_edit() {
+    let upstream = FakeUpstream::new().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("blocked.txt");
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let gateway = TestGateway::start(
+        &upstream,
+        &format!(
+            "server.state_dir = {:?}\nserver.watch = false\nlists.blocked.files = [{:?}]\n\
+             segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\"], block = [\"blocked\"] }}]\n",
+            dir.path().display().to_string(),
+            list.display().to_string()
+        ),
+    )
+    .await;
+    let mut hashes = vec![status_hash(&gateway).await];
+    for n in 1..=8 {
+        // Each reload adds a name: a new policy each time (and no shrink).
+        let names: Vec<String> = (0..=n).map(|i| format!("n{i}.example")).collect();
+        std::fs::write(&list, format!("tiktok.com\n{}\n", names.join("\n"))).unwrap();
+        let (code, body) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        hashes.push(status_hash(&gateway).await);
+    }
+    let (code, body) = gateway.admin_get("/api/v1/report").await;
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reported: Vec<&str> = (report["policies"].as_array().unwrap().iter())
+        .map(|p| p["hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(reported, hashes, "every policy of the run, in order");
+    let changes = report["changes"].as_array().unwrap();
+    let changed: Vec<&str> = changes.iter().map(|c| c["hash"].as_str().unwrap()).collect();
+    assert_eq!(changed, hashes, "the audit log's changes are in the report");
+    gateway.shutdown().await;
+
+    // The config the gateway ran with names the same state_dir.
+    let config = dir.path().join("verify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server.state_dir = {:?}\nlists.blocked.files = [{:?}]\n[[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
+            dir.path().display().to_string(),
+            list.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, out) = verify(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("audit log intact: 9 lines"), "{out}");
+
+    let log_path = dir.path().join("audit.jsonl");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    // An edit of line 4 (a hash changed by hand) shows at line 5.
+    let mut edited = lines.clone();
+    let forged = lines[3].replace(&hashes[3], "0000000000000000");
+    assert_ne!(forged, lines[3]);
+    edited[3] = &forged;
+    std::fs::write(&log_path, edited.join("\n") + "\n").unwrap();
+    let (code, out) = verify(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("audit.jsonl:5:"), "{out}");
+    // Line 4 removed: the line that now stands at 4 does not follow line 3.
+    let mut removed = lines.clone();
+    removed.remove(3);
+    std::fs::write(&log_path, removed.join("\n") + "\n").unwrap();
+    let (code, out) = verify(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("audit.jsonl:4:"), "{out}");
+    // The first line removed: the chain no longer starts at its start.
+    std::fs::write(&log_path, lines[1..].join("\n") + "\n").unwrap();
+    let (code, out) = verify(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("audit.jsonl:1:"), "{out}");
+}
+
+async fn status_hash(gateway: &TestGateway) -> String {
+    let (_, body) = gateway.admin_get("/api/v1/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["policy"]["hash"].as_str().unwrap().to_owned()
+}

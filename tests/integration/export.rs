@@ -124,3 +124,55 @@ fn cidr_and_json_exports_list_the_same_ranges() {
     assert_eq!(staff["ip_lists"][0], "telegram-ip");
     assert_eq!(json["encrypted_dns_port"], 853);
 }
+
+#[test]
+fn every_encrypted_listener_is_admitted_and_a_wildcard_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::harness::certificate(dir.path(), "dns.kommune.example");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = ["0.0.0.0:53"]
+tls_listen = ["10.0.0.53:853"]
+https_listen = ["[fd00::53]:443"]
+tls_cert_file = "{0}/cert.pem"
+tls_key_file = "{0}/key.pem"
+[lists.telegram-ip]
+files = ["blocklists/telegram-ip.txt"]
+[[segment]]
+name = "staff"
+networks = ["10.10.0.0/16"]
+block = ["telegram-ip"]
+[[upstream]]
+servers = ["127.0.0.1:53"]
+"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["export", "nftables", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let ruleset = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let set = |family: &str| {
+        let start = ruleset.find(&format!("set portvakt_{family} {{")).unwrap();
+        ruleset[start..start + ruleset[start..].find('}').unwrap()].to_owned()
+    };
+    assert!(set("v4").contains("10.0.0.53"), "the DoT listener: {ruleset}");
+    assert!(set("v6").contains("fd00::53"), "the DoH listener: {ruleset}");
+    assert!(
+        stderr.contains("portvakt listens on 0.0.0.0:53"),
+        "the wildcard is warned about: {stderr}"
+    );
+    assert!(ruleset.contains("# warning: portvakt listens on 0.0.0.0:53"));
+    if have_nft()
+        && let Err(err) = nft_check(&ruleset)
+    {
+        panic!("nft -c rejected the export: {err}\n{ruleset}");
+    }
+}

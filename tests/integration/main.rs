@@ -7,6 +7,7 @@ mod bypass;
 mod catalogue;
 mod dot;
 mod encrypted;
+mod expectations;
 mod export;
 mod failover;
 mod fairness;

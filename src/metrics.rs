@@ -231,6 +231,7 @@ pub struct Metrics {
     pub reload_failing: IntGauge,
     list_rejected_lines: IntGaugeVec,
     list_shrink_refused: IntGaugeVec,
+    list_download_rejected: IntGaugeVec,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -462,6 +463,11 @@ impl Metrics {
             "1 while the last reload was refused because a list a segment blocks lost more than its max_shrink share of entries; 0 again after a reload succeeds.",
             &["list"],
         );
+        let list_download_rejected = gauge(
+            "portvakt_list_download_rejected",
+            "1 from a download of a list's URL rejected for shrinking past max_shrink until one is accepted (the last good copy keeps blocking).",
+            &["list"],
+        );
         let reload_failing = IntGauge::new(
             "portvakt_reload_failing",
             "1 from a rejected reload (the previous policy keeps serving) until a reload succeeds.",
@@ -551,6 +557,7 @@ impl Metrics {
             reload_failing,
             list_rejected_lines,
             list_shrink_refused,
+            list_download_rejected,
         }
     }
 
@@ -682,6 +689,14 @@ impl Metrics {
     /// Counts one download of a list source; `result` is one of [`LIST_UPDATE_RESULTS`].
     pub fn list_update(&self, list: &str, result: &str) {
         self.list_updates.with_label_values(&[list, result]).inc();
+        // A rejection holds until a download of the list is accepted (or is unchanged).
+        match result {
+            "rejected" => self.list_download_rejected.with_label_values(&[list]).set(1),
+            "updated" | "not_modified" => {
+                self.list_download_rejected.with_label_values(&[list]).set(0);
+            }
+            _ => {}
+        }
     }
 
     /// Makes every result series of `list` exist at 0.
@@ -717,6 +732,7 @@ impl Metrics {
         prune(&self.server_connections, stale);
         prune(&self.probe_ok, stale);
         prune(&self.list_rejected_lines, stale);
+        prune(&self.list_download_rejected, stale);
     }
 
     pub fn set_list_entries(&self, list: &str, entries: usize) {

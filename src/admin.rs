@@ -305,11 +305,18 @@ async fn reload(
         }),
         (Some(_), _) => {
             let message = "allow_shrink needs a reason (it goes to the audit log)";
-            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": message })))
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": message })),
+            )
                 .into_response();
         }
     };
-    match state.reloader.reload_accepting(Trigger::Api, accepted).await {
+    match state
+        .reloader
+        .reload_accepting(Trigger::Api, accepted)
+        .await
+    {
         Ok(generation) => {
             axum::Json(json!({ "result": "success", "generation": generation })).into_response()
         }
@@ -398,7 +405,8 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
             return bad(format!("`{text}` is not an address with a port"));
         }
     };
-    let explained = (state.gateway).with_policy(|policy| policy.explain(client, listener, &params.name));
+    let explained =
+        (state.gateway).with_policy(|policy| policy.explain(client, listener, &params.name));
     let mut explanation = match explained {
         Ok(explanation) => explanation,
         Err(err) => return bad(format!("`{}` is not a domain name: {err}", params.name)),

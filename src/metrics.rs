@@ -691,9 +691,14 @@ impl Metrics {
         self.list_updates.with_label_values(&[list, result]).inc();
         // A rejection holds until a download of the list is accepted (or is unchanged).
         match result {
-            "rejected" => self.list_download_rejected.with_label_values(&[list]).set(1),
+            "rejected" => self
+                .list_download_rejected
+                .with_label_values(&[list])
+                .set(1),
             "updated" | "not_modified" => {
-                self.list_download_rejected.with_label_values(&[list]).set(0);
+                self.list_download_rejected
+                    .with_label_values(&[list])
+                    .set(0);
             }
             _ => {}
         }

@@ -253,10 +253,14 @@ fn changes(state_dir: &Path, from: &str, to: &str) -> Vec<PolicyChange> {
             return Vec::new();
         }
     };
-    let text = |r: &serde_json::Value, key: &str| r.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let text =
+        |r: &serde_json::Value, key: &str| r.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     (records.iter())
         .map(|r| PolicyChange {
-            time_unix: r.get("time_unix").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            time_unix: r
+                .get("time_unix")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
             event: text(r, "event").unwrap_or_default(),
             trigger: text(r, "trigger"),
             hash: text(r, "hash").or_else(|| text(r, "running_hash")),
@@ -360,7 +364,12 @@ impl Report {
         for c in &self.changes {
             let trigger = c.trigger.as_deref().unwrap_or("-");
             let hash = c.hash.as_deref().unwrap_or("-");
-            let _ = writeln!(out, "  {}  {:<8} {trigger:<13} {hash}", timestamp(c.time_unix), c.event);
+            let _ = writeln!(
+                out,
+                "  {}  {:<8} {trigger:<13} {hash}",
+                timestamp(c.time_unix),
+                c.event
+            );
             if let Some(error) = &c.error {
                 let _ = writeln!(out, "      {}", error.lines().next().unwrap_or(""));
             }

@@ -153,7 +153,11 @@ impl SegmentTable {
     /// outer network, so the addresses next to each nested network are tried too. `None`:
     /// every address of the segment is another segment's.
     pub fn member(&self, id: SegmentId) -> Option<(IpAddr, Option<SocketAddr>)> {
-        let own = self.networks.iter().filter(|(_, s)| *s == id).map(|(n, _)| n);
+        let own = self
+            .networks
+            .iter()
+            .filter(|(_, s)| *s == id)
+            .map(|(n, _)| n);
         for net in own {
             let nested = (self.networks.iter().map(|(n, _)| n))
                 .filter(|m| m.prefix_len() > net.prefix_len() && net.contains(*m));
@@ -218,7 +222,11 @@ fn step(addr: IpAddr, by: i8) -> Option<IpAddr> {
             .map(|a| IpAddr::from(std::net::Ipv4Addr::from(a))),
         IpAddr::V6(a) => {
             let a = u128::from(a);
-            let moved = if by < 0 { a.checked_sub(1) } else { a.checked_add(1) };
+            let moved = if by < 0 {
+                a.checked_sub(1)
+            } else {
+                a.checked_add(1)
+            };
             moved.map(|a| IpAddr::from(std::net::Ipv6Addr::from(a)))
         }
     }
@@ -304,9 +312,14 @@ mod tests {
             assert_eq!(got, want.map(|w| w.parse().unwrap()), "segment {id}");
         }
         // Staff holds 10.10.0.0/16, printers its first /24 and a device its last address.
-        let nets = [("10.10.0.0/16", 0), ("10.10.0.0/24", 1), ("10.10.255.255/32", 2)];
+        let nets = [
+            ("10.10.0.0/16", 0),
+            ("10.10.0.0/24", 1),
+            ("10.10.255.255/32", 2),
+        ];
         let nested = SegmentTable::new(
-            nets.iter().map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
+            nets.iter()
+                .map(|(n, id)| (n.parse().unwrap(), SegmentId(*id))),
             None,
         );
         let staff = nested.member(SegmentId(0)).unwrap().0;

@@ -398,7 +398,11 @@ impl Config {
             addrs(&self.encrypted.https_listen),
         );
         let admin = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
-        keep("admin.listen", admin(running.admin_listen), admin(self.admin_listen));
+        keep(
+            "admin.listen",
+            admin(running.admin_listen),
+            admin(self.admin_listen),
+        );
         keep("server.tcp_*", shown(&running.tcp), shown(&self.tcp));
         keep(
             "cache.max_entries",
@@ -410,11 +414,23 @@ impl Config {
             (running.cache_max_bytes >> 20).to_string(),
             (self.cache_max_bytes >> 20).to_string(),
         );
-        keep("server.watch", running.watch.to_string(), self.watch.to_string());
-        keep("server.state_dir", shown(&running.state_dir), shown(&self.state_dir));
+        keep(
+            "server.watch",
+            running.watch.to_string(),
+            self.watch.to_string(),
+        );
+        keep(
+            "server.state_dir",
+            shown(&running.state_dir),
+            shown(&self.state_dir),
+        );
         self.listen.clone_from(&running.listen);
-        self.encrypted.tls_listen.clone_from(&running.encrypted.tls_listen);
-        self.encrypted.https_listen.clone_from(&running.encrypted.https_listen);
+        self.encrypted
+            .tls_listen
+            .clone_from(&running.encrypted.tls_listen);
+        self.encrypted
+            .https_listen
+            .clone_from(&running.encrypted.https_listen);
         self.admin_listen = running.admin_listen;
         self.tcp = running.tcp;
         self.cache_max_entries = running.cache_max_entries;

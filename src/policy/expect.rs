@@ -51,7 +51,9 @@ impl Policy {
     /// The segment label of `expectation`, and what it finds broken.
     fn check_one(&self, expectation: &Expectation) -> (String, Vec<String>) {
         let named = expectation.segment.map(|id| SegmentId(id as u16));
-        let label = |s: Option<SegmentId>| s.map_or(NO_SEGMENT.to_owned(), |s| self.segment_name(s).to_owned());
+        let label = |s: Option<SegmentId>| {
+            s.map_or(NO_SEGMENT.to_owned(), |s| self.segment_name(s).to_owned())
+        };
         let at = &expectation.at;
         let (client, listener) = match (expectation.client, named) {
             (Some(client), _) => (client, None),
@@ -107,12 +109,14 @@ impl Policy {
     fn judge_expected(&self, segment: SegmentId, expected: &Expected) -> (bool, String) {
         match &expected.subject {
             Subject::Name(name) => match self.judge(segment, name) {
-                Judgement::Blocked { list, .. } => {
-                    (true, format!("blocks it (list \"{}\")", self.list_name(list)))
-                }
-                Judgement::Bypass { kind, .. } => {
-                    (true, format!("answers it as a bypass name ({})", kind.as_str()))
-                }
+                Judgement::Blocked { list, .. } => (
+                    true,
+                    format!("blocks it (list \"{}\")", self.list_name(list)),
+                ),
+                Judgement::Bypass { kind, .. } => (
+                    true,
+                    format!("answers it as a bypass name ({})", kind.as_str()),
+                ),
                 Judgement::Advertise => (false, "answers it with its own DDR records".into()),
                 Judgement::Forward {
                     excepted: Some(list),
@@ -120,9 +124,10 @@ impl Policy {
                     false,
                     format!("forwards it (allowed by list \"{}\")", self.list_name(list)),
                 ),
-                Judgement::Forward { excepted: None } => {
-                    (false, "forwards it (no list of the segment holds it)".into())
-                }
+                Judgement::Forward { excepted: None } => (
+                    false,
+                    "forwards it (no list of the segment holds it)".into(),
+                ),
             },
             Subject::Address(addr) => self.judge_address(segment, *addr),
         }
@@ -186,7 +191,9 @@ mod tests {
             ),
             (
                 "a client placed elsewhere",
-                &format!("{nested}[[expect]]\nclient = \"10.10.0.9\"\nsegment = \"staff\"\nblocked = [\"tiktok.com\"]\n"),
+                &format!(
+                    "{nested}[[expect]]\nclient = \"10.10.0.9\"\nsegment = \"staff\"\nblocked = [\"tiktok.com\"]\n"
+                ),
                 "t.toml:12: expectation broken: client 10.10.0.9 is placed in segment \"printers\", not \"staff\"",
             ),
         ];

@@ -44,7 +44,10 @@ pub enum Verdict {
     Advertised,
     /// Forwarded, but the upstream answer is blocked: `via` is the CNAME target or the
     /// address in it that the list holds.
-    BlockedInAnswer { via: String, located: Located },
+    BlockedInAnswer {
+        via: String,
+        located: Located,
+    },
 }
 
 impl Verdict {
@@ -137,7 +140,11 @@ impl Policy {
             Judgement::Advertise => (Verdict::Advertised, "advertised"),
             Judgement::Bypass { kind, zone_at } => {
                 explanation.bypass = Some(kind.as_str());
-                let answer = if bypass_is_nodata(kind, zone_at) { "nodata" } else { "nxdomain" };
+                let answer = if bypass_is_nodata(kind, zone_at) {
+                    "nodata"
+                } else {
+                    "nxdomain"
+                };
                 (Verdict::Bypass, answer)
             }
             Judgement::Blocked { list, zone_at } => (
@@ -148,7 +155,10 @@ impl Policy {
                 excepted: Some(list),
             } => {
                 let zone_at = self.entry_of(&wire, list);
-                (Verdict::AllowedByList(self.located_zone(list, &wire[zone_at..])), "forwarded")
+                (
+                    Verdict::AllowedByList(self.located_zone(list, &wire[zone_at..])),
+                    "forwarded",
+                )
             }
             Judgement::Forward { excepted: None } => (Verdict::Allowed, "forwarded"),
         };
@@ -167,7 +177,10 @@ impl Policy {
         listener: Option<SocketAddr>,
         answer: &Answer,
     ) -> Explanation {
-        let forwarded = matches!(explanation.verdict, Verdict::Allowed | Verdict::AllowedByList(_));
+        let forwarded = matches!(
+            explanation.verdict,
+            Verdict::Allowed | Verdict::AllowedByList(_)
+        );
         let Some(segment) = self.classify(client, listener).filter(|_| forwarded) else {
             return explanation;
         };
@@ -175,7 +188,10 @@ impl Policy {
             None => return explanation,
             Some(AnswerBlock::Target(list, target)) => {
                 let zone_at = self.entry_of(target, list);
-                (name::to_text(target), self.located_zone(list, &target[zone_at..]))
+                (
+                    name::to_text(target),
+                    self.located_zone(list, &target[zone_at..]),
+                )
             }
             Some(AnswerBlock::Address(list, addr)) => {
                 (addr.to_string(), self.located_address(list, addr))

@@ -152,7 +152,10 @@ mod tests {
         let text = canonical(&config, digest.sums());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "portvakt-policy v1");
-        assert_eq!(lines[1], "block response=nxdomain ttl=300 sinkhole= message=\"Blocked\"");
+        assert_eq!(
+            lines[1],
+            "block response=nxdomain ttl=300 sinkhole= message=\"Blocked\""
+        );
         assert_eq!(lines[2], "unknown_clients=refuse");
         assert_eq!(
             lines[5],

@@ -72,7 +72,11 @@ impl Policy {
     /// Whether an upstream answer for `segment` is blocked: a CNAME target the segment's lists
     /// block, or an address in a network they block (by the same rule as names).
     #[inline]
-    pub fn judge_answer<'a>(&self, segment: SegmentId, answer: &'a Answer) -> Option<AnswerBlock<'a>> {
+    pub fn judge_answer<'a>(
+        &self,
+        segment: SegmentId,
+        answer: &'a Answer,
+    ) -> Option<AnswerBlock<'a>> {
         for target in answer.cname_targets() {
             if let Decision::Blocked { list, .. } = self.decide(segment, target) {
                 return Some(AnswerBlock::Target(list, target));
@@ -81,8 +85,10 @@ impl Policy {
         if !self.blocks_addresses(segment) {
             return None;
         }
-        (answer.addresses().iter())
-            .find_map(|&a| self.decide_address(segment, a).map(|l| AnswerBlock::Address(l, a)))
+        (answer.addresses().iter()).find_map(|&a| {
+            self.decide_address(segment, a)
+                .map(|l| AnswerBlock::Address(l, a))
+        })
     }
 }
 

@@ -31,8 +31,8 @@ pub use block::BlockAnswers;
 pub use compile::CompileError;
 pub use explain::{Explanation, Located, Verdict};
 pub use index::{ListId, ListSet};
-pub use judge::{AnswerBlock, Judgement, bypass_is_nodata};
 use index::{Matches, SuffixIndex};
+pub use judge::{AnswerBlock, Judgement, bypass_is_nodata};
 use networks::NetworkIndex;
 
 /// The compiled policy. Never changes once built: a reload swaps in a whole new one, so a
@@ -176,7 +176,8 @@ impl Policy {
             metrics.set_probe(segment, self.list_name(probe.list), ok);
         }
         let (broken, by_segment) = self.check_expectations();
-        let results: Vec<(&str, bool)> = by_segment.iter().map(|(s, ok)| (s.as_str(), *ok)).collect();
+        let results: Vec<(&str, bool)> =
+            by_segment.iter().map(|(s, ok)| (s.as_str(), *ok)).collect();
         metrics.set_expectations(&results);
         (failed, broken.into_iter().map(|b| b.message).collect())
     }
@@ -249,7 +250,9 @@ impl Policy {
 
     /// The advertisement of portvakt's encrypted endpoints; only for a [`Judgement::Advertise`].
     pub(crate) fn advertised(&self) -> &Advertisement {
-        self.advertisement.as_ref().expect("judged Advertise only with an advertisement")
+        self.advertisement
+            .as_ref()
+            .expect("judged Advertise only with an advertisement")
     }
 
     /// The advertisement of portvakt's encrypted endpoints, if `segment` gets it for `name`.

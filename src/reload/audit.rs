@@ -134,7 +134,9 @@ fn segments_changed(old: &Config, new: &Config) -> Value {
 }
 
 fn append(path: &Path, record: &Value) {
-    let _one = APPENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = APPENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let written = rotate_if_full(path).and_then(|()| {
         let mut record = record.clone();
         record["prev"] = json!(last_line(path)?.map(|line| line_hash(&line)));
@@ -265,7 +267,9 @@ pub fn verify(state_dir: &Path) -> Result<Verified, AuditError> {
                     ));
                 }
                 (None, Some(_)) => {
-                    return Err(broken("no `prev`: the line was written by hand or edited".into()));
+                    return Err(broken(
+                        "no `prev`: the line was written by hand or edited".into(),
+                    ));
                 }
                 (Some(_), Some(_)) => {
                     return Err(broken(

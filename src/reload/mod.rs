@@ -361,8 +361,9 @@ impl Reloader {
     /// that is only allowed may shrink: that blocks more, never less.
     fn shrunk(&self, policy: &Policy, accepted: Option<&Override>) -> Vec<Shrunk> {
         self.gateway.with_policy(|running| {
-            let before: std::collections::HashMap<&str, usize> =
-                (running.lists().iter()).map(|l| (l.name.as_str(), l.entries)).collect();
+            let before: std::collections::HashMap<&str, usize> = (running.lists().iter())
+                .map(|l| (l.name.as_str(), l.entries))
+                .collect();
             let config = policy.config();
             let blocked = |id: usize| config.segments.iter().any(|s| s.block.contains(&id));
             let mut shrunk = Vec::new();

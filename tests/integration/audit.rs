@@ -266,7 +266,10 @@ async fn eight_reloads_in_a_minute_are_all_reported_and_the_chain_names_an_edit(
         .collect();
     assert_eq!(reported, hashes, "every policy of the run, in order");
     let changes = report["changes"].as_array().unwrap();
-    let changed: Vec<&str> = changes.iter().map(|c| c["hash"].as_str().unwrap()).collect();
+    let changed: Vec<&str> = changes
+        .iter()
+        .map(|c| c["hash"].as_str().unwrap())
+        .collect();
     assert_eq!(changed, hashes, "the audit log's changes are in the report");
     gateway.shutdown().await;
 

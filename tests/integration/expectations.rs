@@ -232,7 +232,10 @@ async fn explain_and_the_wire_agree() {
         .with_a("www.tiktok.com.", "192.0.2.8")
         .with(
             "video.partner.example.",
-            Canned::Cname("tiktok.com.".into(), Box::new(Canned::A(vec!["192.0.2.7".parse().unwrap()], 60))),
+            Canned::Cname(
+                "tiktok.com.".into(),
+                Box::new(Canned::A(vec!["192.0.2.7".parse().unwrap()], 60)),
+            ),
         )
         .with_a("chat.example.net.", "149.154.167.50")
         .start()
@@ -258,14 +261,39 @@ async fn explain_and_the_wire_agree() {
     );
     let gateway = TestGateway::start_text(text).await;
     let cases = [
-        ("127.0.0.2", "_dns.resolver.arpa.", RecordType::SVCB, "advertised"),
-        ("127.0.0.4", "_dns.resolver.arpa.", RecordType::SVCB, "nodata"),
-        ("127.0.0.4", "x._dns.resolver.arpa.", RecordType::A, "nxdomain"),
+        (
+            "127.0.0.2",
+            "_dns.resolver.arpa.",
+            RecordType::SVCB,
+            "advertised",
+        ),
+        (
+            "127.0.0.4",
+            "_dns.resolver.arpa.",
+            RecordType::SVCB,
+            "nodata",
+        ),
+        (
+            "127.0.0.4",
+            "x._dns.resolver.arpa.",
+            RecordType::A,
+            "nxdomain",
+        ),
         ("127.0.0.2", "tiktok.com.", RecordType::A, "nxdomain"),
         ("127.0.0.2", "www.tiktok.com.", RecordType::A, "forwarded"),
-        ("127.0.0.2", "video.partner.example.", RecordType::A, "nxdomain"),
+        (
+            "127.0.0.2",
+            "video.partner.example.",
+            RecordType::A,
+            "nxdomain",
+        ),
         ("127.0.0.2", "chat.example.net.", RecordType::A, "nxdomain"),
-        ("127.0.0.3", "video.partner.example.", RecordType::A, "forwarded"),
+        (
+            "127.0.0.3",
+            "video.partner.example.",
+            RecordType::A,
+            "forwarded",
+        ),
         ("127.0.0.2", "www.example.org.", RecordType::A, "forwarded"),
         ("127.0.0.9", "www.example.org.", RecordType::A, "refused"),
     ];

@@ -163,8 +163,14 @@ servers = ["127.0.0.1:53"]
         let start = ruleset.find(&format!("set portvakt_{family} {{")).unwrap();
         ruleset[start..start + ruleset[start..].find('}').unwrap()].to_owned()
     };
-    assert!(set("v4").contains("10.0.0.53"), "the DoT listener: {ruleset}");
-    assert!(set("v6").contains("fd00::53"), "the DoH listener: {ruleset}");
+    assert!(
+        set("v4").contains("10.0.0.53"),
+        "the DoT listener: {ruleset}"
+    );
+    assert!(
+        set("v6").contains("fd00::53"),
+        "the DoH listener: {ruleset}"
+    );
     assert!(
         stderr.contains("portvakt listens on 0.0.0.0:53"),
         "the wildcard is warned about: {stderr}"

@@ -1142,6 +1142,48 @@ impl Checks<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reload_keeps_what_only_a_restart_applies() {
+        let base = "lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
+                    segment = [{ name = \"staff\", networks = [\"10.0.0.0/8\"], block = [\"tiktok\"] }]\n\
+                    [[upstream]]\nservers = [\"127.0.0.1:53\"]\n";
+        let running = Config::parse("a.toml", base).unwrap();
+        let mut new = Config::parse(
+            "b.toml",
+            &format!(
+                "server.listen = [\"127.0.0.1:5300\"]\nserver.tcp_connections = 9\n\
+                 server.state_dir = \"/tmp/x\"\n{}",
+                base.replace(
+                    "block = [\"tiktok\"] }",
+                    "block = [\"tiktok\"] }, { name = \"dev\", listeners = [\"127.0.0.1:5300\"] }"
+                )
+            ),
+        )
+        .unwrap();
+        let changes = new.keep_start_settings(&running);
+        let what: Vec<&str> = changes
+            .iter()
+            .map(|c| c.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            what,
+            [
+                "server.listen",
+                "server.tcp_*",
+                "server.state_dir",
+                "segment \"dev\" listener 127.0.0.1"
+            ],
+            "{changes:?}"
+        );
+        assert_eq!(new.listen, running.listen);
+        assert_eq!(new.tcp, running.tcp);
+        assert_eq!(new.state_dir, None);
+        assert!(
+            new.segments[1].listeners.is_empty(),
+            "an unbound listener places no one"
+        );
+    }
+
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {

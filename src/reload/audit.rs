@@ -134,10 +134,14 @@ fn segments_changed(old: &Config, new: &Config) -> Value {
 }
 
 fn append(path: &Path, record: &Value) {
+    append_rotating_at(path, record, ROTATE_AT);
+}
+
+fn append_rotating_at(path: &Path, record: &Value, rotate_at: u64) {
     let _one = APPENDING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let written = rotate_if_full(path).and_then(|()| {
+    let written = rotate_if_full(path, rotate_at).and_then(|()| {
         let mut record = record.clone();
         record["prev"] = json!(last_line(path)?.map(|line| line_hash(&line)));
         let line = format!("{record}\n");
@@ -154,9 +158,9 @@ fn append(path: &Path, record: &Value) {
 }
 
 /// Renames a full log to `audit-<unix time>.jsonl` (a fixed width, so names sort by age).
-fn rotate_if_full(path: &Path) -> std::io::Result<()> {
+fn rotate_if_full(path: &Path, rotate_at: u64) -> std::io::Result<()> {
     match std::fs::metadata(path) {
-        Ok(meta) if meta.len() >= ROTATE_AT => {
+        Ok(meta) if meta.len() >= rotate_at => {
             let dir = path.parent().unwrap_or(Path::new("."));
             let mut stamp = unix_now();
             let mut rotated = dir.join(format!("audit-{stamp:020}.jsonl"));
@@ -305,4 +309,26 @@ pub fn records(state_dir: &Path, from: u64, to: u64) -> std::io::Result<Vec<Valu
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        for n in 0..3 {
+            // Rotated before every line but the first: three files, one line each.
+            append_rotating_at(&path, &json!({ "time_unix": n, "event": "reload" }), 1);
+        }
+        assert_eq!(files(dir.path()).unwrap().len(), 3);
+        assert_eq!(verify(dir.path()).unwrap(), Verified { files: 3, lines: 3 });
+        // A rotated file removed: the chain names where it breaks.
+        let oldest = files(dir.path()).unwrap().remove(0);
+        std::fs::remove_file(oldest).unwrap();
+        let err = verify(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(":1: the chain starts here"), "{err}");
+    }
 }

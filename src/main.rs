@@ -15,9 +15,17 @@ use portvakt::{
 };
 use tracing::{error, info};
 
+/// `portvakt --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PORTVAKT_COMMIT"),
+    ")"
+);
+
 /// DNS policy gateway: blocks lists of names per client segment, forwards the rest.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -77,6 +85,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `portvakt manpage | man -l -`.
+    Manpage,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +169,23 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             command: AuditCommand::Verify { config },
         }) => audit_verify(&config),
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "portvakt", &mut out);
+            print_bytes(&out)
+        }
+        Some(Command::Manpage) => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(command).render(&mut out) {
+                Ok(()) => print_bytes(&out),
+                Err(err) => {
+                    eprintln!("error: failed to render the manual page: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
@@ -439,12 +471,9 @@ fn write_explanation(
 }
 
 fn export(arg: &ConfigArg, format: ExportArg) -> ExitCode {
-    let config = match arg.source().load() {
+    let config = match load(arg) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let format = match format {
         ExportArg::Nftables => ExportFormat::Nftables,
@@ -474,16 +503,13 @@ fn compliance_report(
     to: Option<&str>,
     format: ReportArg,
 ) -> ExitCode {
-    let config = match arg.source().load() {
+    let config = match load(arg) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let Some(state_dir) = config.state_dir.as_deref() else {
-        eprintln!("error: the config has no [server] state_dir, so there is no evidence store");
-        return ExitCode::from(2);
+    let state_dir = match state_dir(&config, "evidence store") {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     let (from, to) = match portvakt::report_period(from, to) {
         Ok(period) => period,
@@ -516,17 +542,33 @@ fn compliance_report(
     }
 }
 
+/// The config of `arg`, or the exit code after its problems are printed.
+fn load(arg: &ConfigArg) -> Result<portvakt::Config, ExitCode> {
+    arg.source().load().map_err(|err| {
+        report(&err);
+        ExitCode::from(2)
+    })
+}
+
+/// The config's `state_dir`, which `what` lives in, or exit code 2 with a message.
+fn state_dir<'a>(
+    config: &'a portvakt::Config,
+    what: &str,
+) -> Result<&'a std::path::Path, ExitCode> {
+    config.state_dir.as_deref().ok_or_else(|| {
+        eprintln!("error: the config has no [server] state_dir, so there is no {what}");
+        ExitCode::from(2)
+    })
+}
+
 fn audit_verify(arg: &ConfigArg) -> ExitCode {
-    let config = match arg.source().load() {
+    let config = match load(arg) {
         Ok(config) => config,
-        Err(err) => {
-            report(&err);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let Some(state_dir) = config.state_dir.as_deref() else {
-        eprintln!("error: the config has no [server] state_dir, so there is no audit log");
-        return ExitCode::from(2);
+    let state_dir = match state_dir(&config, "audit log") {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     match portvakt::audit_verify(state_dir) {
         Ok(verified) => {
@@ -545,6 +587,13 @@ fn audit_verify(arg: &ConfigArg) -> ExitCode {
             report(&err);
             ExitCode::from(1)
         }
+    }
+}
+
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    match print_to_stdout(|out| out.write_all(bytes)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
 }
 

@@ -426,11 +426,11 @@ impl Metrics {
         );
         let build_info = gauge(
             "portvakt_build_info",
-            "Always 1; the version label says which build runs.",
-            &["version"],
+            "Always 1; the version and commit labels say which build runs.",
+            &["version", "commit"],
         );
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("PORTVAKT_COMMIT")])
             .set(1);
 
         let cache_entries =

@@ -74,8 +74,9 @@ fn checked_hash(dir: &std::path::Path, name: &str, text: &str) -> String {
         .to_owned()
 }
 
-/// The shipped deployments (one container, the compose replicas, Kubernetes) differ in how
-/// they listen and where their files are, and enforce one policy: one hash.
+/// The shipped deployments (the example, one container, the compose replicas, Kubernetes)
+/// differ in how they listen and where their files are, and enforce one policy: one hash, and
+/// word for word the example's policy text (lists, segments, expectations, rate limit).
 #[test]
 fn the_shipped_deployments_enforce_one_policy() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,13 +91,47 @@ fn the_shipped_deployments_enforce_one_policy() {
     assert!(embedded.contains("[[segment]]"), "{embedded}");
     let token = dir.path().join("token");
     std::fs::write(&token, "secret\n").unwrap();
-    let kubernetes = (embedded.replace("/etc/portvakt/lists/", "blocklists/"))
-        .replace("/etc/portvakt/token/token", &token.display().to_string())
-        .replace("/var/lib/portvakt", &dir.path().display().to_string());
+    // The deployments' paths, as the repository has them.
+    let local = |text: &str| {
+        (text.replace("/etc/portvakt/lists/", "blocklists/"))
+            .replace("/etc/portvakt/blocklists/", "blocklists/")
+            .replace("/etc/portvakt/token/token", &token.display().to_string())
+            .replace("/var/lib/portvakt", &dir.path().display().to_string())
+    };
+    let kubernetes = local(&embedded);
+    let example = read("config/portvakt.toml");
+    let policy_text = |text: &str| {
+        let at = text.find("\n[block]\n").expect("a [block] section");
+        text[at..].trim_end().to_owned()
+    };
+    for (name, text) in [
+        ("docker/portvakt.toml", local(&read("docker/portvakt.toml"))),
+        (
+            "docker/portvakt-ha.toml",
+            local(&read("docker/portvakt-ha.toml")),
+        ),
+        ("docker/kubernetes/portvakt.yaml", kubernetes.clone()),
+    ] {
+        assert_eq!(
+            policy_text(&text),
+            policy_text(&example),
+            "{name}: the example's policy"
+        );
+    }
 
-    let single = checked_hash(dir.path(), "single.toml", &read("docker/portvakt.toml"));
-    let compose = checked_hash(dir.path(), "ha.toml", &read("docker/portvakt-ha.toml"));
+    let single = checked_hash(
+        dir.path(),
+        "single.toml",
+        &local(&read("docker/portvakt.toml")),
+    );
+    let compose = checked_hash(
+        dir.path(),
+        "ha.toml",
+        &local(&read("docker/portvakt-ha.toml")),
+    );
     let k8s = checked_hash(dir.path(), "k8s.toml", &kubernetes);
+    let shipped = checked_hash(dir.path(), "example.toml", &example);
+    assert_eq!(single, shipped, "docker/portvakt.toml");
     assert_eq!(single, compose, "docker/portvakt-ha.toml");
     assert_eq!(single, k8s, "docker/kubernetes/portvakt.yaml");
     // And it can fail: one segment's lists changed is another policy (its expectation that

@@ -2,16 +2,17 @@
 """Evaluates every PromQL expression of a Grafana dashboard against a live Prometheus.
 
 Usage: check_dashboard.py PROMETHEUS_URL DASHBOARD_JSON
-Grafana variables are given the values a user sees by default ($segment = all segments,
-$__rate_interval = 30s). Every expression must evaluate without error; at least 80 % must
-return data. Prints one line per expression.
+Grafana variables are given the values a user sees by default ($segment and $instance = all,
+$__rate_interval = 30s). Every expression must evaluate without error and return data; every
+panel must use the data source variable. Prints one line per expression.
 """
 import json
 import sys
 import urllib.parse
 import urllib.request
 
-SUBSTITUTIONS = {"$__rate_interval": "30s", "$segment": ".*"}
+SUBSTITUTIONS = {"$__rate_interval": "30s", "$segment": ".*", "$instance": ".*"}
+DATASOURCE = "${datasource}"
 
 
 def expressions(dashboard):
@@ -36,6 +37,17 @@ def main():
     base, path = sys.argv[1], sys.argv[2]
     with open(path) as f:
         dashboard = json.load(f)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    missing = {"datasource", "instance", "segment"} - variables
+    if missing:
+        sys.exit(f"dashboard variables missing: {sorted(missing)}")
+    for panel in dashboard["panels"]:
+        sources = [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]
+        if panel["type"] != "row" and any(s is None or s.get("uid") != DATASOURCE for s in sources):
+            sys.exit(f"panel {panel['title']!r} does not use the data source variable")
+        for target in panel.get("targets", []):
+            if 'instance=~"$instance"' not in target["expr"]:
+                sys.exit(f"panel {panel['title']!r}: {target['expr']} is not filtered by $instance")
     failed, with_data, total = [], 0, 0
     for title, expr in expressions(dashboard):
         total += 1
@@ -51,7 +63,7 @@ def main():
     print(f"{total} expressions: {total - len(failed)} evaluated, {with_data} with data")
     if failed:
         sys.exit(f"{len(failed)} dashboard expressions failed to evaluate")
-    if with_data < 0.8 * total:
+    if with_data < total:
         sys.exit(f"only {with_data} of {total} dashboard expressions returned data")
 
 

@@ -15,6 +15,8 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v dig >/dev/null || need+=(bind9-dnsutils)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v kdig >/dev/null || need+=(knot-dnsutils)
 apt_install() {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
@@ -33,16 +35,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-DNS=127.0.0.1:25353 ADMIN=127.0.0.1:29153 UP_PORT=25300 PROM=127.0.0.1:29090
+DNS=127.0.0.1:25353 DOT=127.0.0.1:25853 ADMIN=127.0.0.1:29153 UP_PORT=25300 PROM=127.0.0.1:29090
 
 dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=127.0.0.1 \
   --port=$UP_PORT --local-ttl=2 --address=/example.test/192.0.2.1 --pid-file="$work/dnsmasq.pid" \
   >"$work/dnsmasq.log" 2>&1 &
 pids+=($!)
 
+# A certificate for the DoT listener (its expiry is a dashboard panel and an alert).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -subj /CN=dns.portvakt.test -addext subjectAltName=DNS:dns.portvakt.test,IP:127.0.0.1 \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+mkdir -p "$work/state"
 cat >"$work/portvakt.toml" <<EOF
 [server]
 listen = ["$DNS"]
+tls_listen = ["$DOT"]
+tls_cert_file = "$work/cert.pem"
+tls_key_file = "$work/key.pem"
+state_dir = "$work/state"
 [admin]
 listen = "$ADMIN"
 [lists.tiktok]
@@ -59,6 +70,12 @@ networks = ["127.0.0.3/32"]
 [[upstream]]
 servers = ["127.0.0.1:$UP_PORT"]
 timeout_ms = 500
+[rate_limit]
+qps = 1000
+[[expect]]
+segment = "staff"
+blocked = ["tiktok.com", "t.me"]
+resolves = ["example.test"]
 EOF
 "$repo/target/release/portvakt" serve --config "$work/portvakt.toml" >"$work/portvakt.log" 2>&1 &
 pids+=($!)
@@ -72,6 +89,8 @@ traffic() {
     dig +tries=1 +time=1 @127.0.0.1 -p 25353 -b 127.0.0.2 +tcp t.me >/dev/null || true
     dig +tries=1 +time=1 @127.0.0.1 -p 25353 -b 127.0.0.3 "h$((i % 5)).example.test" >/dev/null || true
     dig +tries=1 +time=1 @127.0.0.1 -p 25353 -b 127.0.0.9 example.test >/dev/null || true
+    kdig +tls +tls-ca="$work/cert.pem" +tls-hostname=dns.portvakt.test +time=1 +retry=0 \
+      @127.0.0.1 -p 25853 "d$i.tiktok.com" >/dev/null 2>&1 || true
   done
 }
 traffic 10

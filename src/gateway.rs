@@ -703,6 +703,8 @@ fn publish(metrics: &Metrics, policy: &Policy) {
         .last_reload_success
         .set(unix_seconds(policy.loaded_at()));
     metrics.set_policy_hash(policy.hash());
+    let certificate = policy.config().encrypted.certificate.as_ref();
+    metrics.set_certificate_expiry(certificate.and_then(|c| c.not_after_unix));
     metrics.reset_probes();
     let (_, broken) = policy.self_test(metrics);
     // Only expectations with `on_fail = "warn"` can be broken in a policy put in force.

@@ -150,9 +150,10 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     let root_guard = root.clone().drop_guard();
     let serving = root.child_token();
     let listeners = Listeners::bind(&listen, &encrypted, gateway.clone(), serving.clone()).await?;
-    let on_change = recorder
-        .clone()
-        .map(|recorder| Box::new(move |policy: &Policy| recorder.note(policy)) as reload::OnChange);
+    let on_change = recorder.clone().map(|recorder| {
+        let metrics = gateway.metrics().clone();
+        Box::new(move |policy: &Policy| recorder.note(policy, &metrics)) as reload::OnChange
+    });
     let reloader = Reloader::new(gateway.clone(), source, fetcher, on_change);
     let admin = match admin_listen {
         Some(addr) => {

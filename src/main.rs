@@ -246,9 +246,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             );
         }
     };
-    info!(config = %origin, udp = ?running.udp_addrs(), tcp = ?running.tcp_addrs(), "portvakt listening");
+    let shown = |addrs: &[SocketAddr]| {
+        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        addrs.join(",")
+    };
+    let (udp, tcp) = (shown(running.udp_addrs()), shown(running.tcp_addrs()));
+    info!(config = %origin, udp = %udp, tcp = %tcp, version = VERSION, "portvakt listening");
     if !running.tls_addrs().is_empty() || !running.https_addrs().is_empty() {
-        info!(tls = ?running.tls_addrs(), https = ?running.https_addrs(), "encrypted listeners");
+        let (tls, https) = (shown(running.tls_addrs()), shown(running.https_addrs()));
+        info!(tls = %tls, https = %https, "encrypted listeners");
     }
     running.gateway().with_policy(log_policy);
     if let Some(admin) = running.admin_addr() {

@@ -232,6 +232,11 @@ pub struct Metrics {
     list_rejected_lines: IntGaugeVec,
     list_shrink_refused: IntGaugeVec,
     list_download_rejected: IntGaugeVec,
+    list_download_failing: IntGaugeVec,
+    /// The DoT/DoH certificate's notAfter (no series without a certificate).
+    certificate_expiry: IntGaugeVec,
+    /// 1 while writes to the evidence store fail.
+    pub evidence_write_failing: IntGauge,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -468,6 +473,24 @@ impl Metrics {
             "1 from a download of a list's URL rejected for shrinking past max_shrink until one is accepted (the last good copy keeps blocking).",
             &["list"],
         );
+        let list_download_failing = gauge(
+            "portvakt_list_download_failing",
+            "1 from a failed download of a list's URL (unreachable, an HTTP error, too large) until one succeeds; the last good copy keeps blocking.",
+            &["list"],
+        );
+        let certificate_expiry = gauge(
+            "portvakt_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the DoT/DoH certificate in force expires (its notAfter).",
+            &[],
+        );
+        let evidence_write_failing = IntGauge::new(
+            "portvakt_evidence_write_failing",
+            "1 while writing the evidence store (state_dir/evidence.sqlite) fails, else 0.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(evidence_write_failing.clone()))
+            .expect("metric registered once");
         let reload_failing = IntGauge::new(
             "portvakt_reload_failing",
             "1 from a rejected reload (the previous policy keeps serving) until a reload succeeds.",
@@ -558,6 +581,9 @@ impl Metrics {
             list_rejected_lines,
             list_shrink_refused,
             list_download_rejected,
+            list_download_failing,
+            certificate_expiry,
+            evidence_write_failing,
         }
     }
 
@@ -568,6 +594,16 @@ impl Metrics {
             self.expectation_ok
                 .with_label_values(&[segment])
                 .set(i64::from(*ok));
+        }
+    }
+
+    /// The certificate's notAfter, or no series without one.
+    pub fn set_certificate_expiry(&self, not_after_unix: Option<i64>) {
+        self.certificate_expiry.reset();
+        if let Some(at) = not_after_unix {
+            self.certificate_expiry
+                .with_label_values(&[] as &[&str])
+                .set(at);
         }
     }
 
@@ -738,6 +774,7 @@ impl Metrics {
         prune(&self.probe_ok, stale);
         prune(&self.list_rejected_lines, stale);
         prune(&self.list_download_rejected, stale);
+        prune(&self.list_download_failing, stale);
     }
 
     pub fn set_list_entries(&self, list: &str, entries: usize) {

@@ -142,9 +142,14 @@ impl Recorder {
     }
 
     /// Notes `policy` as in force from now (called at every policy change, not on a tick);
-    /// a failure is logged, and the minute's tick notes the policy again.
-    pub fn note(&self, policy: &crate::policy::Policy) {
-        if let Err(err) = self.policy(policy.hash(), SystemTime::now()) {
+    /// a failure is logged and shown in `portvakt_evidence_write_failing`, and the minute's
+    /// tick notes the policy again.
+    pub fn note(&self, policy: &crate::policy::Policy, metrics: &Metrics) {
+        let written = self.policy(policy.hash(), SystemTime::now());
+        metrics
+            .evidence_write_failing
+            .set(i64::from(written.is_err()));
+        if let Err(err) = written {
             let error = crate::error::chain(&err);
             tracing::warn!(%error, "cannot note the policy in the evidence store");
         }
@@ -188,7 +193,9 @@ pub async fn record(
             () = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        if let Err(err) = recorder.record_now(&gateway) {
+        let written = recorder.record_now(&gateway);
+        (gateway.metrics().evidence_write_failing).set(i64::from(written.is_err()));
+        if let Err(err) = written {
             tracing::warn!(error = %crate::error::chain(&err), "cannot write the evidence store");
         }
         if stopping {

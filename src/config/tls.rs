@@ -38,6 +38,8 @@ pub struct EncryptedSettings {
 pub struct Certificate {
     pub dot: Arc<rustls::ServerConfig>,
     pub https: Arc<rustls::ServerConfig>,
+    /// The leaf certificate's notAfter, Unix seconds (`None`: not readable as X.509).
+    pub not_after_unix: Option<i64>,
 }
 
 impl fmt::Debug for Certificate {
@@ -136,7 +138,11 @@ impl Checks<'_> {
             Ok::<_, rustls::Error>(Arc::new(config))
         };
         match (build(&[b"dot"]), build(&[b"h2", b"http/1.1"])) {
-            (Ok(dot), Ok(https)) => Some(Certificate { dot, https }),
+            (Ok(dot), Ok(https)) => Some(Certificate {
+                dot,
+                https,
+                not_after_unix: not_after(&chain[0]),
+            }),
             (Err(err), _) | (_, Err(err)) => {
                 let message = format!("tls_cert_file {shown} with its tls_key_file: {err}");
                 self.report(cert, message);
@@ -144,4 +150,10 @@ impl Checks<'_> {
             }
         }
     }
+}
+
+/// The notAfter of a DER certificate, Unix seconds.
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }

@@ -143,6 +143,17 @@ async fn kdig_and_dig_get_the_segment_policy_over_tls_and_https() {
         1,
         "one forward, then the cache"
     );
+    // The certificate (made for 2 days) shows its notAfter, for the expiry alert.
+    let expiry = scrape["portvakt_tls_certificate_expiry_timestamp_seconds"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let left = expiry - now;
+    assert!(
+        (86_400.0 * 1.9..86_400.0 * 2.1).contains(&left),
+        "{left} s left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,13 @@
 # The packages, built and tried as an operator would use them.
 #   bash .ci/package.sh build   target/package/ assets, then target/debian/*.deb and
 #                               target/generate-rpm/*.rpm
-#   bash .ci/package.sh check   installs the .deb with dpkg -i, follows the README's production
-#                               steps for the token, runs the installed binary as the package's
-#                               user with the installed config (check, then serve on loopback and
-#                               answer a blocked query), then purges it and checks nothing is left
-# Without an argument: both. Installs cargo-deb, cargo-generate-rpm, dig and rpm when missing.
+#   bash .ci/package.sh check   follows the README's "Production install" word for word (its
+#                               marked blocks: build and dpkg -i, check, token, certificate),
+#                               runs the installed unit's ExecStart as its user with the installed
+#                               config (a blocked query over UDP and over DoT with the installed
+#                               key, the token guarding the API), then purges the package and
+#                               checks nothing is left. The default.
+# Installs cargo-deb, cargo-generate-rpm, dig, kdig, openssl, curl and rpm when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -37,46 +39,72 @@ check() {
   local missing=()
   command -v dig >/dev/null || missing+=(bind9-dnsutils)
   command -v rpm >/dev/null || missing+=(rpm)
+  command -v kdig >/dev/null || missing+=(knot-dnsutils)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
   if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  local deb rpmfile
-  deb=$(ls -t target/debian/portvakt_*.deb | head -1)
+  local rpmfile
+  bash .ci/package.sh build >/dev/null
   rpmfile=$(ls -t target/generate-rpm/portvakt-*.rpm | head -1)
   echo "== rpm contents ($rpmfile)"
   rpm -qlp "$rpmfile" | grep -E '^/(usr/bin/portvakt|etc/portvakt/portvakt.toml|usr/lib/systemd/system/portvakt.service)$'
   rpm -qp --scripts "$rpmfile" | grep -q 'useradd -r -g portvakt'
 
-  echo "== dpkg -i $deb"
-  dpkg -i "$deb"
+  echo "== README step 1: build and install the package"
+  readme build
   trap 'pkill -u portvakt portvakt 2>/dev/null || true; dpkg --purge portvakt >/dev/null 2>&1 || true' EXIT
   getent passwd portvakt >/dev/null
   test "$(stat -c '%U:%G %a' /etc/portvakt/portvakt.toml)" = "root:portvakt 640"
   test "$(stat -c '%U:%G %a' /var/lib/portvakt)" = "portvakt:portvakt 750"
-  man -w portvakt >/dev/null 2>&1 || test -f /usr/share/man/man1/portvakt.1.gz
+  test -f /usr/share/man/man1/portvakt.1.gz
+  test -f /usr/share/bash-completion/completions/portvakt
   /usr/bin/portvakt --version
+  if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify /lib/systemd/system/portvakt.service
+  fi
 
-  echo "== the README's steps: an admin token readable by the service"
-  # (these lines are the README's "Production install", step 3)
-  head -c 32 /dev/urandom | base64 | install -m 0640 -o root -g portvakt /dev/stdin /etc/portvakt/admin.token
-  sed -i 's|^# token_file = "/etc/portvakt/admin.token"|token_file = "/etc/portvakt/admin.token"|' /etc/portvakt/portvakt.toml
+  echo "== README step 2: check the config as the service reads it"
+  readme check | head -3
 
-  echo "== portvakt check, as the package's user"
-  runuser -u portvakt -- /usr/bin/portvakt check --config /etc/portvakt/portvakt.toml | head -3
+  echo "== README step 3: the admin token"
+  readme token
+  test "$(stat -c '%U:%G %a' /etc/portvakt/admin.token)" = "root:portvakt 640"
 
-  echo "== portvakt serve, as the package's user, on the installed config's loopback port"
-  runuser -u portvakt -- /usr/bin/portvakt serve --config /etc/portvakt/portvakt.toml >/tmp/portvakt-package.log 2>&1 &
+  echo "== README step 4: a certificate (made here by openssl) and its key"
+  local certs
+  certs=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=dns.portvakt.test -addext subjectAltName=DNS:dns.portvakt.test \
+    -keyout "$certs/key.pem" -out "$certs/fullchain.pem" 2>/dev/null
+  (cd "$certs" && readme certificate)
+  sed -i -e 's|^# tls_listen = .*|tls_listen = ["127.0.0.1:8853"]|' \
+    -e 's|^# tls_cert_file = .*|tls_cert_file = "/etc/portvakt/tls/fullchain.pem"|' \
+    -e 's|^# tls_key_file = .*|tls_key_file = "/etc/portvakt/tls/key.pem"|' /etc/portvakt/portvakt.toml
+  grep -q '^tls_key_file = "/etc/portvakt/tls/key.pem"' /etc/portvakt/portvakt.toml
+
+  echo "== README step 5: the unit's ExecStart, as the unit's user (no systemd here)"
+  local exec_start
+  exec_start=$(sed -n 's/^ExecStart=//p' /lib/systemd/system/portvakt.service)
+  grep -qx 'User=portvakt' /lib/systemd/system/portvakt.service
+  # shellcheck disable=SC2086 # the unit's command line, split as systemd splits it
+  runuser -u portvakt -- $exec_start >/tmp/portvakt-package.log 2>&1 &
   local pid=$!
   for _ in $(seq 50); do
     curl -fs http://127.0.0.1:9153/readyz >/dev/null 2>&1 && break
     sleep 0.1
   done
   local answer
-  answer=$(dig +tries=1 +time=2 @127.0.0.1 -p 5353 tiktok.com)
+  answer=$(dig +tries=1 +time=2 @127.0.0.1 -p 5353 tiktok.com) || { cat /tmp/portvakt-package.log; exit 1; }
   echo "$answer" | grep -E 'status:|EDE'
   echo "$answer" | grep -q 'status: NXDOMAIN' || { cat /tmp/portvakt-package.log; exit 1; }
   echo "$answer" | grep -q 'EDE: 15' || { cat /tmp/portvakt-package.log; exit 1; }
+  # Over TLS too: the service read the key the README installed.
+  kdig +tls +tls-ca="$certs/fullchain.pem" +tls-hostname=dns.portvakt.test +time=2 +retry=0 \
+    @127.0.0.1 -p 8853 t.me | grep -q 'status: NXDOMAIN' || { cat /tmp/portvakt-package.log; exit 1; }
+  echo "DoT with the installed key: NXDOMAIN for t.me"
   # The token the service read guards the API: without it a reload is refused.
   test "$(curl -s -o /dev/null -w '%{http_code}' -X POST http://127.0.0.1:9153/api/v1/reload)" = 401
   test "$(curl -s -o /dev/null -w '%{http_code}' -X POST \
@@ -86,7 +114,7 @@ check() {
   wait "$pid" || true
 
   echo "== dpkg --purge portvakt"
-  rm -f /etc/portvakt/admin.token
+  rm -rf /etc/portvakt/admin.token /etc/portvakt/tls "$certs"
   dpkg --purge portvakt
   trap - EXIT
   for gone in /usr/bin/portvakt /etc/portvakt /var/lib/portvakt /lib/systemd/system/portvakt.service; do
@@ -96,9 +124,27 @@ check() {
   echo "package: ok"
 }
 
-case ${1:-all} in
+# The README's production steps, run as written: the ```sh block after `<!-- ci: NAME -->`.
+readme() {
+  local block
+  block=$(awk -v tag="<!-- ci: $1 -->" '
+    $0 == tag { found = 1; next }
+    found && /^```sh$/ { inside = 1; next }
+    inside && /^```$/ { exit }
+    inside { print }' "$repo/README.md")
+  [[ -n $block ]] || { echo "package: README has no block \"$1\"" >&2; exit 1; }
+  echo "$block" | sed 's/^/  $ /'
+  bash -euo pipefail -c "$SUDO_SHIM
+$block"
+}
+
+# CI runs as root without sudo: `sudo -u USER CMD` becomes runuser, plain `sudo CMD` just CMD.
+SUDO_SHIM='command -v sudo >/dev/null || sudo() {
+  if [[ $1 == -u ]]; then local user=$2; shift 2; runuser -u "$user" -- "$@"; else "$@"; fi
+}'
+
+case ${1:-check} in
   build) build ;;
   check) check ;;
-  all) build && check ;;
   *) echo "usage: $0 [build|check]" >&2; exit 2 ;;
 esac

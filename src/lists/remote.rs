@@ -54,8 +54,9 @@ pub enum FetchError {
     Request(#[source] reqwest::Error),
     #[error("HTTP {0}")]
     Status(StatusCode),
-    #[error("larger than {MAX_BODY} bytes")]
-    TooLarge,
+    /// Refused while streaming, whatever the server said about the length.
+    #[error("larger than the list's max_bytes ({0} bytes)")]
+    TooLarge(u64),
     #[error("cannot write {}", path.display())]
     Write {
         path: PathBuf,
@@ -221,7 +222,7 @@ impl Fetcher {
                 request = request.header(IF_MODIFIED_SINCE, date);
             }
         }
-        let response = match request.send().await {
+        let mut response = match request.send().await {
             Ok(response) => response,
             Err(err) => return Update::Failed(FetchError::Request(err)),
         };
@@ -231,8 +232,12 @@ impl Fetcher {
         if !response.status().is_success() {
             return Update::Failed(FetchError::Status(response.status()));
         }
-        if response.content_length().unwrap_or(0) > MAX_BODY as u64 {
-            return Update::Failed(FetchError::TooLarge);
+        let limit = list.limits.max_bytes.min(MAX_BODY as u64);
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit)
+        {
+            return Update::Failed(FetchError::TooLarge(limit));
         }
         let header = |name| {
             response
@@ -242,11 +247,19 @@ impl Fetcher {
                 .map(str::to_owned)
         };
         let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
-        let body = match response.bytes().await {
-            Ok(body) if body.len() <= MAX_BODY => body,
-            Ok(_) => return Update::Failed(FetchError::TooLarge),
-            Err(err) => return Update::Failed(FetchError::Request(err)),
-        };
+        // Read as it streams, and stop at the limit: a body sent without a length (chunked, or
+        // until the connection closes) is never held whole past it.
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 > limit => {
+                    return Update::Failed(FetchError::TooLarge(limit));
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(err) => return Update::Failed(FetchError::Request(err)),
+            }
+        }
         let copy = source.copy.clone();
         let max_shrink = list.max_shrink;
         let meta = Meta {

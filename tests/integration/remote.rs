@@ -214,3 +214,63 @@ async fn a_list_host_is_resolved_through_the_upstream_groups() {
     gateway.shutdown().await;
     http_task.abort();
 }
+
+/// A server that sends a list without a length (chunked) and never ends it: the download is
+/// refused at the list's `max_bytes` while it streams, not read whole first. The server stops
+/// by itself after 64 MiB or 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_sent_without_a_length_is_refused_at_max_bytes_while_it_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/endless.txt", http.local_addr().unwrap());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = http.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let lines = "a.example\n".repeat(6_500); // 65,000 bytes a chunk
+        let chunk = format!("{:x}\r\n{lines}\r\n", lines.len());
+        let started = std::time::Instant::now();
+        while counted.load(std::sync::atomic::Ordering::Relaxed) < 64 << 20
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            if stream.write_all(chunk.as_bytes()).await.is_err() {
+                break; // the client hung up
+            }
+            counted.fetch_add(lines.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let state = tempfile::tempdir().unwrap();
+    let text = format!(
+        "server.listen = [\"127.0.0.1:0\"]\nserver.state_dir = {:?}\n\
+         [lists.remote]\nurls = [{url:?}]\nmax_bytes = 1048576\n\
+         [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"remote\"]\n\
+         [[upstream]]\nservers = [\"127.0.0.1:9\"]\n",
+        state.path().display().to_string()
+    );
+    let config = portvakt::Config::parse("remote.toml", &text).unwrap();
+    let started = std::time::Instant::now();
+    let source = portvakt::ConfigSource::Embedded;
+    let err = match portvakt::start(config, source).await {
+        Ok(_) => panic!("started with a list over max_bytes"),
+        Err(err) => portvakt::error_chain(&err),
+    };
+    assert!(
+        err.contains("larger than the list's max_bytes (1048576 bytes)"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused while streaming"
+    );
+    server.await.unwrap();
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 16 << 20,
+        "the server sent {sent} bytes before the client hung up"
+    );
+}

@@ -137,15 +137,21 @@ pub enum TcpLimit {
     Slow,
     /// A connection closed after `tcp_queries_per_connection` queries.
     Queries,
+    /// A connection closed: its client did not take a reply within `tcp_write_timeout_ms`.
+    Write,
+    /// A DoH request not received whole and answered within `https_request_timeout_ms`.
+    Request,
 }
 
 impl TcpLimit {
-    pub const ALL: [TcpLimit; 5] = [
+    pub const ALL: [TcpLimit; 7] = [
         TcpLimit::Total,
         TcpLimit::Client,
         TcpLimit::Idle,
         TcpLimit::Slow,
         TcpLimit::Queries,
+        TcpLimit::Write,
+        TcpLimit::Request,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -155,6 +161,8 @@ impl TcpLimit {
             TcpLimit::Idle => "idle",
             TcpLimit::Slow => "slow",
             TcpLimit::Queries => "queries",
+            TcpLimit::Write => "write",
+            TcpLimit::Request => "request",
         }
     }
 }
@@ -186,7 +194,7 @@ impl Handshake {
 pub struct TcpMetrics {
     /// Connections open now.
     pub open: IntGauge,
-    hits: [IntCounter; 5],
+    hits: [IntCounter; 7],
     handshakes: [IntCounter; 3],
 }
 

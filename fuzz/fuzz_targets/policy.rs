@@ -15,9 +15,14 @@ pub const CACHED: [(&[u8], u16); 2] = [
 ];
 
 pub fn gateway() -> Gateway {
+    gateway_with("")
+}
+
+/// [`gateway`] with `extra` (top-level TOML keys) before the rest of the config.
+pub fn gateway_with(extra: &str) -> Gateway {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
     let text = format!(
-        "lists.tiktok.files = [\"{fixtures}/tiktok.txt\"]\n\
+        "{extra}lists.tiktok.files = [\"{fixtures}/tiktok.txt\"]\n\
          lists.ips.files = [\"{fixtures}/telegram-ip.txt\"]\n\
          lists.ips.kind = \"ip\"\n\
          segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\", \"::1/128\"], block = [\"tiktok\", \"ips\"] }},\n\

@@ -1,6 +1,8 @@
-//! The upstream-answer path: any bytes as the upstream's answer to a fixed miss (parsed,
-//! cached, CNAME targets and addresses checked against the lists, served), then the same
-//! question again (a cache hit, or a fresh miss). No panic; every reply answers the query.
+//! The upstream-answer path: any bytes as the upstream's answer to a miss (parsed, cached,
+//! CNAME targets and addresses checked against the lists, served), then the same question
+//! again (a cache hit, or a fresh miss). The question's name is new for every input (a label
+//! from a hash of the input), so every input reaches the upstream-answer path, not a cache hit
+//! left by an earlier one. No panic; every reply answers the query.
 #![no_main]
 use std::net::IpAddr;
 use std::sync::OnceLock;
@@ -16,9 +18,18 @@ fn gateway() -> &'static Gateway {
     GATEWAY.get_or_init(policy::gateway)
 }
 
-/// A query for `www.example.org` (type from `qtype`), with EDNS.
-fn query(id: u16, qtype: u16) -> Vec<u8> {
-    policy::query(id, b"\x03www\x07example\x03org\x00", qtype)
+/// A query for `<label>.www.example.org` (type from `qtype`), with EDNS; `label` is 16 hex
+/// digits of the input's hash.
+fn query(id: u16, label: u64, qtype: u16) -> Vec<u8> {
+    let mut name = vec![16];
+    name.extend_from_slice(format!("{label:016x}").as_bytes());
+    name.extend_from_slice(b"\x03www\x07example\x03org\x00");
+    policy::query(id, &name, qtype)
+}
+
+/// FNV-1a of `data`: the same input asks the same name (reproducible), another a new one.
+fn label(data: &[u8]) -> u64 {
+    (data.iter()).fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -29,10 +40,13 @@ fuzz_target!(|data: &[u8]| {
         Some(b) if b % 3 == 1 => 65,
         _ => 1,
     };
-    let packet = query(0x4242, qtype);
+    let label = label(data);
+    let packet = query(0x4242, label, qtype);
+    let mut reached = false;
     let mut out = Vec::new();
     if let Step::Forward(pending) = gateway.answer_now(&packet, client, Transport::Udp, &mut out) {
         if let Forwarding::Lead(leading) = gateway.join(pending) {
+            reached = true;
             // The upstream's answer: flags and section counts from the input, our question,
             // then the input's bytes as the records (odd inputs: the bytes as they are).
             let answer = match data.len() {
@@ -49,7 +63,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(out.len() >= 12 && out[..2] == packet[..2]);
         }
     }
-    let again = query(0x4343, qtype);
+    assert!(reached, "every input is a miss led upstream");
+    let again = query(0x4343, label, qtype);
     if let Step::Reply = gateway.answer_now(&again, client, Transport::Udp, &mut out) {
         assert!(out.len() >= 12 && out[..2] == again[..2]);
     }

@@ -143,6 +143,16 @@ pub struct ServerSection {
     pub tcp_idle_timeout_ms: Option<Spanned<u64>>,
     /// A TCP connection is closed after this many queries (default 10000).
     pub tcp_queries_per_connection: Option<Spanned<u32>>,
+    /// A query's bytes must all arrive within this once its length has (TCP, DoT; default 2000).
+    pub tcp_read_timeout_ms: Option<Spanned<u64>>,
+    /// A connection whose client does not take a reply within this is closed (TCP, DoT, DoH;
+    /// default 5000): a client that never reads cannot hold it.
+    pub tcp_write_timeout_ms: Option<Spanned<u64>>,
+    /// A DoH request must arrive whole (headers and body) and be answered within this
+    /// (default 5000; keep it above the upstreams' timeout_ms).
+    pub https_request_timeout_ms: Option<Spanned<u64>>,
+    /// A DoT or DoH client must finish its TLS handshake within this (default 5000).
+    pub tls_handshake_timeout_ms: Option<Spanned<u64>>,
     /// Addresses to serve DNS over TLS on (RFC 7858; port 853 by convention).
     #[serde(default)]
     pub tls_listen: Vec<Spanned<ListenAddr>>,
@@ -173,6 +183,10 @@ impl Default for ServerSection {
             tcp_connections_per_client: None,
             tcp_idle_timeout_ms: None,
             tcp_queries_per_connection: None,
+            tcp_read_timeout_ms: None,
+            tcp_write_timeout_ms: None,
+            https_request_timeout_ms: None,
+            tls_handshake_timeout_ms: None,
             tls_listen: Vec::new(),
             https_listen: Vec::new(),
             https_path: None,

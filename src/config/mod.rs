@@ -113,13 +113,21 @@ pub struct ReportSettings {
     pub top_clients_min: u64,
 }
 
-/// The TCP listeners' limits.
+/// The TCP listeners' limits (DoT and DoH too): every resource a client holds is under one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpLimits {
     pub connections: usize,
     pub per_client: u32,
     pub idle: Duration,
     pub queries: u32,
+    /// A query's bytes, once its length has arrived.
+    pub read: Duration,
+    /// A reply's write: a client that does not read loses its connection.
+    pub write: Duration,
+    /// A DoH request, from its headers to its answer.
+    pub request: Duration,
+    /// A DoT or DoH TLS handshake.
+    pub handshake: Duration,
 }
 
 impl TcpLimits {
@@ -128,6 +136,10 @@ impl TcpLimits {
         per_client: 32,
         idle: Duration::from_secs(10),
         queries: 10_000,
+        read: Duration::from_secs(2),
+        write: Duration::from_secs(5),
+        request: Duration::from_secs(5),
+        handshake: Duration::from_secs(5),
     };
 }
 
@@ -705,7 +717,32 @@ impl Checks<'_> {
                 default.queries,
                 "tcp_queries_per_connection",
             ),
+            read: self.millis(
+                &server.tcp_read_timeout_ms,
+                default.read,
+                "tcp_read_timeout_ms",
+            ),
+            write: self.millis(
+                &server.tcp_write_timeout_ms,
+                default.write,
+                "tcp_write_timeout_ms",
+            ),
+            request: self.millis(
+                &server.https_request_timeout_ms,
+                default.request,
+                "https_request_timeout_ms",
+            ),
+            handshake: self.millis(
+                &server.tls_handshake_timeout_ms,
+                default.handshake,
+                "tls_handshake_timeout_ms",
+            ),
         }
+    }
+
+    /// A positive number of milliseconds, `default` when absent.
+    fn millis(&mut self, value: &Option<Spanned<u64>>, default: Duration, key: &str) -> Duration {
+        Duration::from_millis(self.positive(value, default.as_millis() as u64, key))
     }
 
     /// `value`, reported when it is 0; `default` when absent.
@@ -1272,7 +1309,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tls_listen`, `https_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`, `proxy_protocol_from`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tcp_read_timeout_ms`, `tcp_write_timeout_ms`, `https_request_timeout_ms`, `tls_handshake_timeout_ms`, `tls_listen`, `https_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`, `proxy_protocol_from`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

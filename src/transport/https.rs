@@ -2,12 +2,17 @@
 //! (base64url) and `POST` with an `application/dns-message` body, on `https_path`. Each
 //! request is one query through the core, like a query on any transport. A connection closes
 //! when idle, after its query budget, or when the listeners stop (in-flight requests finish).
+//! Every part a client could stall has a deadline: HTTP/1.1 headers and each request (body
+//! and answer) within `https_request_timeout_ms`, each write within `tcp_write_timeout_ms`.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
@@ -18,9 +23,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
@@ -46,7 +52,8 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
         .gateway
         .with_policy(|p| p.config().encrypted.https_path.as_str().into());
     let activity = Arc::new(Activity::default());
-    let (idle, stop) = (conn.limits.idle, conn.stop.clone());
+    let (limits, stop) = (conn.limits, conn.stop.clone());
+    let idle = limits.idle;
     let metrics = conn.gateway.metrics().clone();
     let handler = Arc::new(Handler {
         conn,
@@ -63,6 +70,12 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     let mut streams = FuturesUnordered::new();
     let mut builder = Builder::new(StreamExecutor(executor));
     builder.http2().max_concurrent_streams(MAX_STREAMS);
+    // HTTP/1.1: a request's headers within the request deadline (HTTP/2 sends them in one
+    // frame; a stream that never completes is held by the request deadline below).
+    (builder.http1())
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request);
+    let stream = WriteDeadline::new(stream, limits.write, metrics.clone());
     let served = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
     let idle_timer = tokio::time::sleep(idle);
@@ -79,6 +92,10 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
             Some(()) = streams.next(), if !streams.is_empty() => {}
             result = served.as_mut() => {
                 if let Err(err) = result {
+                    let timed_out = (err.downcast_ref::<hyper::Error>()).is_some_and(hyper::Error::is_timeout);
+                    if timed_out {
+                        metrics.tcp.hit(TcpLimit::Request); // HTTP/1.1 headers too slow
+                    }
                     debug!(%err, "https connection ended");
                 }
                 break;
@@ -105,6 +122,93 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     }
     // Streams still answering finish (their replies are lost with the connection anyway).
     while streams.next().await.is_some() {}
+}
+
+/// A stream whose writes must make progress within `limit`: hyper writes replies itself, so
+/// a client that never reads would hold the connection; instead the write fails (counted) and
+/// the connection closes.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write waits; cleared by any progress.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            timer: None,
+            metrics,
+        }
+    }
+
+    /// `poll` (a write, flush or shutdown) once more, failing it when it has waited `limit`.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>>
+    where
+        S: Unpin,
+    {
+        if let Poll::Ready(result) = poll(Pin::new(&mut self.inner), cx) {
+            self.timer = None;
+            return Poll::Ready(result);
+        }
+        let limit = self.limit;
+        let timer = (self.timer).get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.metrics.tcp.hit(TcpLimit::Write);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its replies",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.deadline(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.deadline(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.deadline(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.deadline(cx, |s, cx| s.poll_shutdown(cx))
+    }
 }
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -149,7 +253,15 @@ impl Handler {
             }
         }
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        let response = self.answer(request).await;
+        // The body, the answer and all: a POST whose body never comes is not held past this.
+        let deadline = self.conn.limits.request;
+        let response = match tokio::time::timeout(deadline, self.answer(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                self.conn.gateway.metrics().tcp.hit(TcpLimit::Request);
+                status(StatusCode::REQUEST_TIMEOUT, "the request took too long")
+            }
+        };
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
         response
     }

@@ -1,11 +1,10 @@
 //! One connection's DNS messages over a byte stream (RFC 7766 framing: each after its two-byte
 //! length): TCP's, and DoT's inside TLS. A connection is closed when it is idle, when a query
-//! arrives too slowly, or after its query budget. Queries on a connection are answered
+//! arrives too slowly, when its client does not read its replies, or after its query budget. Queries on a connection are answered
 //! concurrently (pipelining: those that need no upstream at once, at most `IN_FLIGHT` misses at
 //! once), each reply written as it is ready, in whatever order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,8 +17,6 @@ use crate::metrics::TcpLimit;
 
 /// Misses of one connection waiting for the upstream at once; the next waits for one of them.
 const IN_FLIGHT: usize = 16;
-/// A query's bytes must all arrive within this, once its length has.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One stream's queries: a TCP or TLS connection's, or (through [`serve_stream`]) any byte
 /// stream's; for HTTPS, what its requests are answered with.
@@ -43,6 +40,7 @@ impl Connection {
         // Pipelined queries arrive in one read, not two reads each.
         let mut read = tokio::io::BufReader::with_capacity(8192, read);
         let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+        let (write_limit, metrics) = (self.limits.write, self.gateway.metrics().clone());
         let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(4096);
             while let Some(reply) = outgoing.recv().await {
@@ -54,11 +52,18 @@ impl Connection {
                     batch.extend_from_slice(&reply);
                     next = outgoing.try_recv().ok();
                 }
-                if write.write_all(&batch).await.is_err() {
-                    break;
+                // A client that does not read would hold the connection (and, through the full
+                // channel, its reader) forever: it gets `write_limit` per write.
+                match tokio::time::timeout(write_limit, write.write_all(&batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        metrics.tcp.hit(TcpLimit::Write);
+                        return; // dropping `write` closes it; a shutdown could wait too
+                    }
                 }
             }
-            let _ = write.shutdown().await;
+            let _ = tokio::time::timeout(write_limit, write.shutdown()).await;
         });
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
         let metrics = &self.gateway.metrics().tcp;
@@ -81,7 +86,7 @@ impl Connection {
                 }
             }
             let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            match tokio::time::timeout(READ_TIMEOUT, read.read_exact(&mut packet)).await {
+            match tokio::time::timeout(self.limits.read, read.read_exact(&mut packet)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {

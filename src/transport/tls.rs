@@ -3,7 +3,6 @@
 //! the next handshake; open connections keep theirs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -13,9 +12,6 @@ use tracing::debug;
 use super::stream::Connection;
 use crate::config::Certificate;
 use crate::metrics::Handshake;
-
-/// A client must finish its TLS handshake within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one DoT connection.
 pub(super) async fn serve(conn: Connection, stream: TcpStream) {
@@ -36,7 +32,7 @@ pub(super) async fn handshake(
         (conn.gateway).with_policy(|p| p.config().encrypted.certificate.as_ref().map(pick))?;
     let metrics = &conn.gateway.metrics().tcp;
     let accept = TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+    match tokio::time::timeout(conn.limits.handshake, accept).await {
         Ok(Ok(stream)) => {
             metrics.handshake(Handshake::Ok);
             Some(stream)

@@ -15,7 +15,7 @@ use crate::harness::{
     present_or_skip, question,
 };
 
-const NAME: &str = "dns.portvakt.test";
+pub(crate) const NAME: &str = "dns.portvakt.test";
 
 /// Staff (127.0.0.2) block the tiktok list and are advertised the encrypted endpoints
 /// (so those listen on fixed ports); devices (127.0.0.3) block nothing. `server` is added
@@ -346,7 +346,7 @@ async fn doh_answers_http1_and_http2_and_rejects_bad_requests() {
 }
 
 /// A DoT client trusting the CAs in `cas`.
-fn client_config(cas: &[&Path]) -> std::sync::Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(cas: &[&Path]) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -364,9 +364,9 @@ fn client_config(cas: &[&Path]) -> std::sync::Arc<rustls::ClientConfig> {
     std::sync::Arc::new(config)
 }
 
-type DotStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub(crate) type DotStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-async fn dot_connect(
+pub(crate) async fn dot_connect(
     addr: SocketAddr,
     config: &std::sync::Arc<rustls::ClientConfig>,
 ) -> std::io::Result<DotStream> {
@@ -380,7 +380,11 @@ async fn dot_connect(
 }
 
 /// One query on `stream`; the reply's RCODE.
-async fn dot_query(stream: &mut DotStream, id: u16, name: &str) -> std::io::Result<ResponseCode> {
+pub(crate) async fn dot_query(
+    stream: &mut DotStream,
+    id: u16,
+    name: &str,
+) -> std::io::Result<ResponseCode> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut query = question(name, RecordType::A, false);
     query.metadata.id = id;

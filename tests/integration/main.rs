@@ -27,5 +27,6 @@ mod responses;
 mod segments;
 mod spoofing;
 mod stale;
+mod stalls;
 mod tcp_limits;
 mod wire;

@@ -109,7 +109,8 @@ async fn counters_move_by_exactly_the_traffic_sent() {
     );
     assert_eq!(
         before.get(&format!(
-            r#"portvakt_build_info{{version="{}"}}"#,
+            r#"portvakt_build_info{{commit="{}",version="{}"}}"#,
+            env!("PORTVAKT_COMMIT"),
             env!("CARGO_PKG_VERSION")
         )),
         Some(&1.0)

@@ -16,7 +16,8 @@ const SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
 fn gateway() -> &'static Gateway {
     static GATEWAY: OnceLock<Gateway> = OnceLock::new();
-    GATEWAY.get_or_init(|| policy::gateway_with("server.proxy_protocol_from = [\"127.0.0.1/32\"]\n"))
+    GATEWAY
+        .get_or_init(|| policy::gateway_with("server.proxy_protocol_from = [\"127.0.0.1/32\"]\n"))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     match gateway().answer_now(data, balancer, Transport::Udp, &mut out) {
         Step::Drop => {}
         Step::Reply => {
-            assert!(data.starts_with(SIGNATURE), "answered without a PROXY header");
+            assert!(
+                data.starts_with(SIGNATURE),
+                "answered without a PROXY header"
+            );
             assert!(out.len() >= 12, "a reply is at least a header");
         }
         // A miss: the client named by the header was placed and admitted upstream.

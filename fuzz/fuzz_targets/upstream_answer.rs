@@ -1,11 +1,12 @@
 //! The upstream-answer path: any bytes as the upstream's answer to a miss (parsed, cached,
 //! CNAME targets and addresses checked against the lists, served), then the same question
 //! again (a cache hit, or a fresh miss). The question's name is new for every input (a label
-//! from a hash of the input), so every input reaches the upstream-answer path, not a cache hit
-//! left by an earlier one. No panic; every reply answers the query.
+//! from a hash of the input and the run count), so every input reaches the upstream-answer
+//! path, not a cache hit left by an earlier one. No panic; every reply answers the query.
 #![no_main]
 use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
 use portvakt::{Forwarding, Gateway, Step, Transport};
@@ -27,9 +28,14 @@ fn query(id: u16, label: u64, qtype: u16) -> Vec<u8> {
     policy::query(id, &name, qtype)
 }
 
-/// FNV-1a of `data`: the same input asks the same name (reproducible), another a new one.
+/// FNV-1a of `data` and of how many inputs ran before: every input asks a name no earlier one
+/// asked (so it is never a cache hit), and an input run alone asks the same name each time.
 fn label(data: &[u8]) -> u64 {
-    (data.iter()).fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+    (run.iter().chain(data)).fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -16,8 +16,6 @@ use crate::harness::{Answered, TestGateway};
 
 const REAL: &str = "192.0.2.80";
 const FORGED: &str = "203.0.113.66";
-/// How many earlier ports each query's flood goes to.
-const PORTS_FLOODED: usize = 2;
 
 /// The answer to `request` with `addr`, as wire bytes.
 fn answer(request: &Message, addr: &str) -> Vec<u8> {
@@ -52,10 +50,14 @@ async fn spoofing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             let Ok(request) = Message::from_vec(&buf[..len]) else {
                 continue;
             };
+            // Every port seen so far, each once: a port portvakt used before and might use
+            // again is where a blind attacker would aim.
             let earlier: Vec<u16> = {
                 let mut seen = seen.lock().unwrap();
-                let earlier = seen.iter().rev().take(PORTS_FLOODED).copied().collect();
-                seen.push(from.port());
+                let earlier = seen.clone();
+                if !seen.contains(&from.port()) {
+                    seen.push(from.port());
+                }
                 earlier
             };
             let udp = udp.clone();

@@ -13,8 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::encrypted::{NAME, client_config, dot_connect, dot_query};
 use crate::harness::{
-    Canned, FakeUpstream, TestGateway, certificate, encode, found, free_port, present_or_skip,
-    question,
+    Canned, FakeUpstream, TestGateway, certificate, encode, found, present_or_skip, question,
 };
 
 /// Stalled clients of each kind, each from its own address (the per-client cap is 32).
@@ -59,10 +58,9 @@ async fn stalled_clients_are_closed_by_their_deadlines_and_starve_no_one() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), NAME);
     let d = dir.path().display();
-    let (tls, https) = (free_port(), free_port());
     let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:{tls}\"]\n\
-         https_listen = [\"127.0.0.1:{https}\"]\ntls_cert_file = \"{d}/cert.pem\"\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+         https_listen = [\"127.0.0.1:0\"]\ntls_cert_file = \"{d}/cert.pem\"\n\
          tls_key_file = \"{d}/key.pem\"\ntls_name = \"{NAME}\"\n\
          tcp_idle_timeout_ms = 1500\ntcp_write_timeout_ms = 1000\nhttps_request_timeout_ms = 1000\n\
          tls_handshake_timeout_ms = 1000\n\

@@ -491,22 +491,17 @@ impl Metrics {
             "Unix time the DoT/DoH certificate in force expires (its notAfter).",
             &[],
         );
-        let evidence_write_failing = IntGauge::new(
+        let state_gauge = |name: &str, help: &str| {
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let evidence_write_failing = state_gauge(
             "portvakt_evidence_write_failing",
             "1 while writing the evidence store (state_dir/evidence.sqlite) fails, else 0.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(evidence_write_failing.clone()))
-            .expect("metric registered once");
-        let reload_failing = IntGauge::new(
+        );
+        let reload_failing = state_gauge(
             "portvakt_reload_failing",
             "1 from a rejected reload (the previous policy keeps serving) until a reload succeeds.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(reload_failing.clone()))
-            .expect("metric registered once");
+        );
         let last_reload_success = Gauge::new(
             "portvakt_last_reload_success_timestamp_seconds",
             "Unix time the running policy was loaded (at start, or by the last successful reload).",

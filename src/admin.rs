@@ -88,7 +88,7 @@ impl Admin {
             .route("/api/v1/explain", get(explain))
             .route("/api/v1/report", get(report))
             .route("/api/v1/reload", post(reload))
-            .layer(axum::middleware::from_fn(guard))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
             .with_state(state);
         let task = tokio::spawn(async move {
             let serve =
@@ -269,15 +269,25 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Every admin request: its declared body within [`MAX_BODY`], its handling within
 /// [`REQUEST_TIMEOUT`].
-async fn guard(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Each refusal is counted in `portvakt_admin_limit_hits_total{limit}`.
+async fn guard(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let hits = &state.gateway.metrics().admin_limit_hits;
     let declared = (request.headers().get(axum::http::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY) {
+        hits.with_label_values(&["body"]).inc();
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+        Err(_) => {
+            hits.with_label_values(&["time"]).inc();
+            (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
+        }
     }
 }
 

@@ -245,6 +245,8 @@ pub struct Metrics {
     certificate_expiry: IntGaugeVec,
     /// 1 while writes to the evidence store fail.
     pub evidence_write_failing: IntGauge,
+    /// Admin requests refused by a limit (`body`, `time`).
+    pub admin_limit_hits: IntCounterVec,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -491,6 +493,14 @@ impl Metrics {
             "Unix time the DoT/DoH certificate in force expires (its notAfter).",
             &[],
         );
+        let admin_limit_hits = counter(
+            "portvakt_admin_limit_hits_total",
+            "Admin requests refused by a limit: body (a declared body over 64 KiB, 413), time (over 60 s, 503).",
+            &["limit"],
+        );
+        for limit in ["body", "time"] {
+            admin_limit_hits.with_label_values(&[limit]);
+        }
         let state_gauge = |name: &str, help: &str| {
             register(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
@@ -587,6 +597,7 @@ impl Metrics {
             list_download_failing,
             certificate_expiry,
             evidence_write_failing,
+            admin_limit_hits,
         }
     }
 

@@ -480,6 +480,12 @@ async fn an_oversized_admin_request_is_refused_unread() {
     let (code, body) = gateway.admin_raw(request).await;
     assert_eq!(code, 413, "{body}");
     assert_eq!(gateway.gateway().generation(), 1, "no reload ran");
+    let metrics = gateway.scrape().await;
+    assert_eq!(
+        metrics.get(r#"portvakt_admin_limit_hits_total{limit="body"}"#),
+        Some(&1.0),
+        "counted"
+    );
     let (code, _) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
     assert_eq!(code, 200, "a request without a body still reloads");
     gateway.shutdown().await;

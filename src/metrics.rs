@@ -247,6 +247,8 @@ pub struct Metrics {
     pub evidence_write_failing: IntGauge,
     /// Admin requests refused by a limit (`body`, `time`).
     pub admin_limit_hits: IntCounterVec,
+    /// Reloads rejected, by reason (`ReloadError::reason`).
+    pub reloads_rejected: IntCounterVec,
 }
 
 /// Per-query handles that do not depend on the policy.
@@ -501,6 +503,14 @@ impl Metrics {
         for limit in ["body", "time"] {
             admin_limit_hits.with_label_values(&[limit]);
         }
+        let reloads_rejected = counter(
+            "portvakt_reloads_rejected_total",
+            "Reloads rejected (the running policy kept), by reason: config, list (a line too long, too many entries or bytes), download, expectation, shrink.",
+            &["reason"],
+        );
+        for reason in ["config", "list", "download", "expectation", "shrink"] {
+            reloads_rejected.with_label_values(&[reason]);
+        }
         let state_gauge = |name: &str, help: &str| {
             register(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
@@ -598,6 +608,7 @@ impl Metrics {
             certificate_expiry,
             evidence_write_failing,
             admin_limit_hits,
+            reloads_rejected,
         }
     }
 

@@ -67,6 +67,26 @@ pub enum ReloadError {
     ShuttingDown,
 }
 
+impl ReloadError {
+    /// Why, in a word (the `reason` label of `portvakt_reloads_rejected_total`); `None` for
+    /// a shutdown, which rejects nothing.
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            ReloadError::Config(_) => "config",
+            ReloadError::Compile(CompileError::List(_) | CompileError::TooManyEntries { .. }) => {
+                "list"
+            }
+            ReloadError::Compile(CompileError::NoCopy { .. }) | ReloadError::Download(_) => {
+                "download"
+            }
+            ReloadError::Compile(CompileError::Expectations { .. }) => "expectation",
+            ReloadError::Guarded { shrunk, .. } if !shrunk.is_empty() => "shrink",
+            ReloadError::Guarded { .. } => "expectation",
+            ReloadError::ShuttingDown => return None,
+        })
+    }
+}
+
 /// A list a segment blocks that lost more than its `max_shrink` share in one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shrunk {
@@ -328,6 +348,9 @@ impl Reloader {
                 Err(err) => {
                     let metrics = self.gateway.metrics();
                     metrics.reloads_failure.inc();
+                    if let Some(reason) = err.reason() {
+                        metrics.reloads_rejected.with_label_values(&[reason]).inc();
+                    }
                     metrics.reload_failing.set(1);
                     let shrunk: Vec<&str> = match &err {
                         ReloadError::Guarded { shrunk, .. } => {

@@ -81,6 +81,10 @@ async fn an_emptied_list_under_the_file_watch_is_refused() {
         metrics.get("portvakt_reloads_total{result=\"failure\"}"),
         Some(&1.0)
     );
+    assert_eq!(
+        metrics.get("portvakt_reloads_rejected_total{reason=\"shrink\"}"),
+        Some(&1.0)
+    );
     let error = status(&gateway).await["reload"]["last_error"]
         .as_str()
         .unwrap_or_default()
@@ -151,6 +155,10 @@ async fn a_reload_that_breaks_an_expectation_is_refused_naming_it() {
     );
     let metrics = gateway.scrape().await;
     assert_eq!(metrics.get("portvakt_reload_failing"), Some(&1.0));
+    assert_eq!(
+        metrics.get("portvakt_reloads_rejected_total{reason=\"expectation\"}"),
+        Some(&1.0)
+    );
     assert_eq!(
         metrics.get("portvakt_expectation_ok{segment=\"staff\"}"),
         Some(&1.0),

@@ -464,6 +464,10 @@ async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keep
 
     let scrape = gateway.scrape().await;
     assert_eq!(scrape[r#"portvakt_reloads_total{result="failure"}"#], 3.0);
+    assert_eq!(
+        scrape[r#"portvakt_reloads_rejected_total{reason="list"}"#],
+        3.0
+    );
     gateway.shutdown().await;
 }
 

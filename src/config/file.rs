@@ -316,6 +316,8 @@ pub struct ListSection {
     pub max_entries: Option<u64>,
     /// Bytes one of its files may have (default 512 MiB): a larger file is refused unread.
     pub max_bytes: Option<u64>,
+    /// Bytes one line may have (default 4096): a longer line refuses the file, with its line.
+    pub max_line_bytes: Option<Spanned<usize>>,
 }
 
 /// What a list holds.

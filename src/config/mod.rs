@@ -184,16 +184,20 @@ pub struct ListConfig {
     pub limits: ListLimits,
 }
 
-/// How large a list file may be.
+/// How large a list file, and one of its lines, may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListLimits {
     pub max_bytes: u64,
+    /// A longer line refuses the file: no list format needs one, and reading on would hold
+    /// an arbitrarily long line in memory.
+    pub max_line: usize,
 }
 
 impl ListLimits {
-    /// 512 MiB: ten times a 1M-name list in hosts format.
+    /// 512 MiB (ten times a 1M-name list in hosts format); lines of 4 KiB.
     pub const DEFAULT: ListLimits = ListLimits {
         max_bytes: 512 << 20,
+        max_line: 4096,
     };
 }
 
@@ -860,6 +864,11 @@ impl Checks<'_> {
                 max_entries: list.max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
                 limits: ListLimits {
                     max_bytes: list.max_bytes.unwrap_or(ListLimits::DEFAULT.max_bytes),
+                    max_line: self.positive(
+                        &list.max_line_bytes,
+                        ListLimits::DEFAULT.max_line,
+                        "max_line_bytes",
+                    ),
                 },
             });
         }

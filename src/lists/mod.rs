@@ -97,15 +97,11 @@ impl ListFile {
 #[error("failed to read list file {}{}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct ListError {
     pub path: PathBuf,
-    /// The line it stopped at, for a line over [`MAX_LINE`].
+    /// The line it stopped at, for a line over the limit.
     pub line: Option<u32>,
     #[source]
     pub source: std::io::Error,
 }
-
-/// A list line longer than this refuses the file: no list format needs it, and reading on
-/// would hold an arbitrarily long line in memory.
-pub const MAX_LINE: usize = 4096;
 
 pub use crate::config::ListLimits as Limits;
 
@@ -125,7 +121,7 @@ pub fn parse(path: &Path, text: &str) -> ListFile {
 
 /// Reads one list file and hands each entry to `on_entry` (the item and its line) as it is read, without keeping it: the file is streamed line by line, so a million-line
 /// list costs no memory here beyond one line. Returns the rejected lines.
-/// A file over `limits` is refused before it is read; a line over [`MAX_LINE`] refuses it
+/// A file over `limits` is refused before it is read; a line over its `max_line` refuses it
 /// where it stands (entries already handed over are the caller's to drop: the read failed).
 pub fn read_with(
     path: &Path,
@@ -159,14 +155,14 @@ pub fn read_with(
     loop {
         bytes.clear();
         let read = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
+            .take(limits.max_line as u64 + 1)
             .read_until(b'\n', &mut bytes);
         if read.map_err(|e| failed(None, e))? == 0 {
             break;
         }
-        if bytes.len() > MAX_LINE && bytes.last() != Some(&b'\n') {
-            let line = lines.line + 1;
-            let message = format!("line longer than {MAX_LINE} bytes; the file is refused");
+        if bytes.len() > limits.max_line && bytes.last() != Some(&b'\n') {
+            let (line, max) = (lines.line + 1, limits.max_line);
+            let message = format!("line longer than {max} bytes; the file is refused");
             return Err(refused(Some(line), message));
         }
         let text = String::from_utf8_lossy(&bytes);

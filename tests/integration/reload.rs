@@ -409,8 +409,8 @@ async fn a_reload_drops_the_series_of_what_it_removed() {
 }
 
 /// A list over its limits is refused with its file and line, before it is read into memory,
-/// and the running policy keeps blocking: a 100 kB line, more entries than `max_entries`, a
-/// file larger than `max_bytes`.
+/// and the running policy keeps blocking: a line over `max_line_bytes`, more entries than
+/// `max_entries`, a file larger than `max_bytes`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keeps_serving() {
     let upstream = FakeUpstream::new()
@@ -421,7 +421,7 @@ async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keep
     let list = dir.path().join("blocked.txt");
     std::fs::write(&list, "tiktok.com\nt.me\n").unwrap();
     let policy = format!(
-        "server.watch = false\n[lists.blocked]\nfiles = [{:?}]\nmax_entries = 4\nmax_bytes = 150000\n\
+        "server.watch = false\n[lists.blocked]\nfiles = [{:?}]\nmax_entries = 4\nmax_bytes = 150000\nmax_line_bytes = 200\n\
          [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"blocked\"]\n",
         list.display().to_string()
     );
@@ -440,12 +440,8 @@ async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keep
         assert_eq!(rcode("t.me.").await, ResponseCode::NXDomain);
         assert_eq!(rcode("a.example.").await, ResponseCode::NoError);
     };
-    let long_line = format!("a.example\nb.example\n{}\n", "x".repeat(100_000));
-    refused(
-        long_line,
-        &format!("{shown}:3: line longer than 4096 bytes"),
-    )
-    .await;
+    let long_line = format!("a.example\nb.example\n{}\n", "x".repeat(300));
+    refused(long_line, &format!("{shown}:3: line longer than 200 bytes")).await;
     let many = "a.example\nb.example\nc.example\nd.example\ne.example\nf.example\n".to_owned();
     refused(
         many,

@@ -259,16 +259,8 @@ fn mutation_refused(
     }
 }
 
-/// Reloads the config and lists now and says how it went.
-/// Bytes a request body may declare (no endpoint reads one); a larger one gets 413 unread.
-pub const MAX_BODY: u64 = 64 << 10;
-
-/// How long one admin request may take (a reload of a large list, with its downloads, fits
-/// well inside); past it, 503.
-pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Every admin request: its declared body within [`MAX_BODY`], its handling within
-/// [`REQUEST_TIMEOUT`].
+/// Every admin request: its declared body within `[admin] max_body_bytes` (413 unread past
+/// it: no endpoint reads a body), its handling within `request_timeout_ms` (503 past it).
 /// Each refusal is counted in `portvakt_admin_limit_hits_total{limit}`.
 async fn guard(
     State(state): State<AppState>,
@@ -276,13 +268,14 @@ async fn guard(
     next: axum::middleware::Next,
 ) -> Response {
     let hits = &state.gateway.metrics().admin_limit_hits;
+    let limits = state.gateway.with_policy(|p| p.config().admin_limits);
     let declared = (request.headers().get(axum::http::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY) {
+    if declared.is_some_and(|len| len > limits.max_body) {
         hits.with_label_values(&["body"]).inc();
         return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
     }
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
             hits.with_label_values(&["time"]).inc();

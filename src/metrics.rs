@@ -497,7 +497,7 @@ impl Metrics {
         );
         let admin_limit_hits = counter(
             "portvakt_admin_limit_hits_total",
-            "Admin requests refused by a limit: body (a declared body over 64 KiB, 413), time (over 60 s, 503).",
+            "Admin requests refused by a limit: body (a declared body over [admin] max_body_bytes, 413), time (over request_timeout_ms, 503).",
             &["limit"],
         );
         for limit in ["body", "time"] {

@@ -218,6 +218,10 @@ pub struct AdminSection {
     pub listen: Option<ListenAddr>,
     /// File holding the bearer token that mutating endpoints require.
     pub token_file: Option<Spanned<PathBuf>>,
+    /// A request declaring a larger body gets 413 unread (default 65536; no endpoint reads one).
+    pub max_body_bytes: Option<Spanned<u64>>,
+    /// A request taking longer gets 503 (default 60000; a reload with downloads fits).
+    pub request_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[block]`: how blocked names are answered.

@@ -43,6 +43,8 @@ pub struct Config {
     pub unknown_clients: Option<usize>,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
+    /// What one admin request may declare and take.
+    pub admin_limits: AdminLimits,
     /// The bearer token read from `token_file`.
     pub admin_token: Option<AdminToken>,
     /// Reload on changes to the config and list files.
@@ -102,6 +104,20 @@ pub enum Subject {
     Name(Vec<u8>),
     /// An address as found in an answer (checked against IP lists).
     Address(IpAddr),
+}
+
+/// `[admin]` limits, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_body: u64,
+    pub timeout: Duration,
+}
+
+impl AdminLimits {
+    pub const DEFAULT: AdminLimits = AdminLimits {
+        max_body: 64 << 10,
+        timeout: Duration::from_secs(60),
+    };
 }
 
 /// `[report]`, checked.
@@ -592,6 +608,18 @@ impl Checks<'_> {
             unknown_clients,
             admin_listen: file.admin.listen.map(|a| a.0),
             admin_token: file.admin.token_file.as_ref().and_then(|f| self.token(f)),
+            admin_limits: AdminLimits {
+                max_body: self.positive(
+                    &file.admin.max_body_bytes,
+                    AdminLimits::DEFAULT.max_body,
+                    "max_body_bytes",
+                ),
+                timeout: self.millis(
+                    &file.admin.request_timeout_ms,
+                    AdminLimits::DEFAULT.timeout,
+                    "request_timeout_ms",
+                ),
+            },
             admin_token_file: file.admin.token_file.map(Spanned::into_inner),
             watch: file.server.watch,
             state_dir: file.server.state_dir.map(Spanned::into_inner),

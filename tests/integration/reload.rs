@@ -467,7 +467,8 @@ async fn an_oversized_list_is_refused_with_file_and_line_and_the_old_policy_keep
     gateway.shutdown().await;
 }
 
-/// An admin request that declares a body over 64 KiB is refused unread (413): no reload.
+/// An admin request that declares a body over `[admin] max_body_bytes` is refused unread
+/// (413, counted): no reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_admin_request_is_refused_unread() {
     let Staff {
@@ -475,8 +476,9 @@ async fn an_oversized_admin_request_is_refused_unread() {
         dir: _dir,
         _upstream,
         ..
-    } = staff(|_| "server.watch = false".to_owned()).await;
-    let request = "POST /api/v1/reload HTTP/1.0\r\nHost: admin\r\nContent-Length: 10000000\r\n\r\n";
+    } = staff(|_| "server.watch = false\nadmin.max_body_bytes = 500".to_owned()).await;
+    // Under the default (64 KiB), over the configured 500 bytes.
+    let request = "POST /api/v1/reload HTTP/1.0\r\nHost: admin\r\nContent-Length: 1000\r\n\r\n";
     let (code, body) = gateway.admin_raw(request).await;
     assert_eq!(code, 413, "{body}");
     assert_eq!(gateway.gateway().generation(), 1, "no reload ran");

@@ -338,3 +338,45 @@ async fn explain_and_the_wire_agree() {
     assert_eq!(explained["decided_by"]["list"], "telegram-ip", "{body}");
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_lines_are_counted_and_an_accepted_shrink_is_audited_with_its_reason() {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("tiktok.txt");
+    let lines = "tiktok.com\ntiktokv.com\ntiktokcdn.com\nbad..name\n||*^$third-party\n";
+    std::fs::write(&list, lines).unwrap();
+    let state = format!(
+        "server.state_dir = {:?}\nserver.watch = false\n",
+        dir.path().display().to_string()
+    );
+    let text = format!(
+        "{state}{}",
+        config(&upstream, &list, "\"tiktok\"", EXPECT_STAFF)
+    );
+    let gateway = TestGateway::start_text(text).await;
+    let metrics = gateway.scrape().await;
+    assert_eq!(
+        metrics.get("portvakt_list_rejected_lines{list=\"tiktok\"}"),
+        Some(&2.0)
+    );
+    // Down to one entry (tiktok.com, which the expectation needs): refused as it stands,
+    // accepted with a reason.
+    std::fs::write(&list, "tiktok.com\n").unwrap();
+    let (code, body) = gateway.admin_request("POST", "/api/v1/reload", &[]).await;
+    assert_eq!(code, 422, "{body}");
+    let path = "/api/v1/reload?allow_shrink=tiktok&reason=case%202026-118";
+    let (code, body) = gateway.admin_request("POST", path, &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let metrics = gateway.scrape().await;
+    assert_eq!(
+        metrics.get("portvakt_list_rejected_lines{list=\"tiktok\"}"),
+        Some(&0.0)
+    );
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "reload", "{last}");
+    assert_eq!(last["accepted"]["allow_shrink"][0], "tiktok", "{last}");
+    assert_eq!(last["accepted"]["reason"], "case 2026-118", "{last}");
+    gateway.shutdown().await;
+}

@@ -33,9 +33,9 @@ run=$(sed -n '/AS build/,/^FROM/{s/^RUN //p}' "$dockerfile")
 [[ -n $run ]] || { echo "container: no RUN line in the build stage" >&2; exit 1; }
 echo "== container build context: $(cd "$context" && ls | tr '\n' ' ')"
 echo "== in it: $run"
-# The dependencies come from the repository's target directory; the crate itself is built from the
-# copied context.
-(cd "$context" && CARGO_TARGET_DIR="$repo/target" bash -c "$run")
-test -x "$repo/target/release/portvakt"
-"$repo/target/release/portvakt" --version
+# A target directory of its own: sharing the repository's would relink target/release/portvakt
+# from the context (without .git, so its --version says "unknown") under the packages' feet.
+(cd "$context" && CARGO_TARGET_DIR="$repo/target/container" bash -c "$run")
+test -x "$repo/target/container/release/portvakt"
+"$repo/target/container/release/portvakt" --version
 echo "container build context: ok"

@@ -16,8 +16,15 @@ repo=$PWD
 build() {
   command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
   command -v cargo-generate-rpm >/dev/null || cargo install cargo-generate-rpm --locked --quiet
+  # The commit goes into the binary (build.rs); set here, a change of it rebuilds and relinks.
+  PORTVAKT_COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    PORTVAKT_COMMIT+=-dirty
+  fi
+  export PORTVAKT_COMMIT
   cargo build --release --locked --quiet
   local out=target/package bin=target/release/portvakt
+  "$bin" --version | grep -qF "($PORTVAKT_COMMIT)"
   rm -rf "$out" && mkdir -p "$out"
   # The example config with the package's absolute paths and state directory.
   sed -e 's#"blocklists/#"/etc/portvakt/lists/#g' \

@@ -10,16 +10,18 @@
 //!                   proxy.rs    a load balancer's PROXY v2 header ─► the client it names
 //!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH endpoints (advertise_encrypted)
 //!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
-//!                   policy/     (segment, qname) ─► Decision, one pass over the name's suffixes
+//!                   policy/     judge.rs: (segment, qname) ─► Judgement (DDR, bypass names, lists:
+//!                               one pass over the name's suffixes); explain and [[expect]] ask it too
 //!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
-//!                     └─ Allowed ─► cache.rs ─hit─► reply (CNAME targets re-decided)
+//!                     └─ Forward ─► cache.rs ─hit─► reply (the answer judged again: CNAME targets, addresses)
 //!                                        └miss─► gateway.rs join (coalesce.rs: lead or follow)
 //!                                                 ─► upstream/ server order, one try per server:
 //!                                                    UDP from a fresh random port (first try sent
 //!                                                    and read by udp.rs's loop), TCP/TLS reused
 //!                                                 ─► gateway.rs settle ─► cache.rs ─► reply
 //!                   gateway.rs finish: every reply fitted to the transport and counted (metrics.rs)
-//! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API) ─► Gateway::swap
+//! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API;
+//!       guards: shrink, expectations, start-only settings; audit.rs) ─► Gateway::swap
 //! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload}
 //! ```
 //! The modules below are declared bottom layer first; each uses only those of lower layers

@@ -415,8 +415,11 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         Err(err) => return bad(format!("`{}` is not a domain name: {err}", params.name)),
     };
     // A forwarded name: its upstream answer (cached, else asked) is judged as a query's is.
-    if explanation.answer == "forwarded" && params.name.parse::<IpAddr>().is_err() {
-        let wire = wire_name(&explanation.name);
+    let is_name = params.name.parse::<IpAddr>().is_err();
+    if let (true, Ok(wire)) = (
+        is_name && explanation.is_forwarded(),
+        name::from_text(&explanation.name),
+    ) {
         for qtype in [1, 28] {
             let Some(answer) = state.gateway.lookup(&wire, qtype).await else {
                 continue;
@@ -424,7 +427,7 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
             explanation = (state.gateway).with_policy(|policy| {
                 policy.explain_answer(explanation, client, listener, &answer)
             });
-            if explanation.answer != "forwarded" {
+            if !explanation.is_forwarded() {
                 break;
             }
         }
@@ -457,11 +460,6 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
         "answer": explanation.answer,
     }))
     .into_response()
-}
-
-/// `name` as written by `explain` (valid text) in wire format.
-fn wire_name(text: &str) -> Vec<u8> {
-    crate::name::from_text(text).expect("explain wrote a valid name")
 }
 
 #[cfg(test)]

@@ -492,10 +492,7 @@ fn export(arg: &ConfigArg, format: ExportArg) -> ExitCode {
         }
     }
     match portvakt::export(&config, format) {
-        Ok(text) => match print_to_stdout(|out| out.write_all(text.as_bytes())) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(code) => code,
-        },
+        Ok(text) => print_bytes(text.as_bytes()),
         Err(err) => {
             report(&err);
             ExitCode::from(2)
@@ -542,10 +539,7 @@ fn compliance_report(
         ReportArg::Csv => made.csv(),
         ReportArg::Json => serde_json::to_string_pretty(&made).expect("a report serializes") + "\n",
     };
-    match print_to_stdout(|out| out.write_all(text.as_bytes())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(code) => code,
-    }
+    print_bytes(text.as_bytes())
 }
 
 /// The config of `arg`, or the exit code after its problems are printed.
@@ -584,10 +578,7 @@ fn audit_verify(arg: &ConfigArg) -> ExitCode {
                 verified.files,
                 state_dir.display()
             );
-            match print_to_stdout(|out| out.write_all(text.as_bytes())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(code) => code,
-            }
+            print_bytes(text.as_bytes())
         }
         Err(err) => {
             report(&err);
@@ -596,6 +587,7 @@ fn audit_verify(arg: &ConfigArg) -> ExitCode {
     }
 }
 
+/// Writes `bytes` to stdout; the exit code says how that went.
 fn print_bytes(bytes: &[u8]) -> ExitCode {
     match print_to_stdout(|out| out.write_all(bytes)) {
         Ok(()) => ExitCode::SUCCESS,

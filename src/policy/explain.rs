@@ -50,6 +50,13 @@ pub enum Verdict {
     },
 }
 
+impl Explanation {
+    /// Whether the query is forwarded (and its upstream answer still to be judged).
+    pub fn is_forwarded(&self) -> bool {
+        matches!(self.verdict, Verdict::Allowed | Verdict::AllowedByList(_))
+    }
+}
+
 impl Verdict {
     /// The verdict's word: `refused`, `allowed` or `blocked`.
     pub fn as_str(&self) -> &'static str {
@@ -177,10 +184,7 @@ impl Policy {
         listener: Option<SocketAddr>,
         answer: &Answer,
     ) -> Explanation {
-        let forwarded = matches!(
-            explanation.verdict,
-            Verdict::Allowed | Verdict::AllowedByList(_)
-        );
+        let forwarded = explanation.is_forwarded();
         let Some(segment) = self.classify(client, listener).filter(|_| forwarded) else {
             return explanation;
         };

@@ -184,12 +184,38 @@ fn line_hash(line: &str) -> String {
 fn last_line(path: &Path) -> std::io::Result<Option<String>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     for file in files(dir)?.iter().rev() {
-        let text = std::fs::read_to_string(file)?;
-        if let Some(line) = text.lines().rev().find(|l| !l.is_empty()) {
-            return Ok(Some(line.to_owned()));
+        if let Some(line) = last_line_of(file)? {
+            return Ok(Some(line));
         }
     }
     Ok(None)
+}
+
+/// The last non-empty line of `path`, read from its end (a window that doubles until the
+/// line fits), not the whole file.
+fn last_line_of(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut window = 4096u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        Read::by_ref(&mut file)
+            .take(len - start)
+            .read_to_end(&mut tail)?;
+        let text = String::from_utf8_lossy(&tail);
+        let trimmed = text.trim_end_matches('\n');
+        // Whole when a newline precedes it in the window, or the window is the whole file.
+        match trimmed.rfind('\n') {
+            Some(at) => return Ok(Some(trimmed[at + 1..].to_owned())),
+            None if start == 0 => {
+                return Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()));
+            }
+            None => window *= 2,
+        }
+    }
 }
 
 /// The log's files in `state_dir`, oldest first: the rotated ones, then `audit.jsonl`.
@@ -330,5 +356,17 @@ mod tests {
         std::fs::remove_file(oldest).unwrap();
         let err = verify(dir.path()).unwrap_err().to_string();
         assert!(err.contains(":1: the chain starts here"), "{err}");
+    }
+
+    #[test]
+    fn a_line_longer_than_the_tail_window_keeps_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        append(
+            &path,
+            &json!({ "event": "rejected", "error": "x".repeat(20_000) }),
+        );
+        append(&path, &json!({ "event": "reload" }));
+        assert_eq!(verify(dir.path()).unwrap(), Verified { files: 1, lines: 2 });
     }
 }

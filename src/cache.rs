@@ -313,7 +313,26 @@ const KEY_INLINE: usize = 48;
 
 /// Bounded map from question (name, type, class, DO, CD) to answer: by entries and by bytes.
 pub struct Cache {
-    map: quick_cache::sync::Cache<Key, Arc<Answer>, Weight>,
+    map: quick_cache::sync::Cache<
+        Key,
+        Arc<Answer>,
+        Weight,
+        quick_cache::DefaultHashBuilder,
+        Evictions,
+    >,
+}
+
+/// Counts the answers the cache drops to stay within its entries and bytes (an answer larger
+/// than the whole cache is dropped as it comes).
+#[derive(Clone)]
+struct Evictions(prometheus::IntCounter);
+
+impl quick_cache::Lifecycle<Key, Arc<Answer>> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: Key, _answer: Arc<Answer>) {
+        self.0.inc();
+    }
 }
 
 /// An entry weighs 1 per `unit` bytes it takes (at least 1) against a capacity of
@@ -331,16 +350,23 @@ impl quick_cache::Weighter<Key, Arc<Answer>> for Weight {
 }
 
 impl Cache {
-    /// `None` for `max_entries == 0`: no cache.
-    pub fn new(max_entries: usize, max_bytes: u64) -> Option<Cache> {
+    /// `None` for `max_entries == 0`: no cache. Each answer dropped for room counts in
+    /// `evicted`.
+    pub fn new(
+        max_entries: usize,
+        max_bytes: u64,
+        evicted: prometheus::IntCounter,
+    ) -> Option<Cache> {
         (max_entries > 0).then(|| {
             let unit = (max_bytes / max_entries as u64).max(1);
             let weight = Weight { unit };
             Cache {
-                map: quick_cache::sync::Cache::with_weighter(
+                map: quick_cache::sync::Cache::with(
                     max_entries,
                     max_entries as u64,
                     weight,
+                    quick_cache::DefaultHashBuilder::default(),
+                    Evictions(evicted),
                 ),
             }
         })
@@ -409,8 +435,14 @@ pub(crate) fn key(query: &Query) -> ([u8; KEY_LEN], usize) {
 
 #[cfg(test)]
 mod tests {
+    use prometheus::IntCounter;
+
     use super::*;
     use crate::wire::Query;
+
+    fn counter() -> IntCounter {
+        IntCounter::new("evicted", "evicted").unwrap()
+    }
 
     /// A query for `a.example` (type A), with EDNS when `edns`.
     fn query_bytes(id: u16, name: &[u8], edns: bool) -> Vec<u8> {
@@ -446,7 +478,7 @@ mod tests {
         let name = b"\x01a\x07example\x00";
         let plain = query_bytes(1, name, true);
         let plain = Query::parse(&plain).unwrap();
-        let cache = Cache::new(10, 1 << 20).unwrap();
+        let cache = Cache::new(10, 1 << 20, counter()).unwrap();
         let answer = Answer::from_upstream(&plain, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&plain, Arc::new(answer));
         assert!(cache.get(&plain, Instant::now(), Duration::ZERO).is_some());
@@ -464,7 +496,7 @@ mod tests {
     async fn failures_are_kept_briefly() {
         let packet = query_bytes(9, b"\x01A\x07example\x00", false);
         let query = Query::parse(&packet).unwrap();
-        let cache = Cache::new(10, 1 << 20).unwrap();
+        let cache = Cache::new(10, 1 << 20, counter()).unwrap();
         cache.insert(
             &query,
             Arc::new(Answer::failure(
@@ -512,7 +544,8 @@ mod tests {
     #[test]
     fn large_answers_are_bounded_by_bytes_small_ones_by_count() {
         // 100 entries, 64 kB: a unit of 655 bytes.
-        let cache = Cache::new(100, 64_000).unwrap();
+        let evicted = counter();
+        let cache = Cache::new(100, 64_000, evicted.clone()).unwrap();
         let now = Instant::now();
         let packet = |label: &[u8]| {
             let mut packet = query_bytes(
@@ -554,6 +587,9 @@ mod tests {
         assert!(large <= 10, "large answers held: {large}");
         assert!(small + 10 * large <= 100, "{small} small and {large} large");
         assert!(cache.weight() <= 100);
+        // Every answer not held was counted as it was dropped.
+        let dropped = 600 - cache.len() as u64;
+        assert_eq!(evicted.get(), dropped);
     }
 
     fn upstream_answer(ttl: u32) -> Vec<u8> {
@@ -570,7 +606,7 @@ mod tests {
     async fn ttls_count_down_and_entries_expire() {
         let packet = query_bytes(7, b"\x01A\x07eXample\x00", true);
         let query = Query::parse(&packet).unwrap();
-        let cache = Cache::new(10, 1 << 20).unwrap();
+        let cache = Cache::new(10, 1 << 20, counter()).unwrap();
         let answer = Answer::from_upstream(&query, &upstream_answer(300), Instant::now()).unwrap();
         cache.insert(&query, Arc::new(answer));
 

@@ -212,6 +212,7 @@ impl Gateway {
             cache: Cache::new(
                 policy.config().cache_max_entries,
                 policy.config().cache_max_bytes,
+                metrics.cache_evictions.clone(),
             ),
             policy: ArcSwap::from_pointee(policy),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),

@@ -229,6 +229,8 @@ pub struct Metrics {
     pub query: QueryMetrics,
     pub tcp: TcpMetrics,
     pub cache_entries: IntGauge,
+    /// Answers the cache dropped to stay within `max_entries` and `max_bytes`.
+    pub cache_evictions: IntCounter,
     pub reloads_success: IntCounter,
     pub reloads_failure: IntCounter,
     pub last_reload_success: Gauge,
@@ -375,7 +377,7 @@ impl Metrics {
         );
         let server_queries = counter(
             "portvakt_upstream_server_queries_total",
-            "Tries of each upstream server, by result (ok: it answered, also with an error rcode).",
+            "Tries of each upstream server, by result (ok: it answered, also with an error rcode; late: it answered after its wait, while a later try was out; timeout: it never answered in the query's time).",
             &["group", "server", "result"],
         );
         let server_srtt = register(
@@ -454,6 +456,14 @@ impl Metrics {
             IntGauge::new("portvakt_cache_entries", "Answers in the cache.").expect("valid metric");
         registry
             .register(Box::new(cache_entries.clone()))
+            .expect("metric registered once");
+        let cache_evictions = IntCounter::new(
+            "portvakt_cache_evictions_total",
+            "Answers dropped from the cache to keep it within max_entries and max_bytes (a high rate: the cache is too small).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cache_evictions.clone()))
             .expect("metric registered once");
         let policy_info = gauge(
             "portvakt_policy_info",
@@ -594,6 +604,7 @@ impl Metrics {
             query,
             tcp,
             cache_entries,
+            cache_evictions,
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
             last_reload_success,
@@ -740,6 +751,7 @@ impl Metrics {
                 self.server_queries
                     .with_label_values(&[group, server, r.as_str()])
             }),
+            late: (self.server_queries).with_label_values(&[group, server, "late"]),
             srtt: self.server_srtt.with_label_values(&labels),
             in_flight: self.server_in_flight.with_label_values(&labels),
             up: self.server_up.with_label_values(&labels),
@@ -873,6 +885,8 @@ impl SegmentMetrics {
 #[derive(Clone)]
 pub struct ServerMetrics {
     results: [IntCounter; 3],
+    /// Answers heard after their try's wait, while a later try was out.
+    pub late: IntCounter,
     pub srtt: Gauge,
     pub in_flight: IntGauge,
     pub up: IntGauge,

@@ -343,7 +343,7 @@ impl Loop<'_> {
         }
     }
 
-    /// Misses whose try waited its whole time go on on the runtime.
+    /// Misses whose first try waited its whole wait go on on the runtime, still listening.
     fn expire(&self, now: Instant, misses: &mut Misses) {
         while let Some(&Reverse((deadline, slot, serial))) = misses.timers.peek() {
             if deadline > now {
@@ -351,8 +351,8 @@ impl Loop<'_> {
             }
             misses.timers.pop();
             if misses.slots.get(slot).is_some_and(|m| m.serial == serial) {
-                let miss = misses.remove(slot);
-                let resume = miss.leading.pending.upstream().udp_timed_out(miss.udp);
+                let miss = misses.hand_over(slot);
+                let resume = miss.leading.pending.upstream().udp_waited(miss.udp);
                 self.later(miss.leading, Some(resume), miss.client);
             }
         }
@@ -433,6 +433,18 @@ impl Misses {
     /// refers to it), so there is no deregistering call.
     fn remove(&mut self, slot: usize) -> Miss {
         self.slots.remove(slot)
+    }
+
+    /// Takes a miss out whose socket stays open (its try goes on listening on the runtime):
+    /// it leaves the poller first.
+    fn hand_over(&mut self, slot: usize) -> Miss {
+        use std::os::fd::AsRawFd;
+        let miss = self.slots.remove(slot);
+        let fd = miss.udp.socket().as_raw_fd();
+        if let Err(err) = (self.poll.registry()).deregister(&mut mio::unix::SourceFd(&fd)) {
+            debug!(%err, "cannot stop watching an upstream socket");
+        }
+        miss
     }
 
     fn next_deadline(&self) -> Option<Duration> {

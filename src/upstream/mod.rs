@@ -126,9 +126,10 @@ impl Admitted {
         read
     }
 
-    /// `udp` waited its whole try: how the exchange goes on.
-    pub fn udp_timed_out(&self, udp: UdpTry) -> Resume {
-        udp.timed_out(&self.upstreams.groups[self.group])
+    /// `udp` waited its whole wait: the exchange goes on (in [`Admitted::resume`]), still
+    /// listening on its socket, which the caller must no longer watch.
+    pub fn udp_waited(&self, udp: UdpTry) -> Resume {
+        udp.waited()
     }
 }
 

@@ -1,13 +1,14 @@
 //! The servers of a group: with one of two black-holed, every query is still answered; the
 //! dead one is found down (skipped, `portvakt_upstream_server_up` 0) and, once it answers
-//! again, a background probe brings it back.
+//! again, a background probe brings it back. A server that is merely slow is waited for: its
+//! answer is heard on an earlier try's port, and it stays up.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 
-use crate::harness::{Answered, Canned, FakeUpstream, TestGateway};
+use crate::harness::{Answered, Canned, FakeUpstream, TestGateway, encode, question};
 
 fn a(addr: &str) -> Canned {
     Canned::A(vec![addr.parse::<Ipv4Addr>().unwrap()], 300)
@@ -80,5 +81,72 @@ async fn a_black_holed_server_is_skipped_and_probed_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "the server that answers again was not probed back");
+    gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_every_try_is_still_heard() {
+    let upstream = FakeUpstream::new()
+        .otherwise(a("192.0.2.7"))
+        .delay("slow.failover.example", Duration::from_secs(6))
+        .start()
+        .await;
+    let config = format!(
+        "server.listen = [\"127.0.0.1:0\"]\nadmin.listen = \"127.0.0.1:0\"\n\
+         segment = [{{ name = \"office\", networks = [\"127.0.0.3/32\"] }}]\n\
+         [[upstream]]\nservers = [\"{}\"]\ntimeout_ms = 10000\ntry_timeout_ms = 10000\n",
+        upstream.addr
+    );
+    let gateway = TestGateway::start_text(config).await;
+    // A fast answer first: the server's RTT is known, so its tries wait only 100 ms.
+    let office = gateway.client_from("127.0.0.3");
+    let fast = office.udp_a("fast.failover.example.").await;
+    assert_eq!(fast.addresses(), ["192.0.2.7"]);
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let query = encode(&question(
+        "slow.failover.example.",
+        hickory_proto::rr::RecordType::A,
+        true,
+    ));
+    let started = std::time::Instant::now();
+    socket.send_to(&query, gateway.addr()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(9), socket.recv_from(&mut buf))
+        .await
+        .expect("an answer within the budget")
+        .unwrap();
+    let took = started.elapsed();
+    let answer = hickory_proto::op::Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer.addresses(), ["192.0.2.7"]);
+    assert!(
+        took >= Duration::from_millis(5900),
+        "answered after {took:?}"
+    );
+    // Later tries went out while the first waited; its answer, the first to come, won.
+    let tries = upstream.queries_for("slow.failover.example");
+    assert!(tries >= 3, "{tries} tries");
+
+    let metrics = gateway.scrape().await;
+    let series = |name: &str, more: &str| {
+        let key = format!(
+            "{name}{{group=\"default\",{more}server=\"{}\"}}",
+            upstream.addr
+        );
+        metrics[&key]
+    };
+    assert_eq!(
+        series("portvakt_upstream_server_up", ""),
+        1.0,
+        "slow is not down"
+    );
+    let results = "portvakt_upstream_server_queries_total";
+    assert_eq!(series(results, "result=\"late\","), 1.0);
+    assert_eq!(
+        series(results, "result=\"timeout\","),
+        0.0,
+        "a late answer is no loss"
+    );
     gateway.shutdown().await;
 }

@@ -96,6 +96,8 @@ impl FakeUpstream {
         let mut tries = 0;
         let (udp, addr, tcp) = loop {
             let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            // Room for a burst of questions (within net.core.rmem_max).
+            let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
             let addr = udp.local_addr().unwrap();
             match TcpListener::bind(addr).await {
                 Ok(tcp) => break (udp, addr, tcp),

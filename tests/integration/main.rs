@@ -3,6 +3,7 @@
 
 mod audit;
 mod binary;
+mod burst;
 mod bypass;
 mod catalogue;
 mod dot;

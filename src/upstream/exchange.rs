@@ -117,6 +117,10 @@ pub async fn run(
     }
     let mut tries = Tries::new(group);
     let mut send_at = Instant::now();
+    let mut next = order.iter().cycle().take(order.len() * MAX_ROUNDS);
+    if resume.listening.is_some() || resume.truncated.is_some() {
+        next.next(); // the first try was the UDP receive loop's
+    }
     // Waits that passed without an answer: each doubles the next try's wait.
     let mut backoff = 0;
     if let Some(first) = resume.listening.take() {
@@ -130,7 +134,6 @@ pub async fn run(
         tries.stream(index, request.clone(), wait);
         send_at += wait;
     }
-    let mut next = order.iter().cycle().take(order.len() * MAX_ROUNDS);
     let all = (1u32 << order.len()) - 1;
     let mut more = true;
     loop {

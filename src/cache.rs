@@ -12,6 +12,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
+use crate::bypass;
 use crate::name::MAX_WIRE_LEN;
 use crate::wire::push_opt;
 use crate::wire::{
@@ -37,6 +38,8 @@ pub struct Answer {
     cname_targets: Box<[Box<[u8]>]>,
     /// Addresses in the answer section (A, AAAA, SVCB/HTTPS hints), for IP lists.
     addresses: SmallVec<[IpAddr; 2]>,
+    /// Its TXT records carry Telegram's fallback configuration (`bypass::is_telegram_config`).
+    telegram_config: bool,
     /// What segments with `strip_ech` get instead, if the answer carries ECH.
     without_ech: WithoutEch,
     /// For a failure entry: the expired answer it replaced, served stale meanwhile.
@@ -134,6 +137,7 @@ impl Answer {
         } else {
             WithoutEch::Same
         };
+        let telegram_config = bypass::is_telegram_config(&msg, &sections.answers);
         let cname_targets = sections
             .answers
             .iter()
@@ -147,6 +151,7 @@ impl Answer {
             expires_at: now + Duration::from_secs(keep.into()),
             cname_targets,
             addresses,
+            telegram_config,
             without_ech,
             stale: None,
         })
@@ -166,6 +171,11 @@ impl Answer {
 
     pub fn cname_targets(&self) -> &[Box<[u8]>] {
         &self.cname_targets
+    }
+
+    /// Whether it carries Telegram's fallback configuration.
+    pub fn is_telegram_config(&self) -> bool {
+        self.telegram_config
     }
 
     /// For a failure entry, the answer to serve stale instead, while it is within
@@ -224,6 +234,7 @@ impl Answer {
             expires_at: now + lifetime,
             cname_targets: Box::new([]),
             addresses: SmallVec::new(),
+            telegram_config: false,
             without_ech: WithoutEch::Same,
             stale,
         }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{Config, ListKind, OnFail, SegmentConfig};
+use crate::bypass::BypassKind;
+use crate::config::{Config, ListConfig, ListKind, OnFail, SegmentConfig};
 use crate::ddr::Advertisement;
 use crate::lists::{self, EntryKind, Item, ListError, Rejected};
 use crate::metrics::Metrics;
@@ -102,7 +103,7 @@ impl Policy {
             segments: config
                 .segments
                 .iter()
-                .map(|s| segment(s, addresses.lists()))
+                .map(|s| segment(s, addresses.lists(), &config.lists))
                 .collect(),
             networks: addresses,
             list_bypass: config.lists.iter().map(|l| l.bypass).collect(),
@@ -213,7 +214,7 @@ fn read_lists(
 
 /// A segment with its lists as bitsets, and its block lists in config order; `ip_lists` are
 /// the lists with IP entries.
-fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
+fn segment(config: &SegmentConfig, ip_lists: ListSet, lists: &[ListConfig]) -> Segment {
     let set = |ids: &[usize]| {
         let mut set = ListSet::default();
         ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
@@ -223,6 +224,9 @@ fn segment(config: &SegmentConfig, ip_lists: ListSet) -> Segment {
     Segment {
         name: config.name.clone(),
         blocks_addresses: !block.intersect(ip_lists).is_empty(),
+        telegram_fallback: (config.block.iter())
+            .find(|&&id| lists[id].bypass == Some(BypassKind::TelegramFallback))
+            .map(|&id| ListId(id as u8)),
         bypass: config.bypass,
         advertise: config.advertise_encrypted,
         rate: config.rate.map(|(qps, burst)| Rate { qps, burst }),

@@ -89,11 +89,13 @@ pub struct Located {
     files: Vec<PathBuf>,
 }
 
-/// A name's matched entry (lowercase wire format), or an address whose network is wanted.
+/// A name's matched entry (lowercase wire format), an address whose network is wanted, or an
+/// answer's shape (which no entry holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
     Zone(Vec<u8>),
     Address(IpAddr),
+    Shape,
 }
 
 impl Policy {
@@ -200,6 +202,11 @@ impl Policy {
             Some(AnswerBlock::Address(list, addr)) => {
                 (addr.to_string(), self.located_address(list, addr))
             }
+            Some(AnswerBlock::TelegramConfig(list)) => {
+                let via = "TXT: Telegram's fallback configuration".to_owned();
+                let shape = "(the answer's shape)".to_owned();
+                (via, self.located(list, shape, Key::Shape))
+            }
         };
         explanation.verdict = Verdict::BlockedInAnswer { via, located };
         explanation.bypass = self.bypass_of(&explanation.verdict);
@@ -257,6 +264,7 @@ impl Explanation {
                             .find(|(net, _)| net.contains(&addr.to_canonical()))?;
                         Some((path.clone(), *line, Some(net.to_string())))
                     }
+                    Key::Shape => None,
                 }
             });
             if let Some((path, line, network)) = found {

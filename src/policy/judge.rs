@@ -2,7 +2,8 @@
 //! (`judge_answer`). The gateway, `explain`, the API and the expectations all ask here, so
 //! they cannot disagree. The order is the query path's: DDR's own advertisement, then the
 //! built-in bypass names, then the lists (allow beats block); an answer is checked for
-//! blocked CNAME targets, then for blocked addresses.
+//! blocked CNAME targets, then for Telegram's fallback configuration, then for blocked
+//! addresses.
 
 use std::net::IpAddr;
 
@@ -40,12 +41,17 @@ pub enum AnswerBlock<'a> {
     Target(ListId, &'a [u8]),
     /// An address in the answer is in the list's networks.
     Address(ListId, IpAddr),
+    /// Its TXT records carry Telegram's fallback configuration, and the list is the
+    /// segment's tagged `bypass = "telegram_fallback"`.
+    TelegramConfig(ListId),
 }
 
 impl AnswerBlock<'_> {
     pub fn list(self) -> ListId {
         match self {
-            AnswerBlock::Target(list, _) | AnswerBlock::Address(list, _) => list,
+            AnswerBlock::Target(list, _)
+            | AnswerBlock::Address(list, _)
+            | AnswerBlock::TelegramConfig(list) => list,
         }
     }
 }
@@ -70,7 +76,8 @@ impl Policy {
     }
 
     /// Whether an upstream answer for `segment` is blocked: a CNAME target the segment's lists
-    /// block, or an address in a network they block (by the same rule as names).
+    /// block, an address in a network they block (by the same rule as names), or Telegram's
+    /// fallback configuration where a list tagged `telegram_fallback` is blocked.
     #[inline]
     pub fn judge_answer<'a>(
         &self,
@@ -81,6 +88,11 @@ impl Policy {
             if let Decision::Blocked { list, .. } = self.decide(segment, target) {
                 return Some(AnswerBlock::Target(list, target));
             }
+        }
+        if answer.is_telegram_config()
+            && let Some(list) = self.telegram_fallback(segment)
+        {
+            return Some(AnswerBlock::TelegramConfig(list));
         }
         if !self.blocks_addresses(segment) {
             return None;

@@ -86,6 +86,9 @@ struct Segment {
     block_order: Vec<ListId>,
     /// Whether a list it blocks has IP entries (else answers' addresses need no check).
     blocks_addresses: bool,
+    /// The first list it blocks tagged `bypass = "telegram_fallback"`: it also blocks answers
+    /// that carry Telegram's fallback configuration, whatever their name.
+    telegram_fallback: Option<ListId>,
     bypass: BypassHandling,
     /// DDR answered with portvakt's own endpoints.
     advertise: bool,
@@ -241,6 +244,11 @@ impl Policy {
         segment.rule(self.networks.lookup(addr))
     }
 
+    /// The list that blocks Telegram's fallback configuration in answers for `segment`.
+    pub(crate) fn telegram_fallback(&self, segment: SegmentId) -> Option<ListId> {
+        self.segments[segment.0 as usize].telegram_fallback
+    }
+
     /// The built-in bypass name `name` is (or is below), if `segment` answers it itself, with
     /// where that name starts in `name`.
     pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<(BypassKind, usize)> {
@@ -341,6 +349,7 @@ mod tests {
             allow: set(allow),
             block_order: block.iter().map(|&id| ListId(id)).collect(),
             blocks_addresses: false,
+            telegram_fallback: None,
             bypass: BypassHandling {
                 canary: true,
                 private_relay: true,

@@ -1,6 +1,8 @@
 //! Bypass handling per segment: Firefox's canary, iCloud Private Relay (every type) and DDR
 //! are answered negatively where the segment blocks anything, ECH is removed from HTTPS
 //! answers there, each switch can be turned off, and every attempt is counted by kind.
+//! Telegram's fallback configuration in a TXT answer is blocked under any name where the
+//! segment blocks the list tagged `telegram_fallback`.
 
 use std::collections::HashMap;
 
@@ -166,5 +168,56 @@ async fn ech_is_stripped_for_staff_and_kept_where_it_is_off() {
     assert_eq!(moved("staff"), 2.0);
     assert_eq!(moved("open"), 0.0);
     assert_eq!(moved("lenient"), 0.0);
+    gateway.shutdown().await;
+}
+
+/// Telegram's fallback configuration as published: 256 bytes in base64, served as two TXT
+/// records of 250 and 94 characters (the bytes here are made up; only the shape matters).
+fn telegram_config_records() -> Vec<String> {
+    use base64::Engine;
+    let blob: Vec<u8> = (0..256u32).map(|i| (i * 89 + 7) as u8).collect();
+    let text = base64::engine::general_purpose::STANDARD.encode(blob);
+    assert_eq!(text.len(), 344);
+    vec![text[250..].to_owned(), text[..250].to_owned()]
+}
+
+#[tokio::test]
+async fn telegrams_fallback_configuration_is_blocked_under_any_name() {
+    let config = Canned::TxtRecords(telegram_config_records());
+    let ordinary = Canned::TxtRecords(vec!["v=spf1 include:_spf.example.com ~all".into()]);
+    let upstream = FakeUpstream::new()
+        .with("cfg.unknown-cdn.example.", config)
+        .with("mail.example.org.", ordinary)
+        .start()
+        .await;
+    let gateway = TestGateway::start(&upstream, POLICY).await;
+    let before = gateway.scrape().await;
+    let staff = gateway.client_from("127.0.0.2");
+    let open = gateway.client_from("127.0.0.3");
+    let txt = |name| question(name, RecordType::TXT, true);
+
+    // Staff block the fallback list: the answer is blocked, with that list's EDE.
+    let blocked = staff.udp(&txt("cfg.unknown-cdn.example.")).await;
+    assert_eq!(blocked.metadata.response_code, ResponseCode::NXDomain);
+    assert!(blocked.answers.is_empty());
+    assert_eq!(blocked.ede().len(), 1, "{:?}", blocked.ede());
+    let over_tcp = staff.tcp(&txt("cfg.unknown-cdn.example.")).await;
+    assert_eq!(over_tcp.metadata.response_code, ResponseCode::NXDomain);
+    // A segment that blocks nothing gets it as it came; ordinary TXT passes for staff.
+    let served = open.udp(&txt("cfg.unknown-cdn.example.")).await;
+    assert_eq!(served.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(served.answers.len(), 2);
+    let spf = staff.udp(&txt("mail.example.org.")).await;
+    assert_eq!(spf.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(spf.answers.len(), 1);
+
+    let after = gateway.scrape().await;
+    let moved = |segment, kind| attempts(&after, segment, kind) - attempts(&before, segment, kind);
+    assert_eq!(
+        moved("staff", "telegram_fallback"),
+        2.0,
+        "counted: UDP and TCP"
+    );
+    assert_eq!(moved("open", "telegram_fallback"), 0.0);
     gateway.shutdown().await;
 }

@@ -30,6 +30,8 @@ pub enum Canned {
     Cname(String, Box<Canned>),
     NxDomain,
     Txt(usize),
+    /// One TXT record per text (each split into strings of at most 255 bytes).
+    TxtRecords(Vec<String>),
     Rcode(ResponseCode),
     /// An HTTPS record (priority 1, target ".") with `alpn=h2`, these `ipv4hint`s and, when
     /// `ech` is set, an `ech` parameter.
@@ -265,6 +267,19 @@ fn respond(state: &Mutex<UpstreamState>, packet: &[u8], udp: bool) -> Option<Vec
                         owner.clone(),
                         300,
                         RData::TXT(TXT::new(vec![text])),
+                    ));
+                }
+                break;
+            }
+            Canned::TxtRecords(texts) => {
+                for text in texts {
+                    let strings = (text.as_bytes().chunks(255))
+                        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+                        .collect();
+                    response.add_answer(Record::from_rdata(
+                        owner.clone(),
+                        300,
+                        RData::TXT(TXT::new(strings)),
                     ));
                 }
                 break;

@@ -54,6 +54,7 @@ mod policy;
 mod reply;
 // The path of one query, then what runs around it.
 mod admin;
+mod catalogue;
 mod export;
 mod gateway;
 mod reload;
@@ -67,12 +68,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use admin::Admin;
 pub use admin::AdminBindError;
+pub use catalogue::{CatalogueError, Diff as CatalogueDiff, diff as catalogue_diff};
 pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
 pub use export::{ExportFormat, export, warnings as export_warnings};
 pub use gateway::{Client, Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
 use lists::remote::Fetcher;
-pub use lists::remote::{FetchError, NoCopyError};
+pub use lists::remote::{FetchError, NoCopyError, download};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::audit::{AuditError, Verified, verify as audit_verify};

@@ -85,6 +85,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Compare the lists with a published catalogue of a service's names.
+    Catalogue {
+        #[command(subcommand)]
+        command: CatalogueCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -99,6 +104,23 @@ enum AuditCommand {
     /// Check the hash chain of `<state_dir>/audit*.jsonl`: names the first line that does not
     /// follow the one before it (edited, or a line removed). Exit 0 intact, 1 broken.
     Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogueCommand {
+    /// Print, one per line, the names a catalogue (a file or an http(s) URL, in any list
+    /// format portvakt reads, or an AdGuard service definition) has that the list does not
+    /// block (by the name or a zone above it); a summary goes to stderr. Exit 0 when it lacks
+    /// none, 1 when it lacks some, 2 on an error.
+    Diff {
+        /// The catalogue: a file, or an http:// or https:// URL (at most 64 MiB).
+        source: String,
+        /// The list to compare; every list a segment blocks by default.
+        #[arg(long)]
+        list: Option<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -169,6 +191,14 @@ fn main() -> ExitCode {
         Some(Command::Audit {
             command: AuditCommand::Verify { config },
         }) => audit_verify(&config),
+        Some(Command::Catalogue {
+            command:
+                CatalogueCommand::Diff {
+                    source,
+                    list,
+                    config,
+                },
+        }) => runtime.block_on(catalogue_diff(&config, &source, list.as_deref())),
         Some(Command::Completions { shell }) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -584,6 +614,64 @@ fn audit_verify(arg: &ConfigArg) -> ExitCode {
             report(&err);
             ExitCode::from(1)
         }
+    }
+}
+
+/// A catalogue of more than this is refused.
+const MAX_CATALOGUE: u64 = 64 << 20;
+
+async fn catalogue_diff(arg: &ConfigArg, source: &str, list: Option<&str>) -> ExitCode {
+    let policy = match compile(arg) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    let text = if source.starts_with("http://") || source.starts_with("https://") {
+        portvakt::download(source, MAX_CATALOGUE)
+            .await
+            .map(|body| String::from_utf8_lossy(&body).into_owned())
+            .map_err(|err| format!("cannot download {source}: {}", portvakt::error_chain(&err)))
+    } else {
+        std::fs::read(source)
+            .map_err(|err| format!("cannot read {source}: {err}"))
+            .and_then(|bytes| {
+                let len = bytes.len() as u64;
+                (len <= MAX_CATALOGUE)
+                    .then(|| String::from_utf8_lossy(&bytes).into_owned())
+                    .ok_or_else(|| format!("{source} is over {MAX_CATALOGUE} bytes"))
+            })
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let diff = match portvakt::catalogue_diff(&policy, list, std::path::Path::new(source), &text) {
+        Ok(diff) => diff,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    let compared = list.map_or("the blocked lists".to_owned(), |l| format!("list {l}"));
+    eprintln!(
+        "{source}: {} names ({} lines not names, {} addresses not compared); blocked by {compared}: {}, missing: {}",
+        diff.names,
+        diff.rejected,
+        diff.addresses,
+        diff.names - diff.missing.len(),
+        diff.missing.len()
+    );
+    let mut out = String::new();
+    for name in &diff.missing {
+        out.push_str(name);
+        out.push('\n');
+    }
+    match print_bytes(out.as_bytes()) {
+        code if code != ExitCode::SUCCESS => code,
+        _ if diff.missing.is_empty() => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
     }
 }
 

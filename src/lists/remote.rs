@@ -233,12 +233,6 @@ impl Fetcher {
             return Update::Failed(FetchError::Status(response.status()));
         }
         let limit = list.limits.max_bytes.min(MAX_BODY as u64);
-        if response
-            .content_length()
-            .is_some_and(|length| length > limit)
-        {
-            return Update::Failed(FetchError::TooLarge(limit));
-        }
         let header = |name| {
             response
                 .headers()
@@ -247,19 +241,10 @@ impl Fetcher {
                 .map(str::to_owned)
         };
         let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
-        // Read as it streams, and stop at the limit: a body sent without a length (chunked, or
-        // until the connection closes) is never held whole past it.
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 > limit => {
-                    return Update::Failed(FetchError::TooLarge(limit));
-                }
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(err) => return Update::Failed(FetchError::Request(err)),
-            }
-        }
+        let body = match read_body(&mut response, limit).await {
+            Ok(body) => body,
+            Err(err) => return Update::Failed(err),
+        };
         let copy = source.copy.clone();
         let max_shrink = list.max_shrink;
         let meta = Meta {
@@ -273,6 +258,41 @@ impl Fetcher {
             .await
             .unwrap_or_else(|err| Update::Failed(FetchError::Task(err)))
     }
+}
+
+/// A response's body, refused at `limit` bytes: by its length header, and while it streams,
+/// so a body sent without a length (chunked, or until the connection closes) is never held
+/// whole past it.
+async fn read_body(response: &mut reqwest::Response, limit: u64) -> Result<Vec<u8>, FetchError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(FetchError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(FetchError::Request)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(FetchError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One GET of `url` outside the gateway (the system's resolver), for the command line: the
+/// body, within `limit` bytes and the list downloads' timeout.
+pub async fn download(url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("portvakt/", env!("CARGO_PKG_VERSION")))
+        .timeout(FETCH_TIMEOUT)
+        .build()
+        .map_err(FetchError::Request)?;
+    let mut response = client.get(url).send().await.map_err(FetchError::Request)?;
+    if !response.status().is_success() {
+        return Err(FetchError::Status(response.status()));
+    }
+    read_body(&mut response, limit.min(MAX_BODY as u64)).await
 }
 
 /// Counts the download's entries, applies the shrink guard, and replaces the copy atomically.

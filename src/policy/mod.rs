@@ -297,6 +297,27 @@ impl Policy {
         self.zone_of(name, &self.index.lookup(name), list)
     }
 
+    /// The lists that contain `name` (lowercase wire format): an entry is the name or a zone
+    /// above it, and no exception of the list is.
+    pub(crate) fn lists_containing(&self, name: &[u8]) -> ListSet {
+        self.index.lookup(name).lists
+    }
+
+    /// The list called `name`.
+    pub(crate) fn list_id(&self, name: &str) -> Option<ListId> {
+        let at = self.lists.iter().position(|l| l.name == name)?;
+        Some(ListId(at as u8))
+    }
+
+    /// Every list some segment blocks.
+    pub(crate) fn blocked_lists(&self) -> ListSet {
+        let mut all = ListSet::default();
+        for segment in &self.segments {
+            segment.block_order.iter().for_each(|&id| all.insert(id));
+        }
+        all
+    }
+
     pub(crate) fn segment_name(&self, segment: SegmentId) -> &str {
         &self.segments[segment.0 as usize].name
     }

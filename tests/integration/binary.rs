@@ -452,3 +452,103 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
     let status = exited.expect("exited within 3 s of SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+/// `portvakt catalogue diff` with `args`: (exit code, stdout, stderr).
+fn catalogue_diff<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["catalogue", "diff"])
+        .args(args)
+        .output()
+        .expect("portvakt runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_diff_prints_what_a_list_lacks_from_a_file_or_a_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("tiktok.txt"),
+        "tiktok.com\nbyteoversea.com\n@@ads.tiktok.com\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("other.txt"), "douyin.com\n").unwrap();
+    let config = d.join("portvakt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[lists.tiktok]\nfiles = [{:?}]\n[lists.other]\nfiles = [{:?}]\n\
+             [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"tiktok\"]\n\
+             [[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
+            d.join("tiktok.txt"),
+            d.join("other.txt")
+        ),
+    )
+    .unwrap();
+    // An AdGuard service definition: covered by a zone above, excepted, in another list, new.
+    let catalogue = "id: tiktok\nname: TikTok\nrules:\n  - '||tiktok.com^'\n  - '||api.tiktok.com^'\n  \
+                     - '||ads.tiktok.com^'\n  - '||douyin.com^'\n  - '||tiktokv.eu^'\n  - '||tiktokv.eu^'\n";
+    std::fs::write(d.join("catalogue.yml"), catalogue).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let config = config.as_str();
+    let file = d.join("catalogue.yml");
+    let file = file.to_str().unwrap();
+
+    let (code, missing, summary) = catalogue_diff(&[file, "--list", "tiktok", "--config", config]);
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(missing, "ads.tiktok.com\ndouyin.com\ntiktokv.eu\n");
+    assert!(
+        summary.contains("5 names") && summary.contains("blocked by list tiktok: 2, missing: 3"),
+        "{summary}"
+    );
+    // Every list a segment blocks: `other` is blocked by none, so the same.
+    let (code, all, _) = catalogue_diff(&[file, "--config", config]);
+    assert_eq!((code, all), (1, missing.clone()));
+
+    // The same over HTTP; a catalogue it covers whole exits 0.
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", http.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route(
+            "/services.yml",
+            axum::routing::get(move || async move { catalogue }),
+        )
+        .route(
+            "/covered.txt",
+            axum::routing::get(|| async { "www.tiktok.com\nbyteoversea.com\n" }),
+        );
+    let server = tokio::spawn(async move { axum::serve(http, router).await.unwrap() });
+    let owned = |url: String| -> [String; 5] {
+        [
+            url,
+            "--list".into(),
+            "tiktok".into(),
+            "--config".into(),
+            config.to_owned(),
+        ]
+    };
+    let args = owned(format!("{base}/services.yml"));
+    let (code, over_http, _) = tokio::task::spawn_blocking(move || catalogue_diff(&args))
+        .await
+        .unwrap();
+    assert_eq!((code, over_http), (1, missing));
+    let args = owned(format!("{base}/covered.txt"));
+    let (code, none, summary) = tokio::task::spawn_blocking(move || catalogue_diff(&args))
+        .await
+        .unwrap();
+    assert_eq!((code, none.as_str()), (0, ""), "{summary}");
+
+    // Mistakes: exit 2 with the reason.
+    let (code, _, error) = catalogue_diff(&[file, "--list", "nope", "--config", config]);
+    assert_eq!(code, 2);
+    assert!(error.contains("no list named \"nope\""), "{error}");
+    let (code, _, error) = catalogue_diff(&["/nonexistent/catalogue.txt", "--config", config]);
+    assert_eq!(code, 2);
+    assert!(error.contains("cannot read"), "{error}");
+    server.abort();
+}

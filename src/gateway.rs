@@ -358,7 +358,7 @@ impl Gateway {
                     hit
                 });
                 if let Some(answer) = cached {
-                    serve(&policy, segment, &query, &answer, out)
+                    serve(&policy, &self.metrics, segment, &query, &answer, out)
                 } else if !query.recursion_desired() {
                     // RD=0 asks for what we hold; we never forward it.
                     reply::error(&query, Rcode::Refused, None, out);
@@ -487,7 +487,9 @@ impl Gateway {
                 reply::advertise(query, policy.advertised(), policy.block(), out);
                 Outcome::Allowed
             }
-            (Some((segment, _)), Ok(answer)) => serve(&policy, segment, query, &answer, out),
+            (Some((segment, _)), Ok(answer)) => {
+                serve(&policy, &self.metrics, segment, query, &answer, out)
+            }
             (Some(_), Err((rcode, ede))) => {
                 reply::error(query, rcode, ede, out);
                 Outcome::Allowed
@@ -649,10 +651,12 @@ impl Gateway {
     }
 }
 
-/// Writes an upstream answer, unless a CNAME target or an address in it is blocked for this
-/// segment: the answer is shared by all segments, so it is re-decided on every serve.
+/// Writes an upstream answer, unless a CNAME target, an address or a TXT shape in it is
+/// blocked for this segment: the answer is shared by all segments, so it is re-decided on
+/// every serve. A name blocked so is noted for the report (the name, never the client).
 fn serve(
     policy: &Policy,
+    metrics: &Metrics,
     segment: SegmentId,
     query: &Query,
     answer: &Answer,
@@ -665,6 +669,8 @@ fn serve(
     if let Some(block) = policy.judge_answer(segment, answer) {
         let list = block.list();
         debug!(list = %policy.list_name(list), ?block, "blocked: in the answer");
+        // The name itself is in no list: the report shows it, so the ops team can add it.
+        metrics.note_answer_blocked(policy.list_name(list), crate::name::to_text(query.name()));
         // The SOA is owned by the question name: the blocked zone is not in the question.
         reply::blocked(query, policy.block(), list, 0, out);
         return Outcome::Blocked(list);

@@ -100,6 +100,9 @@ impl ShedReason {
     }
 }
 
+/// Distinct names blocked by their answer kept between two writes of the evidence store.
+pub const ANSWER_BLOCKED_NAMES: usize = 10_000;
+
 /// Result of one upstream exchange, as the `result` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamResult {
@@ -247,6 +250,9 @@ pub struct Metrics {
     certificate_expiry: IntGaugeVec,
     /// 1 while writes to the evidence store fail.
     pub evidence_write_failing: IntGauge,
+    /// Names blocked only by what their answer held, per list, since the evidence store last
+    /// took them: names only (never who asked), at most [`ANSWER_BLOCKED_NAMES`] at once.
+    answer_blocked: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
     /// Admin requests refused by a limit (`body`, `time`).
     pub admin_limit_hits: IntCounterVec,
     /// Reloads rejected, by reason (`ReloadError::reason`).
@@ -618,6 +624,7 @@ impl Metrics {
             list_download_failing,
             certificate_expiry,
             evidence_write_failing,
+            answer_blocked: std::sync::Mutex::default(),
             admin_limit_hits,
             reloads_rejected,
         }
@@ -680,6 +687,28 @@ impl Metrics {
             }
         }
         out
+    }
+
+    /// Counts `name` (text), blocked by `list` only because of what its answer held (a CNAME
+    /// target, an address, a TXT shape). Names past [`ANSWER_BLOCKED_NAMES`] waiting for the
+    /// store are not kept (their blocks are still counted by list).
+    pub fn note_answer_blocked(&self, list: &str, name: String) {
+        let mut names = self.answer_blocked.lock().expect("not poisoned");
+        let key = (list.to_owned(), name);
+        if let Some(count) = names.get_mut(&key) {
+            *count += 1;
+        } else if names.len() < ANSWER_BLOCKED_NAMES {
+            names.insert(key, 1);
+        }
+    }
+
+    /// The names [`Metrics::note_answer_blocked`] counted since the last take: (list, name,
+    /// count).
+    pub fn take_answer_blocked(&self) -> Vec<(String, String, u64)> {
+        let taken = std::mem::take(&mut *self.answer_blocked.lock().expect("not poisoned"));
+        (taken.into_iter())
+            .map(|((list, name), count)| (list, name, count))
+            .collect()
     }
 
     /// Forgets every self-test result (a new policy has its own probes).

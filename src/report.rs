@@ -1,5 +1,7 @@
 //! The compliance report: per day, segment and list, the queries blocked and the bypass
-//! attempts, the policy hashes in force and since when, and the time a policy was enforced.
+//! attempts, the policy hashes in force and since when, the time a policy was enforced, and
+//! per day and list the names blocked only by what their answer held (names, never clients:
+//! what the lists missed, for the ops team to add).
 //! Aggregates only, kept in SQLite at `<state_dir>/evidence.sqlite` across restarts and
 //! reloads, for `RETENTION_DAYS`. Nothing per client is stored: the counts come from the same
 //! counters as `/metrics`, whose labels are segments, lists and kinds. The optional top clients
@@ -58,7 +60,9 @@ impl Recorder {
                segment TEXT NOT NULL, item TEXT NOT NULL, count INTEGER NOT NULL,
                PRIMARY KEY (day, kind, segment, item));
              CREATE TABLE IF NOT EXISTS policies (since_unix INTEGER NOT NULL, hash TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS uptime (day TEXT PRIMARY KEY, seconds INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS uptime (day TEXT PRIMARY KEY, seconds INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS answer_blocked (day TEXT NOT NULL, list TEXT NOT NULL,
+               name TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (day, list, name));",
         )
         .map_err(error)?;
         Ok(Recorder {
@@ -122,6 +126,14 @@ impl Recorder {
             )
             .map_err(|source| self.error(source))?;
         }
+        for (list, name, count) in metrics.take_answer_blocked() {
+            tx.execute(
+                "INSERT INTO answer_blocked (day, list, name, count) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (day, list, name) DO UPDATE SET count = count + ?4",
+                params![day, list, name, count as i64],
+            )
+            .map_err(|source| self.error(source))?;
+        }
         tx.execute(
             "INSERT INTO uptime (day, seconds) VALUES (?1, ?2)
              ON CONFLICT (day) DO UPDATE SET seconds = seconds + ?2",
@@ -129,7 +141,7 @@ impl Recorder {
         )
         .map_err(|source| self.error(source))?;
         let oldest = day_of(unix(now).saturating_sub(RETENTION_DAYS as u64 * 86_400));
-        for table in ["daily", "uptime"] {
+        for table in ["daily", "uptime", "answer_blocked"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE day < ?1"),
                 params![oldest],
@@ -227,6 +239,15 @@ pub struct Count {
     pub count: u64,
 }
 
+/// A name blocked by `list` only because of what its answer held, and how often that day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnswerBlocked {
+    pub day: String,
+    pub list: String,
+    pub name: String,
+    pub count: u64,
+}
+
 /// A policy hash and when it went into force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InForce {
@@ -290,6 +311,9 @@ pub struct Report {
     pub policies: Vec<InForce>,
     /// Seconds a policy was enforced, per day.
     pub enforced_seconds: Vec<(String, u64)>,
+    /// Names blocked only by their answer (a CNAME target, an address, a TXT shape): what the
+    /// lists lack, per day and list.
+    pub answer_blocked: Vec<AnswerBlocked>,
     /// Every policy put in force and every reload rejected in the period, from the audit log.
     pub changes: Vec<PolicyChange>,
     /// Today's clients with the most attempts, under pseudonyms: only from the running
@@ -334,6 +358,20 @@ fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
             Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut statement = db.prepare(
+        "SELECT day, list, name, count FROM answer_blocked WHERE day >= ?1 AND day <= ?2
+         ORDER BY day, list, count DESC, name",
+    )?;
+    let answer_blocked = statement
+        .query_map(params![from, to], |row| {
+            Ok(AnswerBlocked {
+                day: row.get(0)?,
+                list: row.get(1)?,
+                name: row.get(2)?,
+                count: row.get::<_, i64>(3)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Report {
         from: from.to_owned(),
         to: to.to_owned(),
@@ -341,6 +379,7 @@ fn read(db: &Connection, from: &str, to: &str) -> rusqlite::Result<Report> {
         bypass_attempts: counts("bypass")?,
         policies,
         enforced_seconds: enforced,
+        answer_blocked,
         changes: Vec::new(),
         top_clients: None,
     })
@@ -362,6 +401,17 @@ impl Report {
                 let (day, segment, item, count) = (&c.day, &c.segment, &c.item, c.count);
                 let _ = writeln!(out, "  {day}  {segment:<16} {item:<20} {count:>10}");
             }
+        }
+        let _ = writeln!(
+            out,
+            "\nblocked by their answer only, not by their name (day, list, name, count):"
+        );
+        for a in &self.answer_blocked {
+            let _ = writeln!(
+                out,
+                "  {}  {:<20} {:<40} {:>10}",
+                a.day, a.list, a.name, a.count
+            );
         }
         let _ = writeln!(out, "\npolicies in force (hash, since):");
         for p in &self.policies {
@@ -423,6 +473,14 @@ impl Report {
         }
         for (day, seconds) in &self.enforced_seconds {
             let _ = writeln!(out, "enforced_seconds,{day},,,{seconds}");
+        }
+        // The third column holds the list here: no segment is kept with these names.
+        for a in &self.answer_blocked {
+            let _ = writeln!(
+                out,
+                "answer_blocked,{},{},{},{}",
+                a.day, a.list, a.name, a.count
+            );
         }
         for c in &self.changes {
             let hash = c.hash.as_deref().unwrap_or("");

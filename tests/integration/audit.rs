@@ -319,3 +319,64 @@ async fn status_hash(gateway: &TestGateway) -> String {
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     status["policy"]["hash"].as_str().unwrap().to_owned()
 }
+
+/// Names blocked only by what their answer held are listed per day and list, names only, so
+/// the ops team can add them; the names blocked by their own entry are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_lists_the_names_only_their_answer_blocked() {
+    let alias = crate::harness::Canned::Cname(
+        "edge.tiktokcdn.com.".into(),
+        Box::new(crate::harness::Canned::A(
+            vec!["192.0.2.40".parse().unwrap()],
+            300,
+        )),
+    );
+    let upstream = FakeUpstream::new()
+        .with("video.unlisted-cdn.example.", alias)
+        .with_a("www.allowed.test.", "192.0.2.9")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "server.state_dir = {:?}\n\
+         lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
+         segment = [{{ name = \"staff\", networks = [\"127.0.0.2/32\"], block = [\"tiktok\"] }}]\n",
+        dir.path().display().to_string()
+    );
+    let gateway = TestGateway::start(&upstream, &policy).await;
+    let staff = gateway.client_from("127.0.0.2");
+    for _ in 0..3 {
+        let answer = staff.udp_a("video.unlisted-cdn.example.").await;
+        assert_eq!(
+            answer.metadata.response_code,
+            hickory_proto::op::ResponseCode::NXDomain
+        );
+    }
+    staff.udp_a("www.tiktok.com.").await; // blocked by its own entry: not listed
+    staff.udp_a("www.allowed.test.").await;
+
+    let (code, json) = gateway.admin_get("/api/v1/report").await;
+    assert_eq!(code, 200, "{json}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let today = report["to"].as_str().unwrap();
+    assert_eq!(
+        report["answer_blocked"],
+        serde_json::json!([{ "day": today, "list": "tiktok", "name": "video.unlisted-cdn.example", "count": 3 }])
+    );
+    let (_, csv) = gateway.admin_get("/api/v1/report?format=csv").await;
+    assert!(
+        csv.contains(&format!(
+            "answer_blocked,{today},tiktok,video.unlisted-cdn.example,3"
+        )),
+        "{csv}"
+    );
+    let (_, text) = gateway.admin_get("/api/v1/report?format=text").await;
+    assert!(text.contains("video.unlisted-cdn.example"), "{text}");
+    for output in [&json, &csv, &text] {
+        assert!(
+            !output.contains("127.0.0.2"),
+            "a client address in the report"
+        );
+    }
+    gateway.shutdown().await;
+}

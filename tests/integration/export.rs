@@ -99,6 +99,12 @@ servers = ["127.0.0.1:53"]
     let reject = (ruleset.find("ip saddr @segment1_byod_vpn_v4 ip daddr @list1_telegram_ip_v4"))
         .expect("a reject rule");
     assert!(accept < reject, "{ruleset}");
+    // Every port: the apps try 443, 80 and 5222 of their data centres.
+    let line = ruleset[reject..].lines().next().unwrap();
+    assert!(
+        line.contains("counter reject") && !line.contains("dport"),
+        "{line}"
+    );
     if have_nft()
         && let Err(err) = nft_check(&ruleset)
     {
@@ -114,7 +120,9 @@ fn cidr_and_json_exports_list_the_same_ranges() {
         "{cidr}"
     );
     let ranges: Vec<&str> = cidr.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(ranges.len(), 14, "{cidr}");
+    // The 14 published ranges and data centre 2's built-in address outside them.
+    assert_eq!(ranges.len(), 15, "{cidr}");
+    assert!(ranges.contains(&"95.161.76.100/32"), "{cidr}");
     let json: serde_json::Value = serde_json::from_str(&export("json")).unwrap();
     let listed = json["ip_lists"][0]["networks"].as_array().unwrap();
     let listed: Vec<&str> = listed.iter().map(|n| n.as_str().unwrap()).collect();

@@ -44,7 +44,15 @@ struct IpList<'a> {
 
 /// Renders `config` (with the IP entries of its list files) as `format`.
 pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError> {
-    let ip_lists = read_ip_lists(&config.lists)?;
+    // Lists no segment blocks or allows (opt-in ones) are not the firewall's business.
+    let used = |id: usize| {
+        (config.segments.iter()).any(|s| s.block.contains(&id) || s.allow.contains(&id))
+    };
+    let lists: Vec<&ListConfig> = (config.lists.iter().enumerate())
+        .filter(|&(id, _)| used(id))
+        .map(|(_, l)| l)
+        .collect();
+    let ip_lists = read_ip_lists(&lists)?;
     let all: Vec<(usize, IpNet)> = (config.segments.iter().enumerate())
         .flat_map(|(id, s)| s.networks.iter().map(move |n| (id, n.trunc())))
         .collect();
@@ -141,7 +149,7 @@ fn exclude(net: IpNet, inner: &[IpNet]) -> Vec<IpNet> {
 }
 
 /// Every list with IP entries, read from its files (and downloaded copies).
-fn read_ip_lists(lists: &[ListConfig]) -> Result<Vec<IpList<'_>>, ListError> {
+fn read_ip_lists<'a>(lists: &[&'a ListConfig]) -> Result<Vec<IpList<'a>>, ListError> {
     let mut out = Vec::new();
     for list in lists {
         let mut seen = BTreeSet::new();

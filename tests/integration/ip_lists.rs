@@ -148,3 +148,39 @@ servers = ["127.0.0.1:53"]
     );
     assert_eq!(explain("192.0.2.1"), portvakt::Verdict::Allowed);
 }
+
+/// The shipped `tiktok-ip` list: an unknown name whose answer lies in ByteDance's own networks
+/// is blocked for staff and answered for the TikTok devices.
+#[tokio::test]
+async fn an_unknown_name_resolving_into_bytedance_networks_is_blocked_for_staff() {
+    let upstream = FakeUpstream::new()
+        .with_a("edge.unlisted-video.example.", "71.18.1.20")
+        .with_a("fine.example.org.", "192.0.2.8")
+        .start()
+        .await;
+    let policy = r#"
+lists.tiktok-ip = { files = ["blocklists/tiktok-ip.txt"], kind = "ip" }
+segment = [{ name = "staff",          networks = ["127.0.0.2/32"], block = ["tiktok-ip"] },
+           { name = "tiktok-devices", networks = ["127.0.0.3/32"] }]
+"#;
+    let gateway = TestGateway::start(&upstream, policy).await;
+    let (staff, device) = (
+        gateway.client_from("127.0.0.2"),
+        gateway.client_from("127.0.0.3"),
+    );
+    let blocked = staff.udp_a("edge.unlisted-video.example.").await;
+    assert_eq!(blocked.metadata.response_code, ResponseCode::NXDomain);
+    assert!(blocked.addresses().is_empty());
+    let answered = device.udp_a("edge.unlisted-video.example.").await;
+    assert_eq!(answered.addresses(), ["71.18.1.20"]);
+    assert_eq!(
+        staff.udp_a("fine.example.org.").await.addresses(),
+        ["192.0.2.8"]
+    );
+    let scrape = gateway.scrape().await;
+    assert_eq!(
+        scrape[r#"portvakt_blocked_total{list="tiktok-ip",segment="staff"}"#],
+        1.0
+    );
+    gateway.shutdown().await;
+}

@@ -129,7 +129,7 @@ fn the_tiktok_list_covers_every_source() {
     }
     let tiktok = entries("tiktok.txt");
     // The explicit exclusion: names of other ByteDance apps (Douyin, Toutiao, CapCut, Lemon8,
-    // Lark, Pangle ads, corporate zones), which go to the opt-in bytedance-other.txt, each
+    // Lark, Pangle China ads, corporate zones), which go to the opt-in bytedance-other.txt, each
     // zone commented there with its app and source.
     let other_apps = entries("bytedance-other.txt");
     let overlap: Vec<&String> = tiktok.intersection(&other_apps).collect();

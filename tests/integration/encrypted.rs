@@ -11,8 +11,8 @@ use hickory_proto::rr::RecordType;
 use tokio::process::Command;
 
 use crate::harness::{
-    FakeUpstream, RunningUpstream, TestGateway, certificate, encode, found, free_port,
-    present_or_skip, question,
+    FakeUpstream, RunningUpstream, TestGateway, certificate, encode, found, present_or_skip,
+    question, start_on_free_ports,
 };
 
 pub(crate) const NAME: &str = "dns.portvakt.test";
@@ -20,9 +20,16 @@ pub(crate) const NAME: &str = "dns.portvakt.test";
 /// Staff (127.0.0.2) block the tiktok list and are advertised the encrypted endpoints
 /// (so those listen on fixed ports); devices (127.0.0.3) block nothing. `server` is added
 /// to `[server]`.
-fn config(dir: &Path, upstream: &RunningUpstream, server: &str, segments: &str) -> String {
+/// DDR advertises the encrypted listeners, so their ports are named in the config (`ports`:
+/// DoT, DoH) before they are bound.
+fn config(
+    dir: &Path,
+    upstream: &RunningUpstream,
+    server: &str,
+    segments: &str,
+    [tls, https]: [u16; 2],
+) -> String {
     let d = dir.display();
-    let (tls, https) = (free_port(), free_port());
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:{tls}\"]\n\
          https_listen = [\"127.0.0.1:{https}\"]\ntls_cert_file = \"{d}/cert.pem\"\n\
@@ -32,6 +39,17 @@ fn config(dir: &Path, upstream: &RunningUpstream, server: &str, segments: &str) 
          [[upstream]]\nservers = [\"{}\"]\ntimeout_ms = 700\n",
         upstream.addr
     )
+}
+
+async fn start(
+    dir: &Path,
+    upstream: &RunningUpstream,
+    server: &str,
+    segments: &str,
+) -> TestGateway {
+    start_on_free_ports(|ports| config(dir, upstream, server, segments, ports))
+        .await
+        .0
 }
 
 const SEGMENTS: &str = "[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\n\
@@ -106,7 +124,7 @@ async fn kdig_and_dig_get_the_segment_policy_over_tls_and_https() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), NAME);
     let upstream = upstream().await;
-    let gateway = TestGateway::start_text(config(dir.path(), &upstream, "", SEGMENTS)).await;
+    let gateway = start(dir.path(), &upstream, "", SEGMENTS).await;
     for (source, expect) in [("127.0.0.2", "NXDOMAIN"), ("127.0.0.3", "NOERROR")] {
         for (tool, mut args) in dig_clients(&gateway, dir.path(), source) {
             args.push("www.tiktok.com".into());
@@ -167,7 +185,7 @@ async fn ddr_advertises_the_encrypted_endpoints_to_staff_only() {
     let segments = format!(
         "{SEGMENTS}[[segment]]\nname = \"guests\"\nnetworks = [\"127.0.0.4/32\"]\nblock = [\"tiktok\"]\n"
     );
-    let gateway = TestGateway::start_text(config(dir.path(), &upstream, "", &segments)).await;
+    let gateway = start(dir.path(), &upstream, "", &segments).await;
     let dig = |source: &str, name: &str| {
         let addr = gateway.addr();
         vec![
@@ -218,18 +236,21 @@ async fn curl_resolves_through_doh_by_the_listeners_segment() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), NAME);
     let upstream = upstream().await;
-    let device_port = free_port();
-    let server = format!("https_listen = [\"127.0.0.1:0\", \"127.0.0.1:{device_port}\"]");
-    let segments = format!(
-        "[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\nblock = [\"tiktok\"]\n\
-         [[segment]]\nname = \"devices\"\nlisteners = [\"127.0.0.1:{device_port}\"]\n"
-    );
-    let text = config(dir.path(), &upstream, &server, &segments);
-    let text = (text.lines())
-        .filter(|l| !l.starts_with("https_listen = [\"127.0.0.1:") || l.contains(", "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let gateway = TestGateway::start_text(text).await;
+    // The devices listener's port is named in the config before it is bound: another
+    // test may take it meanwhile, so a few fresh ports are tried.
+    let (gateway, [_, _, device_port]) = start_on_free_ports(|[tls, https, device_port]| {
+        let server = format!("https_listen = [\"127.0.0.1:0\", \"127.0.0.1:{device_port}\"]");
+        let segments = format!(
+            "[[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\nblock = [\"tiktok\"]\n\
+             [[segment]]\nname = \"devices\"\nlisteners = [\"127.0.0.1:{device_port}\"]\n"
+        );
+        let text = config(dir.path(), &upstream, &server, &segments, [tls, https]);
+        (text.lines())
+            .filter(|l| *l != format!("https_listen = [\"127.0.0.1:{https}\"]"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .await;
     let admin = gateway.admin_addr().port();
     let staff_port = (gateway.https_addrs().iter())
         .find(|a| a.port() != device_port)
@@ -273,7 +294,7 @@ async fn doh_answers_http1_and_http2_and_rejects_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), NAME);
     let upstream = upstream().await;
-    let gateway = TestGateway::start_text(config(dir.path(), &upstream, "", SEGMENTS)).await;
+    let gateway = start(dir.path(), &upstream, "", SEGMENTS).await;
     let https = gateway.https_addrs()[0];
     let query = encode(&question("www.tiktok.com.", RecordType::A, true));
     std::fs::write(dir.path().join("query.bin"), &query).unwrap();
@@ -419,8 +440,7 @@ async fn a_certificate_swap_under_dot_load_drops_no_query() {
         std::fs::copy(first.path().join(file), dir.path().join(file)).unwrap();
     }
     let upstream = upstream().await;
-    let text = config(dir.path(), &upstream, "watch = false", SEGMENTS);
-    let gateway = TestGateway::start_text(text).await;
+    let gateway = start(dir.path(), &upstream, "watch = false", SEGMENTS).await;
     let tls = gateway.tls_addr();
     let both = client_config(&[first.path(), second.path()]);
     let only_second = client_config(&[second.path()]);

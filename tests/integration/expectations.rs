@@ -10,8 +10,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
 use crate::harness::{
-    Canned, FakeUpstream, RunningUpstream, TestGateway, certificate, found, free_port,
-    present_or_skip, question,
+    Canned, FakeUpstream, RunningUpstream, TestGateway, certificate, found, present_or_skip,
+    question, start_on_free_ports,
 };
 use crate::reload::eventually;
 
@@ -251,10 +251,10 @@ async fn explain_and_the_wire_agree() {
     let dir = tempfile::tempdir().unwrap();
     certificate(dir.path(), "dns.portvakt.test");
     let d = dir.path().display();
-    let tls = free_port();
     std::fs::write(dir.path().join("allow.txt"), "www.tiktok.com\n").unwrap();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:{tls}\"]\n\
+    let text = |[tls]: [u16; 1]| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:{tls}\"]\n\
          tls_cert_file = \"{d}/cert.pem\"\ntls_key_file = \"{d}/key.pem\"\ntls_name = \"dns.portvakt.test\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [lists.tiktok]\nfiles = [\"tests/fixtures/tiktok.txt\"]\n\
@@ -265,9 +265,10 @@ async fn explain_and_the_wire_agree() {
          [[segment]]\nname = \"byod\"\nnetworks = [\"127.0.0.4/32\"]\nblock = [\"tiktok\"]\n\
          [[segment]]\nname = \"devices\"\nnetworks = [\"127.0.0.3/32\"]\n\
          [[upstream]]\nservers = [\"{}\"]\ntimeout_ms = 700\n",
-        upstream.addr
-    );
-    let gateway = TestGateway::start_text(text).await;
+            upstream.addr
+        )
+    };
+    let (gateway, _) = start_on_free_ports(text).await;
     let cases = [
         (
             "127.0.0.2",

@@ -364,15 +364,17 @@ impl TestGateway {
     /// Starts the gateway on a whole config, written to `config_path()` so that reloads
     /// read it again.
     pub async fn start_text(text: String) -> TestGateway {
+        Self::try_start_text(text).await.expect("gateway starts")
+    }
+
+    async fn try_start_text(text: String) -> Result<TestGateway, portvakt::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portvakt.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|err| panic!("{err}\n---\n{text}"));
         let source = portvakt::ConfigSource::File(path);
-        let running = portvakt::start(config, source)
-            .await
-            .expect("gateway starts");
-        TestGateway { running, dir }
+        let running = portvakt::start(config, source).await?;
+        Ok(TestGateway { running, dir })
     }
 
     /// The config file the gateway reads at every reload.
@@ -704,8 +706,26 @@ pub fn certificate(dir: &std::path::Path, name: &str) {
     }
 }
 
+/// Starts the gateway on the config `text(ports)` gives for ports free on 127.0.0.1 now;
+/// should another test take one before the gateway binds it, up to five fresh sets are
+/// tried. For configs that must name a listener's port before it is bound.
+pub async fn start_on_free_ports<const N: usize>(
+    text: impl Fn([u16; N]) -> String,
+) -> (TestGateway, [u16; N]) {
+    for _ in 0..4 {
+        let ports = std::array::from_fn(|_| free_port());
+        match TestGateway::try_start_text(text(ports)).await {
+            Err(portvakt::StartError::Bind(err))
+                if err.source.kind() == std::io::ErrorKind::AddrInUse => {}
+            started => return (started.expect("gateway starts"), ports),
+        }
+    }
+    let ports = std::array::from_fn(|_| free_port());
+    (TestGateway::start_text(text(ports)).await, ports)
+}
+
 /// A port free on 127.0.0.1 now (for configs that must name a port before binding).
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }

@@ -54,6 +54,30 @@ fn nft_accepts_the_exported_ruleset() {
     assert!(ruleset.contains("table inet portvakt {"));
     assert!(ruleset.contains("149.154.160.0/20"), "Telegram's ranges");
     assert!(ruleset.contains("tcp dport 853"));
+    // TikTok's built-in resolver (DoH to Google by address), every port, both families.
+    for (set, address) in [
+        ("doh_bypass_ip_v4", "8.8.8.8/32"),
+        ("doh_bypass_ip_v6", "2001:4860:4860::8888/128"),
+    ] {
+        let at = ruleset.find(&format!("_{set} {{")).expect(set);
+        let elements = ruleset[at..]
+            .lines()
+            .find(|l| l.contains("elements"))
+            .unwrap();
+        assert!(elements.contains(address), "{elements}");
+        let family = if set.ends_with("v4") { "ip" } else { "ip6" };
+        let rule = format!(
+            "{family} saddr @segment0_staff_{} {family} daddr @",
+            &set[set.len() - 2..]
+        );
+        let line = (ruleset.lines())
+            .find(|l| l.contains(&rule) && l.contains(set))
+            .expect("staff's reject");
+        assert!(
+            line.ends_with("counter reject comment \"staff may not reach doh-bypass-ip\""),
+            "{line}"
+        );
+    }
     if !have_nft() {
         return;
     }
@@ -115,21 +139,36 @@ servers = ["127.0.0.1:53"]
 #[test]
 fn cidr_and_json_exports_list_the_same_ranges() {
     let cidr = export("cidr");
-    assert!(
-        cidr.starts_with("# list telegram-ip, blocked for: staff, byod-vpn\n"),
+    let lists: Vec<(&str, Vec<&str>)> = (cidr.split("# list ").skip(1))
+        .map(|section| {
+            let (head, ranges) = section.split_once('\n').unwrap();
+            (head, ranges.lines().collect())
+        })
+        .collect();
+    // By name: doh-bypass-ip, telegram-ip; the opt-in tiktok-ip is left out.
+    let heads: Vec<&str> = lists.iter().map(|(head, _)| *head).collect();
+    assert_eq!(
+        heads,
+        [
+            "doh-bypass-ip, blocked for: staff, byod-vpn",
+            "telegram-ip, blocked for: staff, byod-vpn"
+        ],
         "{cidr}"
     );
-    let ranges: Vec<&str> = cidr.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lists[0].1.len(), 4, "{cidr}");
     // The 14 published ranges and data centre 2's built-in address outside them.
-    assert_eq!(ranges.len(), 15, "{cidr}");
-    assert!(ranges.contains(&"95.161.76.100/32"), "{cidr}");
+    assert_eq!(lists[1].1.len(), 15, "{cidr}");
+    assert!(lists[1].1.contains(&"95.161.76.100/32"), "{cidr}");
     let json: serde_json::Value = serde_json::from_str(&export("json")).unwrap();
-    let listed = json["ip_lists"][0]["networks"].as_array().unwrap();
-    let listed: Vec<&str> = listed.iter().map(|n| n.as_str().unwrap()).collect();
-    assert_eq!(listed, ranges);
+    for (index, (_, ranges)) in lists.iter().enumerate() {
+        let listed = json["ip_lists"][index]["networks"].as_array().unwrap();
+        let listed: Vec<&str> = listed.iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(&listed, ranges);
+    }
     let staff = &json["segments"][0];
     assert_eq!(staff["name"], "staff");
     assert_eq!(staff["ip_lists"][0], "telegram-ip");
+    assert_eq!(staff["ip_lists"][1], "doh-bypass-ip");
     assert_eq!(json["encrypted_dns_port"], 853);
 }
 

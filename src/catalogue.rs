@@ -2,13 +2,21 @@
 //! services, NextDNS, HaGeZi, any list format portvakt reads) has that a list of ours does not
 //! block, for the list repository's CI. A catalogue name counts as covered when the list holds
 //! it or a zone above it (and no exception of the list takes it out).
+//! `portvakt catalogue resolve`: which names of a list (a top-sites list) resolve into an IP
+//! list's networks, to measure what blocking them in answers would take.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::Path;
 
+use futures_util::stream::{self, StreamExt};
+
 use crate::lists::{self, EntryKind};
+use crate::metrics::Metrics;
 use crate::name;
 use crate::policy::Policy;
 use crate::policy::index::ListSet;
+use crate::upstream::Upstreams;
 
 /// A catalogue compared with a policy's lists.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +36,59 @@ pub struct Diff {
 pub enum CatalogueError {
     #[error("no list named \"{0}\" in the config")]
     NoSuchList(String),
+    #[error("list \"{0}\" holds no addresses or networks")]
+    NoNetworks(String),
+}
+
+/// Host names resolved and held against an IP list (`portvakt catalogue resolve`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reach {
+    /// Distinct names asked.
+    pub names: usize,
+    /// Of those, the ones with no address (no such name, no A or AAAA, no answer).
+    pub unresolved: usize,
+    /// The names with an address inside the list, with the first such address, in the
+    /// names' order.
+    pub inside: Vec<(String, IpAddr)>,
+}
+
+/// Resolves `names` (host names as text) through the config's upstream groups, A and AAAA,
+/// at most `parallel` at a time, and finds those with an address inside the IP list `list`:
+/// what blocking that list's networks in answers would take from a segment.
+pub async fn reach(
+    policy: &Policy,
+    list: &str,
+    names: &[String],
+    parallel: usize,
+) -> Result<Reach, CatalogueError> {
+    let id = (policy.list_id(list)).ok_or_else(|| CatalogueError::NoSuchList(list.to_owned()))?;
+    if !policy.address_lists().contains(id) {
+        return Err(CatalogueError::NoNetworks(list.to_owned()));
+    }
+    let upstreams = Upstreams::new(&policy.config().upstreams, &Metrics::new());
+    let mut seen = HashSet::new();
+    let names: Vec<&String> = names.iter().filter(|n| seen.insert(n.as_str())).collect();
+    let resolved: Vec<Option<Vec<IpAddr>>> = stream::iter(names.iter())
+        .map(|name| {
+            let upstreams = &upstreams;
+            async move { upstreams.resolve(name).await.ok() }
+        })
+        .buffered(parallel.max(1))
+        .collect()
+        .await;
+    let mut reach = Reach {
+        names: names.len(),
+        unresolved: resolved.iter().filter(|r| r.is_none()).count(),
+        inside: Vec::new(),
+    };
+    for (name, addresses) in names.iter().zip(&resolved) {
+        let inside = (addresses.iter().flatten())
+            .find(|&&addr| policy.lists_containing_address(addr).contains(id));
+        if let Some(&addr) = inside {
+            reach.inside.push(((*name).clone(), addr));
+        }
+    }
+    Ok(reach)
 }
 
 /// Compares `text` (the catalogue, labelled `source`) with the list named `list`, or with every

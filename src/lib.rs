@@ -68,7 +68,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use admin::Admin;
 pub use admin::AdminBindError;
-pub use catalogue::{CatalogueError, Diff as CatalogueDiff, diff as catalogue_diff};
+pub use catalogue::{
+    CatalogueError, Diff as CatalogueDiff, Reach, diff as catalogue_diff, reach as catalogue_reach,
+};
 pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
 pub use export::{ExportFormat, export, warnings as export_warnings};

@@ -5,7 +5,7 @@
 use std::error::Error;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -124,6 +124,23 @@ enum CatalogueCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Resolve the names of a file (one per line, or `rank,name`: a top-sites list) through
+    /// the config's upstream groups and print, tab-separated, each name with an address
+    /// inside the IP list `--list`, and that address: what blocking the list in answers would
+    /// take. A summary goes to stderr. Exit 0 when none is inside, 1 when some are, 2 on an
+    /// error or when no name resolves at all.
+    Resolve {
+        /// The names: a file.
+        names: PathBuf,
+        /// The IP list (`kind = "ip"`, or any list holding networks).
+        #[arg(long)]
+        list: String,
+        /// Names asked at a time.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,6 +216,15 @@ fn main() -> ExitCode {
                     config,
                 },
         }) => runtime.block_on(catalogue_diff(&config, &source, list.as_deref())),
+        Some(Command::Catalogue {
+            command:
+                CatalogueCommand::Resolve {
+                    names,
+                    list,
+                    parallel,
+                    config,
+                },
+        }) => runtime.block_on(catalogue_resolve(&config, &names, &list, parallel)),
         Some(Command::Completions { shell }) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -671,6 +697,58 @@ async fn catalogue_diff(arg: &ConfigArg, source: &str, list: Option<&str>) -> Ex
     match print_bytes(out.as_bytes()) {
         code if code != ExitCode::SUCCESS => code,
         _ if diff.missing.is_empty() => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+async fn catalogue_resolve(arg: &ConfigArg, path: &Path, list: &str, parallel: usize) -> ExitCode {
+    let policy = match compile(arg) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    let text = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() as u64 <= MAX_CATALOGUE => {
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Ok(_) => {
+            eprintln!("error: {} is over {MAX_CATALOGUE} bytes", path.display());
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("error: cannot read {}: {err}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let names: Vec<String> = (text.lines())
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.rsplit(',').next().unwrap_or(l).trim().to_owned())
+        .collect();
+    let reach = match portvakt::catalogue_reach(&policy, list, &names, parallel).await {
+        Ok(reach) => reach,
+        Err(err) => {
+            report(&err);
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "{}: {} names, {} without an address; inside list {list}: {}",
+        path.display(),
+        reach.names,
+        reach.unresolved,
+        reach.inside.len()
+    );
+    if reach.names > 0 && reach.unresolved == reach.names {
+        eprintln!("error: no name resolved: check the config's upstreams");
+        return ExitCode::from(2);
+    }
+    let mut out = String::new();
+    for (name, addr) in &reach.inside {
+        out.push_str(&format!("{name}\t{addr}\n"));
+    }
+    match print_bytes(out.as_bytes()) {
+        code if code != ExitCode::SUCCESS => code,
+        _ if reach.inside.is_empty() => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     }
 }

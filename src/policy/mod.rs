@@ -303,6 +303,16 @@ impl Policy {
         self.index.lookup(name).lists
     }
 
+    /// The IP lists that hold a network containing `addr`.
+    pub(crate) fn lists_containing_address(&self, addr: IpAddr) -> ListSet {
+        self.networks.lookup(addr)
+    }
+
+    /// The lists that hold addresses or networks.
+    pub(crate) fn address_lists(&self) -> ListSet {
+        self.networks.lists()
+    }
+
     /// The list called `name`.
     pub(crate) fn list_id(&self, name: &str) -> Option<ListId> {
         let at = self.lists.iter().position(|l| l.name == name)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-use crate::harness::{Answered, question};
+use crate::harness::{Answered, Canned, FakeUpstream, question};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portvakt");
 
@@ -551,4 +551,92 @@ async fn catalogue_diff_prints_what_a_list_lacks_from_a_file_or_a_url() {
     assert_eq!(code, 2);
     assert!(error.contains("cannot read"), "{error}");
     server.abort();
+}
+
+/// `portvakt catalogue resolve` with `args`, off the runtime: (exit code, stdout, stderr).
+async fn catalogue_resolve(args: Vec<String>) -> (i32, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["catalogue", "resolve"])
+            .args(args)
+            .output()
+            .expect("portvakt runs")
+    })
+    .await
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// What blocking ByteDance's networks in answers would take, measured through the upstream:
+/// the names resolving into the shipped `tiktok-ip`, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_resolve_names_the_sites_that_resolve_into_an_ip_list() {
+    let upstream = FakeUpstream::new()
+        .with_a("api.unknown-app.example.", "71.18.1.9")
+        .with(
+            "shop.example.",
+            Canned::Cname(
+                "cdn.example.net.".into(),
+                Box::new(Canned::A(vec!["192.0.2.10".parse().unwrap()], 60)),
+            ),
+        )
+        .with_a("video.example.", "130.44.212.1")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lists = std::env::current_dir().unwrap().join("blocklists");
+    let config = |upstream: &str| {
+        format!(
+            "[lists.tiktok-ip]\nfiles = [{:?}]\nkind = \"ip\"\n[lists.tiktok]\nfiles = [{:?}]\n\
+             [[upstream]]\nservers = [\"{upstream}\"]\ntimeout_ms = 500\n",
+            lists.join("tiktok-ip.txt"),
+            lists.join("tiktok.txt"),
+        )
+    };
+    std::fs::write(d.join("live.toml"), config(&upstream.addr.to_string())).unwrap();
+    // A top-sites list: plain names and `rank,name`, a repeat, a comment, a name that is not.
+    std::fs::write(
+        d.join("top.txt"),
+        "api.unknown-app.example\nshop.example\n# comment\nnx.example\nshop.example\n5,video.example\n",
+    )
+    .unwrap();
+    let args = |config: &str, list: &str| -> Vec<String> {
+        let path = |f: &str| d.join(f).to_str().unwrap().to_owned();
+        vec![
+            path("top.txt"),
+            "--list".into(),
+            list.into(),
+            "--config".into(),
+            path(config),
+        ]
+    };
+
+    let (code, inside, summary) = catalogue_resolve(args("live.toml", "tiktok-ip")).await;
+    assert_eq!(code, 1, "{summary}");
+    assert_eq!(
+        inside,
+        "api.unknown-app.example\t71.18.1.9\nvideo.example\t130.44.212.1\n"
+    );
+    assert!(
+        summary.contains("4 names, 1 without an address; inside list tiktok-ip: 2"),
+        "{summary}"
+    );
+    assert!(upstream.queries_for("shop.example.") >= 1);
+
+    // Nothing resolves (a dead upstream): an error, never "nothing inside".
+    let dead = FakeUpstream::new().otherwise(Canned::Silent).start().await;
+    std::fs::write(d.join("dead.toml"), config(&dead.addr.to_string())).unwrap();
+    let (code, inside, error) = catalogue_resolve(args("dead.toml", "tiktok-ip")).await;
+    assert_eq!((code, inside.as_str()), (2, ""), "{error}");
+    assert!(error.contains("no name resolved"), "{error}");
+    // A list of names is no IP list.
+    let (code, _, error) = catalogue_resolve(args("live.toml", "tiktok")).await;
+    assert_eq!(code, 2);
+    assert!(error.contains("holds no addresses or networks"), "{error}");
 }

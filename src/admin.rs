@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminToken;
 use crate::error;
+use crate::evidence::report::Recorder;
 use crate::gateway::Gateway;
 use crate::name;
 use crate::policy::{Located, Verdict};
 use crate::reload::{Override, Reloader, Trigger};
-use crate::report::Recorder;
 use crate::transport::ListenAddrs;
 
 /// Why the admin listener could not be set up.
@@ -349,17 +349,21 @@ async fn report(State(state): State<AppState>, Query(params): Query<ReportParams
         let message = "no evidence store: set [server] state_dir\n";
         return (StatusCode::NOT_FOUND, message).into_response();
     };
-    let (from, to) = match crate::report::period(params.from.as_deref(), params.to.as_deref()) {
-        Ok(period) => period,
-        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
-    };
+    let (from, to) =
+        match crate::evidence::report::period(params.from.as_deref(), params.to.as_deref()) {
+            Ok(period) => period,
+            Err(message) => {
+                return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response();
+            }
+        };
     let gateway = state.gateway.clone();
     let made = tokio::task::spawn_blocking(move || {
-        recorder.record_now(&gateway)?;
+        let in_force = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
+        recorder.record_now(in_force, gateway.metrics())?;
         let mut report = recorder.report(&from, &to)?;
         // Today's top clients, when today is in the period.
         report.top_clients = (gateway.top_clients()).filter(|t| from <= t.day && t.day <= to);
-        Ok::<_, crate::report::StoreError>(report)
+        Ok::<_, crate::evidence::report::StoreError>(report)
     })
     .await;
     let report = match made {

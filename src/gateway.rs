@@ -13,18 +13,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::budget::{ClientBudget, ClientPermit};
 use crate::bypass::BypassKind;
 use crate::cache::{self, Answer, Cache, WithoutEch};
+use crate::client::budget::{ClientBudget, ClientPermit};
+use crate::client::proxy;
+use crate::client::ratelimit::Limit;
+use crate::client::segment::SegmentId;
 use crate::coalesce::{self, InFlight, Join, Lead};
-use crate::days::unix_now;
+use crate::evidence::days::unix_now;
+use crate::evidence::pseudonym::{Attempts, TopClients};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Judgement, ListId, Policy};
-use crate::proxy;
-use crate::pseudonym::{Attempts, TopClients};
-use crate::ratelimit::Limit;
 use crate::reply;
-use crate::segment::SegmentId;
 use crate::upstream::{Admitted, UpstreamError};
 use crate::wire::{self, EdeCode, Malformed, Query, Rcode};
 

@@ -30,20 +30,17 @@
 
 #![deny(unsafe_code)]
 
-// Bottom layer: names, wire format, segments, bypass kinds, error text, metric handles.
-mod budget;
+// Bottom layer: names, wire format, what places and limits a client, bypass kinds, error
+// text, metric handles.
 mod bypass;
-mod days;
+mod client;
 mod error;
 mod metrics;
 mod name;
-mod proxy;
-mod pseudonym;
-mod ratelimit;
-mod segment;
 mod wire;
-// Config, then what is read from it.
+// Config, the evidence kept of it, then what is read from it.
 mod config;
+mod evidence;
 mod lists;
 mod upstream;
 // The compiled policy, then the answers written from its decisions.
@@ -58,7 +55,6 @@ mod catalogue;
 mod export;
 mod gateway;
 mod reload;
-mod report;
 mod transport;
 
 use std::net::SocketAddr;
@@ -73,15 +69,15 @@ pub use catalogue::{
 };
 pub use config::{Config, ConfigError, Problem, TcpLimits};
 pub use error::chain as error_chain;
+pub use evidence::audit::{AuditError, Verified, verify as audit_verify};
+pub use evidence::report::{Report, StoreError, period as report_period, report_from};
 pub use export::{ExportFormat, export, warnings as export_warnings};
 pub use gateway::{Client, Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError, download};
 pub use metrics::Metrics;
 pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
-pub use reload::audit::{AuditError, Verified, verify as audit_verify};
 pub use reload::{ConfigSource, Override, ReloadError, ReloadStatus, Reloader, Shrunk, Trigger};
-pub use report::{Report, StoreError, period as report_period, report_from};
 pub use transport::ListenAddrs;
 use transport::Listeners;
 pub use transport::{BindError, serve_stream};
@@ -89,12 +85,12 @@ pub use upstream::{Admitted, Resume, UdpTry};
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.
 pub mod core {
+    pub use crate::client::segment::{SegmentId, SegmentTable};
     pub use crate::lists::{
         Entry, EntryKind, ListError, ListFile, Rejected, parse, read, read_with,
     };
     pub use crate::name::{MAX_WIRE_LEN, NameError, from_text, to_text};
     pub use crate::policy::index::{IndexBuilder, ListId, ListSet, Matches, SuffixIndex};
-    pub use crate::segment::{SegmentId, SegmentTable};
 }
 
 /// Why the gateway did not start.
@@ -109,7 +105,7 @@ pub enum StartError {
     #[error(transparent)]
     Download(#[from] NoCopyError),
     #[error(transparent)]
-    Store(#[from] report::StoreError),
+    Store(#[from] evidence::report::StoreError),
 }
 
 /// A running gateway; `shutdown` stops it in order, and dropping it cancels everything at once.
@@ -140,7 +136,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     fetcher.prepare(&config, false).await?;
     let (listen, admin_listen) = (config.listen.clone(), config.admin_listen);
     let recorder = match &config.state_dir {
-        Some(dir) => Some(Arc::new(report::Recorder::open(dir)?)),
+        Some(dir) => Some(Arc::new(evidence::report::Recorder::open(dir)?)),
         None => None,
     };
     let encrypted = config.encrypted.clone();
@@ -158,7 +154,7 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     let listeners = Listeners::bind(&listen, &encrypted, gateway.clone(), serving.clone()).await?;
     let on_change = recorder.clone().map(|recorder| {
         let metrics = gateway.metrics().clone();
-        Box::new(move |policy: &Policy| recorder.note(policy, &metrics)) as reload::OnChange
+        Box::new(move |policy: &Policy| recorder.note(policy.hash(), &metrics)) as reload::OnChange
     });
     let reloader = Reloader::new(gateway.clone(), source, fetcher, on_change);
     let admin = match admin_listen {
@@ -179,8 +175,14 @@ pub async fn start(config: Config, source: ConfigSource) -> Result<Running, Star
     };
     reloader.start(&serving);
     tokio::spawn(self_test(gateway.clone(), serving.clone()));
-    let recording =
-        recorder.map(|r| tokio::spawn(report::record(r, gateway.clone(), serving.clone())));
+    let recording = recorder.map(|recorder| {
+        let (metrics, stop) = (gateway.metrics().clone(), serving.clone());
+        let in_force = {
+            let gateway = gateway.clone();
+            move || gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()))
+        };
+        tokio::spawn(evidence::report::record(recorder, in_force, metrics, stop))
+    });
     Ok(Running {
         gateway,
         listeners,

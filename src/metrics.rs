@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 use crate::bypass::BypassKind;
-use crate::segment::NO_SEGMENT;
+use crate::client::segment::NO_SEGMENT;
 use crate::wire::Rcode;
 
 /// Histogram buckets for DNS times, in seconds: 25 µs (a blocked answer) to 2 s (a slow

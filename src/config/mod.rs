@@ -1052,7 +1052,7 @@ impl Checks<'_> {
                     format!("segment \"{name}\" is defined twice"),
                 );
             }
-            if name == crate::segment::NO_SEGMENT {
+            if name == crate::client::segment::NO_SEGMENT {
                 let message = "segment name \"none\" is reserved for clients in no segment";
                 self.report(&segment.name, message);
             }

@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::bypass::BypassKind;
+use crate::client::ratelimit::{Rate, RateLimiter};
+use crate::client::segment::{NO_SEGMENT, SegmentId, SegmentTable};
 use crate::config::{Config, ListConfig, ListKind, OnFail, SegmentConfig};
 use crate::ddr::Advertisement;
+use crate::evidence::identity::EntryDigest;
 use crate::lists::{self, EntryKind, Item, ListError, Rejected};
 use crate::metrics::Metrics;
 use crate::name;
-use crate::policy::identity::EntryDigest;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
 use crate::policy::probe::{Samples, probes};
 use crate::policy::{BlockAnswers, List, Policy, PolicyMetrics, Segment};
-use crate::ratelimit::{Rate, RateLimiter};
-use crate::segment::{NO_SEGMENT, SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
 
 /// Why a checked config could still not become a policy.

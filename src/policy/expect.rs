@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::client::segment::{NO_SEGMENT, SegmentId};
 use crate::config::{Expectation, Expected, OnFail, Subject};
 use crate::policy::{Judgement, Policy};
-use crate::segment::{NO_SEGMENT, SegmentId};
 
 /// One name of one expectation that the policy does not honour.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,10 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::cache::Answer;
+pub use crate::client::segment::Placement;
 use crate::lists::{self, EntryKind};
 use crate::name::{self, NameError};
 use crate::policy::{AnswerBlock, Judgement, ListId, Policy, bypass_is_nodata};
-pub use crate::segment::Placement;
 
 /// The answer to `portvakt explain` and `/api/v1/explain`, decided by the query path's own
 /// judge ([`Policy::judge`], [`Policy::judge_answer`]).

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use crate::bypass::BypassKind;
 use crate::cache::Answer;
+use crate::client::segment::SegmentId;
 use crate::policy::{Decision, ListId, Policy};
-use crate::segment::SegmentId;
 
 /// What a segment gets for a question before any upstream answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,6 @@ mod block;
 mod compile;
 mod expect;
 mod explain;
-mod identity;
 pub(crate) mod index;
 mod judge;
 mod networks;
@@ -20,12 +19,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::bypass::{self, BypassKind};
+use crate::client::ratelimit::{Limit, Rate, RateLimiter};
+use crate::client::segment::{SegmentId, SegmentTable};
 use crate::config::{BypassHandling, Config};
 use crate::ddr::Advertisement;
 use crate::lists::Rejected;
 use crate::metrics::SegmentMetrics;
-use crate::ratelimit::{Limit, Rate, RateLimiter};
-use crate::segment::{SegmentId, SegmentTable};
 use crate::upstream::Upstreams;
 pub use block::BlockAnswers;
 pub use compile::CompileError;
@@ -160,11 +159,17 @@ impl Policy {
         &self.hash
     }
 
-    /// Each list's entry sum by name: equal when its entries are.
-    pub fn list_hashes(&self) -> std::collections::BTreeMap<&str, u128> {
-        (self.lists.iter().map(|l| l.name.as_str()))
-            .zip(self.list_digests.iter().copied())
-            .collect()
+    /// What the audit trail records of this policy.
+    pub(crate) fn in_force(&self) -> crate::evidence::audit::InForce<'_> {
+        let lists = (self.lists.iter().zip(&self.list_digests))
+            .map(|(l, digest)| (l.name.as_str(), (l.entries, *digest)))
+            .collect();
+        crate::evidence::audit::InForce {
+            config: &self.config,
+            generation: self.generation,
+            hash: &self.hash,
+            lists,
+        }
     }
 
     /// The self-test: decides every probe and judges every expectation again, and sets

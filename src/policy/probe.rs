@@ -7,10 +7,10 @@
 
 use std::net::IpAddr;
 
+use crate::client::segment::{SegmentId, SegmentTable};
 use crate::config::Config;
 use crate::policy::index::{ListId, SuffixIndex};
 use crate::policy::{Decision, Policy};
-use crate::segment::{SegmentId, SegmentTable};
 
 /// Names probed per list.
 pub const NAMES: usize = 3;

@@ -10,7 +10,6 @@
 //! being built). The triggers that are not calls live beside this: `watch.rs` (file changes)
 //! and `refresh.rs` (list downloads).
 
-pub mod audit;
 mod refresh;
 mod watch;
 
@@ -24,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::days::unix_now;
 use crate::error;
+use crate::evidence::audit;
+pub use crate::evidence::audit::{Override, Trigger};
+use crate::evidence::days::unix_now;
 use crate::gateway::Gateway;
 use crate::lists::remote::{Fetcher, NoCopyError};
 use crate::policy::{CompileError, Policy};
@@ -127,36 +128,6 @@ fn shrink_message(shrunk: &[Shrunk]) -> String {
 /// What is told of every policy put in force, at start and by each reload.
 pub type OnChange = Box<dyn Fn(&Policy) + Send + Sync>;
 
-/// An operator's acceptance, with a reason, of lists shrinking beyond their `max_shrink` in
-/// the next reload (audit-logged with the token's id).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Override {
-    pub allow_shrink: Vec<String>,
-    pub reason: String,
-}
-
-/// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Signal,
-    FileChange,
-    Api,
-    ListDownload,
-}
-
-impl Trigger {
-    /// The word logs, status and the audit log use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Signal => "signal",
-            Trigger::FileChange => "file_change",
-            Trigger::Api => "api",
-            Trigger::ListDownload => "list_download",
-        }
-    }
-}
-
 /// The reload history `/api/v1/status` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadStatus {
@@ -211,7 +182,7 @@ impl Reloader {
             result: Ok(0),
         });
         let initial = gateway.with_policy(|policy| {
-            audit::record_change(None, policy, None, None);
+            audit::record_change(None, &policy.in_force(), None, None);
             policy.config().clone()
         });
         if let Some(on_change) = &on_change {
@@ -360,7 +331,8 @@ impl Reloader {
                     };
                     metrics.set_shrink_refused(&shrunk);
                     let text = error::chain(&err);
-                    (self.gateway).with_policy(|p| audit::record_rejected(p, trigger, &text));
+                    (self.gateway)
+                        .with_policy(|p| audit::record_rejected(&p.in_force(), trigger, &text));
                     let trigger = trigger.map_or("none", Trigger::as_str);
                     error!(error = %text, trigger, "reload rejected; the previous policy keeps serving");
                     let mut status = self.status.lock().expect("status lock");
@@ -424,7 +396,7 @@ impl Reloader {
         let generation = policy.generation();
         let old = self.gateway.swap(policy);
         (self.gateway).with_policy(|new| {
-            audit::record_change(Some(&old), new, trigger, accepted);
+            audit::record_change(Some(&old.in_force()), &new.in_force(), trigger, accepted);
             if let Some(on_change) = &self.on_change {
                 on_change(new);
             }

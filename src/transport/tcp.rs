@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::stream::Connection;
-use crate::budget::ClientBudget;
+use crate::client::budget::ClientBudget;
+use crate::client::proxy;
 use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Transport};
 use crate::metrics::TcpLimit;
-use crate::proxy;
 
 /// What a stream listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

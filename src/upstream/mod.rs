@@ -25,7 +25,7 @@ use hickory_proto::op::ResponseCode;
 use rustc_hash::FxBuildHasher;
 use tracing::{debug, info, warn};
 
-use crate::budget;
+use crate::client::budget;
 use crate::config::{ServerAddr, UpstreamConfig};
 use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;

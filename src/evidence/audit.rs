@@ -13,13 +13,51 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::Trigger;
 use crate::config::Config;
-use crate::days::unix_now;
-use crate::policy::Policy;
+use crate::evidence::days::unix_now;
+
+/// What the audit trail records of a policy, handed in by whoever puts it in force.
+pub struct InForce<'a> {
+    pub config: &'a Config,
+    pub generation: u64,
+    pub hash: &'a str,
+    /// Each list's name with its entry count and the hash of its entries.
+    pub lists: BTreeMap<&'a str, (usize, u128)>,
+}
+
+/// An operator's acceptance, with a reason, of lists shrinking beyond their `max_shrink` in
+/// the next reload (audit-logged with the token's id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Override {
+    pub allow_shrink: Vec<String>,
+    pub reason: String,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Signal,
+    FileChange,
+    Api,
+    ListDownload,
+}
+
+impl Trigger {
+    /// The word logs, status and the audit log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::FileChange => "file_change",
+            Trigger::Api => "api",
+            Trigger::ListDownload => "list_download",
+        }
+    }
+}
 
 /// The file under `state_dir`.
 pub const FILE: &str = "audit.jsonl";
@@ -38,37 +76,35 @@ pub fn path(config: &Config) -> Option<PathBuf> {
 /// Records `new` going into force after `old` (`None`: at start); `accepted` is the
 /// operator's acceptance of lists shrinking, with its reason, if one was given.
 pub fn record_change(
-    old: Option<&Policy>,
-    new: &Policy,
+    old: Option<&InForce>,
+    new: &InForce,
     trigger: Option<Trigger>,
-    accepted: Option<&super::Override>,
+    accepted: Option<&Override>,
 ) {
-    let Some(path) = path(new.config()) else {
+    let Some(path) = path(new.config) else {
         return;
     };
     let mut record = json!({
         "time_unix": unix_now(),
         "event": if old.is_some() { "reload" } else { "start" },
         "trigger": trigger,
-        "generation": new.generation(),
-        "hash": new.hash(),
+        "generation": new.generation,
+        "hash": new.hash,
     });
     if trigger == Some(Trigger::Api) {
-        let token = old.and_then(|p| p.config().admin_token.as_ref());
+        let token = old.and_then(|p| p.config.admin_token.as_ref());
         record["token_id"] = json!(token.map(|t| t.id()));
     }
     if let Some(accepted) = accepted {
         record["accepted"] = json!(accepted);
     }
     if let Some(old) = old {
-        record["previous_hash"] = json!(old.hash());
+        record["previous_hash"] = json!(old.hash);
         record["lists"] = lists_changed(old, new);
-        record["segments"] = segments_changed(old.config(), new.config());
+        record["segments"] = segments_changed(old.config, new.config);
     } else {
-        let lists: BTreeMap<&str, usize> = new
-            .lists()
-            .iter()
-            .map(|l| (l.name.as_str(), l.entries))
+        let lists: BTreeMap<&str, usize> = (new.lists.iter())
+            .map(|(name, (entries, _))| (*name, *entries))
             .collect();
         record["lists"] = json!(lists);
     }
@@ -76,41 +112,37 @@ pub fn record_change(
 }
 
 /// Records a reload that was rejected (the running policy stays).
-pub fn record_rejected(running: &Policy, trigger: Option<Trigger>, error: &str) {
-    let Some(path) = path(running.config()) else {
+pub fn record_rejected(running: &InForce, trigger: Option<Trigger>, error: &str) {
+    let Some(path) = path(running.config) else {
         return;
     };
     let mut record = json!({
         "time_unix": unix_now(),
         "event": "rejected",
         "trigger": trigger,
-        "running_hash": running.hash(),
+        "running_hash": running.hash,
         "error": error,
     });
     if trigger == Some(Trigger::Api) {
-        let token = running.config().admin_token.as_ref();
+        let token = running.config.admin_token.as_ref();
         record["token_id"] = json!(token.map(|t| t.id()));
     }
     append(&path, &record);
 }
 
 /// The lists whose entries changed: `{name: {before, after}}` (`null` for one added or removed).
-fn lists_changed(old: &Policy, new: &Policy) -> Value {
-    let counts = |p: &Policy| -> BTreeMap<String, usize> {
-        p.lists()
-            .iter()
-            .map(|l| (l.name.clone(), l.entries))
-            .collect()
-    };
-    let (before, after) = (counts(old), counts(new));
+fn lists_changed(old: &InForce, new: &InForce) -> Value {
     let mut changed = serde_json::Map::new();
-    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    let hashes = (old.list_hashes(), new.list_hashes());
+    let names: std::collections::BTreeSet<&&str> =
+        old.lists.keys().chain(new.lists.keys()).collect();
     for name in names {
-        let (b, a) = (before.get(name), after.get(name));
-        let same = b == a && hashes.0.get(name.as_str()) == hashes.1.get(name.as_str());
-        if !same {
-            changed.insert(name.clone(), json!({ "before": b, "after": a }));
+        let (b, a) = (old.lists.get(name), new.lists.get(name));
+        if b != a {
+            let count = |l: Option<&(usize, u128)>| l.map(|(entries, _)| *entries);
+            changed.insert(
+                (*name).to_owned(),
+                json!({ "before": count(b), "after": count(a) }),
+            );
         }
     }
     Value::Object(changed)

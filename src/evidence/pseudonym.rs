@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use aws_lc_rs::hmac;
 use serde::Serialize;
 
-use crate::days::day_of;
+use crate::evidence::days::day_of;
 
 /// Clients counted per day at most; the attempts of clients past that are only summed.
 const MAX_CLIENTS: usize = 65_536;

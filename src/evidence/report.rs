@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
-use crate::days::{day_of, day_start, is_day};
+use crate::evidence::days::{day_of, day_start, is_day};
+use crate::evidence::pseudonym::TopClients;
 use crate::metrics::Metrics;
-use crate::pseudonym::TopClients;
 
 /// The store's file under `state_dir`.
 pub const FILE: &str = "evidence.sqlite";
@@ -156,8 +156,8 @@ impl Recorder {
     /// Notes `policy` as in force from now (called at every policy change, not on a tick);
     /// a failure is logged and shown in `portvakt_evidence_write_failing`, and the minute's
     /// tick notes the policy again.
-    pub fn note(&self, policy: &crate::policy::Policy, metrics: &Metrics) {
-        let written = self.policy(policy.hash(), SystemTime::now());
+    pub fn note(&self, hash: &str, metrics: &Metrics) {
+        let written = self.policy(hash, SystemTime::now());
         metrics
             .evidence_write_failing
             .set(i64::from(written.is_err()));
@@ -167,12 +167,15 @@ impl Recorder {
         }
     }
 
-    /// Notes the policy in force and flushes the counters: what the minute's tick and a
-    /// report request do.
-    pub fn record_now(&self, gateway: &crate::gateway::Gateway) -> Result<(), StoreError> {
-        let (hash, since) = gateway.with_policy(|p| (p.hash().to_owned(), p.loaded_at()));
+    /// Notes the policy in force (its hash, in force since `since`) and flushes the
+    /// counters: what the minute's tick and a report request do.
+    pub fn record_now(
+        &self,
+        (hash, since): (String, SystemTime),
+        metrics: &Metrics,
+    ) -> Result<(), StoreError> {
         self.policy(&hash, since)?;
-        self.flush(gateway.metrics())
+        self.flush(metrics)
     }
 
     /// The report for `from..=to` (days as `YYYY-MM-DD`).
@@ -192,11 +195,12 @@ impl Recorder {
     }
 }
 
-/// Records the policy in force and flushes the counters every `FLUSH_EVERY` until `stop`,
-/// then once more.
+/// Records the policy in force (`in_force`: its hash and since when) and flushes the counters
+/// every `FLUSH_EVERY` until `stop`, then once more.
 pub async fn record(
     recorder: std::sync::Arc<Recorder>,
-    gateway: std::sync::Arc<crate::gateway::Gateway>,
+    in_force: impl Fn() -> (String, SystemTime),
+    metrics: std::sync::Arc<Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut every = tokio::time::interval(FLUSH_EVERY);
@@ -205,8 +209,8 @@ pub async fn record(
             () = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        let written = recorder.record_now(&gateway);
-        (gateway.metrics().evidence_write_failing).set(i64::from(written.is_err()));
+        let written = recorder.record_now(in_force(), &metrics);
+        (metrics.evidence_write_failing).set(i64::from(written.is_err()));
         if let Err(err) = written {
             tracing::warn!(error = %crate::error::chain(&err), "cannot write the evidence store");
         }
@@ -274,7 +278,7 @@ pub struct PolicyChange {
 /// The audit log's records of `from..=to` (days), oldest first.
 fn changes(state_dir: &Path, from: &str, to: &str) -> Vec<PolicyChange> {
     let (start, end) = (day_start(from), day_start(to) + 86_400);
-    let records = match crate::reload::audit::records(state_dir, start, end) {
+    let records = match crate::evidence::audit::records(state_dir, start, end) {
         Ok(records) => records,
         Err(err) => {
             tracing::warn!(%err, "cannot read the audit log for the report");

@@ -5,28 +5,37 @@
 //!
 //! ```text
 //! socket ─► transport/ ─► gateway.rs: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
-//!   udp.rs, tcp.rs  segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
+//!   udp.rs, tcp.rs  client/segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
 //!   (stream.rs, tls.rs: DoT, https.rs: DoH)
-//!                   proxy.rs    a load balancer's PROXY v2 header ─► the client it names
+//!                   client/proxy.rs    a load balancer's PROXY v2 header ─► the client it names
+//!                   client/ratelimit.rs, client/budget.rs  a client's rate and what it holds
 //!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH endpoints (advertise_encrypted)
-//!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop)
-//!                   policy/     judge.rs: (segment, qname) ─► Judgement (DDR, bypass names, lists:
-//!                               one pass over the name's suffixes); explain and [[expect]] ask it too
-//!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE; awaits nothing, never forwarded
+//!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop);
+//!                               name.rs: names in wire format
+//!                   policy/     judge.rs: (segment, qname) ─► Judgement (DDR, bypass.rs names, lists:
+//!                               index.rs, one pass over the name's suffixes; networks.rs for
+//!                               answers' addresses); explain.rs and expect.rs ask it too
+//!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE (policy/block.rs);
+//!                     │                       awaits nothing, never forwarded
 //!                     └─ Forward ─► cache.rs ─hit─► reply (the answer judged again: CNAME targets, addresses)
 //!                                        └miss─► gateway.rs join (coalesce.rs: lead or follow)
-//!                                                 ─► upstream/ server order, one try per server:
-//!                                                    UDP from a fresh random port (first try sent
-//!                                                    and read by udp.rs's loop), TCP/TLS reused
+//!                                                 ─► upstream/ server order (server.rs), one try per
+//!                                                    server (exchange.rs): UDP from a fresh random port
+//!                                                    (first try sent and read by udp.rs's loop), TCP/TLS
+//!                                                    reused (stream.rs)
 //!                                                 ─► gateway.rs settle ─► cache.rs ─► reply
 //!                   gateway.rs finish: every reply fitted to the transport and counted (metrics.rs)
-//! side: config/ ─► lists/ ─► policy/compile.rs ─► reload/ (SIGHUP, watch.rs, refresh.rs, API;
-//!       guards: shrink, expectations, start-only settings; audit.rs) ─► Gateway::swap
-//! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload}
+//! side: config/ (file.rs, error.rs, tls.rs) ─► lists/ (remote.rs; hosts via upstream/resolve.rs)
+//!       ─► policy/compile.rs (probe.rs: the self-test) ─► reload/ (SIGHUP, watch.rs, refresh.rs,
+//!       API; guards: shrink, expectations, start-only settings) ─► Gateway::swap
+//! side: evidence/ identity.rs (the policy hash), audit.rs (every policy put in force or refused),
+//!       report.rs (the evidence store and report; pseudonym.rs, days.rs)
+//! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload,report}
+//! side: export.rs (firewall sets), catalogue.rs (lists against catalogues), error.rs (error text)
 //! ```
 //! The modules below are declared bottom layer first; each uses only those of lower layers
-//! (`tests/integration/modules.rs` fails when two modules need each other).
-//! Start reading at `gateway.rs`.
+//! (`tests/integration/modules.rs` fails when two modules need each other, and when a file of
+//! `src/` is missing from this map). Start reading at `gateway.rs`.
 
 #![deny(unsafe_code)]
 

@@ -1,4 +1,5 @@
-//! The house plan holds: no two modules of `src/` need each other. Dependencies are read from
+//! The house plan holds: no two modules of `src/` need each other, and every file of `src/` is
+//! on the map in `lib.rs` and in the Layout of `docs/design.md`. Dependencies are read from
 //! the source text (`crate::` and `super::` paths outside the test module at the bottom of a
 //! file); a folder's `mod.rs` may name its own children (declaring and re-exporting them).
 //! Print the graph with `cargo test --test integration module_graph -- --nocapture`.
@@ -281,5 +282,107 @@ fn paths_are_read_from_use_groups_and_super() {
         !joined
             .iter()
             .any(|p| p.starts_with("admin") || p.starts_with("cache"))
+    );
+}
+
+/// The files of `src/` as paths below it (`policy/index.rs`).
+fn src_files() -> BTreeSet<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    (files.iter())
+        .map(|f| f.strip_prefix(&src).unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The files a map names: `a.rs`, `dir/b.rs` and `dir/{mod,c}.rs` in backticks.
+fn files_named(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for token in text.split('`').skip(1).step_by(2) {
+        let Some(stem) = token.strip_suffix(".rs") else {
+            continue;
+        };
+        match stem.split_once('{') {
+            Some((dir, names)) => {
+                for name in names.trim_end_matches('}').split(',') {
+                    out.insert(format!("{dir}{}.rs", name.trim()));
+                }
+            }
+            None => {
+                out.insert(token.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Which of `files` the map in `lib.rs` (its `//!` lines) leaves out: a folder's `mod.rs` is
+/// named by `folder/`, any other file by its name.
+fn missing_from_map(map: &str, files: &BTreeSet<String>) -> Vec<String> {
+    let named = |word: &str| {
+        map.match_indices(word).any(|(at, _)| {
+            let before = map[..at].chars().last();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
+    (files.iter())
+        .filter(|f| !matches!(f.as_str(), "lib.rs" | "main.rs"))
+        .filter(|f| match f.strip_suffix("/mod.rs") {
+            Some(dir) => !named(&format!("{dir}/")),
+            None => !named(f.rsplit('/').next().unwrap()),
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn every_file_of_src_is_on_the_map_and_in_the_layout() {
+    let files = src_files();
+    assert!(files.len() > 40, "the source tree was not read: {files:?}");
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let map: String = (lib.lines())
+        .filter_map(|l| l.strip_prefix("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let missing = missing_from_map(&map, &files);
+    assert!(
+        missing.is_empty(),
+        "not on the map in src/lib.rs: {missing:?}"
+    );
+    let design =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/design.md"))
+            .unwrap();
+    let layout = design.split("## Layout").nth(1).unwrap();
+    // The table's second column: `| layer | files | what they own |`.
+    let column: String = (layout.split("\n## ").next().unwrap().lines())
+        .filter_map(|l| l.strip_prefix('|')?.split('|').nth(1))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let named: BTreeSet<String> = (files_named(&column).into_iter())
+        .filter(|f| f != "build.rs")
+        .collect();
+    let missing: Vec<&String> = files.difference(&named).collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/design.md's Layout: {missing:?}"
+    );
+    let stale: Vec<&String> = named.difference(&files).collect();
+    assert!(
+        stale.is_empty(),
+        "in docs/design.md's Layout, not in src/: {stale:?}"
+    );
+}
+
+#[test]
+fn a_file_left_off_the_map_is_found() {
+    let files: BTreeSet<String> = ["gateway.rs", "policy/mod.rs", "policy/index.rs", "cache.rs"]
+        .map(String::from)
+        .into();
+    let map = "gateway.rs ─► policy/ index.rs ─► precache.rs";
+    assert_eq!(missing_from_map(map, &files), ["cache.rs"]);
+    assert_eq!(
+        files_named("`gateway.rs` · `policy/{mod,index}.rs` · `cache.rs`"),
+        files
     );
 }

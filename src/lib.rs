@@ -4,7 +4,7 @@
 //! upstream groups and cached; clients in no segment are refused.
 //!
 //! ```text
-//! socket ─► transport/ ─► gateway.rs: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
+//! socket ─► transport/ ─► gateway/: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
 //!   udp.rs, tcp.rs  client/segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
 //!   (stream.rs, tls.rs: DoT, https.rs: DoH)
 //!                   client/proxy.rs    a load balancer's PROXY v2 header ─► the client it names
@@ -18,13 +18,13 @@
 //!                     ├─ Blocked ─► reply.rs  synthesized reply + SOA + EDE (policy/block.rs);
 //!                     │                       awaits nothing, never forwarded
 //!                     └─ Forward ─► cache.rs ─hit─► reply (the answer judged again: CNAME targets, addresses)
-//!                                        └miss─► gateway.rs join (coalesce.rs: lead or follow)
-//!                                                 ─► upstream/ server order (server.rs), one try per
-//!                                                    server (exchange.rs): UDP from a fresh random port
-//!                                                    (first try sent and read by udp.rs's loop), TCP/TLS
-//!                                                    reused (stream.rs)
-//!                                                 ─► gateway.rs settle ─► cache.rs ─► reply
-//!                   gateway.rs finish: every reply fitted to the transport and counted (metrics.rs)
+//!                                        └miss─► gateway/miss.rs, the whole miss: join (coalesce.rs:
+//!                                                 lead or follow) ─► upstream/ server order (server.rs),
+//!                                                 one try per server (exchange.rs): UDP from a fresh
+//!                                                 random port (the first try's socket watched by
+//!                                                 udp.rs's loop, which sees no upstream type), TCP/TLS
+//!                                                 reused (stream.rs) ─► settle ─► cache.rs ─► reply
+//!                   gateway/ finish: every reply fitted to the transport and counted (metrics.rs)
 //! side: config/ (file.rs, error.rs, tls.rs) ─► lists/ (remote.rs; hosts via upstream/resolve.rs)
 //!       ─► policy/compile.rs (probe.rs: the self-test) ─► reload/ (SIGHUP, watch.rs, refresh.rs,
 //!       API; guards: shrink, expectations, start-only settings) ─► Gateway::swap
@@ -34,8 +34,9 @@
 //! side: export.rs (firewall sets), catalogue.rs (lists against catalogues), error.rs (error text)
 //! ```
 //! The modules below are declared bottom layer first; each uses only those of lower layers
-//! (`tests/integration/modules.rs` fails when two modules need each other, and when a file of
-//! `src/` is missing from this map). Start reading at `gateway.rs`.
+//! (`tests/integration/modules.rs` fails when two modules need each other, when a transport
+//! imports the upstream layer, and when a file of `src/` is missing from this map). Start
+//! reading at `gateway/mod.rs`.
 
 #![deny(unsafe_code)]
 
@@ -81,7 +82,7 @@ pub use error::chain as error_chain;
 pub use evidence::audit::{AuditError, Verified, verify as audit_verify};
 pub use evidence::report::{Report, StoreError, period as report_period, report_from};
 pub use export::{ExportFormat, export, warnings as export_warnings};
-pub use gateway::{Client, Following, Forwarding, Gateway, Leading, Pending, Step, Transport};
+pub use gateway::{Client, Datagram, Gateway, Heard, Later, Pending, Step, Transport, Watched};
 use lists::remote::Fetcher;
 pub use lists::remote::{FetchError, NoCopyError, download};
 pub use metrics::Metrics;
@@ -90,7 +91,6 @@ pub use reload::{ConfigSource, Override, ReloadError, ReloadStatus, Reloader, Sh
 pub use transport::ListenAddrs;
 use transport::Listeners;
 pub use transport::{BindError, serve_stream};
-pub use upstream::{Admitted, Resume, UdpTry};
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.
 pub mod core {

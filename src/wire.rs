@@ -69,6 +69,17 @@ pub enum Malformed {
     Answer(Rcode),
 }
 
+/// Where a parsed query's parts lie in its packet: kept beside the packet, so that a query
+/// waiting for its upstream answer is parsed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    question_end: usize,
+    lower_len: usize,
+    qtype: u16,
+    qclass: u16,
+    edns: Option<Edns>,
+}
+
 /// A parsed query that borrows the packet. The question name is also kept lowercased, for
 /// the lookup core and the cache key; the client's own bytes are echoed in replies (0x20).
 pub struct Query<'a> {
@@ -130,6 +141,35 @@ impl<'a> Query<'a> {
             qclass,
             edns,
         })
+    }
+
+    /// Where this query's parts lie in its packet, to rebuild it with [`Query::at`].
+    pub fn parsed(&self) -> Parsed {
+        Parsed {
+            question_end: self.question_end,
+            lower_len: self.lower_len,
+            qtype: self.qtype,
+            qclass: self.qclass,
+            edns: self.edns,
+        }
+    }
+
+    /// The query `parsed` was taken from, rebuilt on the same `packet` without reading the
+    /// packet again: only the name is lowercased anew.
+    pub fn at(packet: &'a [u8], parsed: Parsed) -> Query<'a> {
+        let mut lower = [0u8; MAX_WIRE_LEN];
+        lower[..parsed.lower_len]
+            .copy_from_slice(&packet[HEADER_LEN..HEADER_LEN + parsed.lower_len]);
+        lower[..parsed.lower_len].make_ascii_lowercase();
+        Query {
+            packet,
+            question_end: parsed.question_end,
+            lower,
+            lower_len: parsed.lower_len,
+            qtype: parsed.qtype,
+            qclass: parsed.qclass,
+            edns: parsed.edns,
+        }
     }
 
     pub fn id(&self) -> u16 {
@@ -464,6 +504,26 @@ mod tests {
         empty[7] = 0;
         empty[9] = 0;
         assert_eq!(min_ttl(&empty), None);
+    }
+
+    #[test]
+    fn a_query_rebuilt_from_its_parse_is_the_same() {
+        for (name, edns) in [("WwW.TikTok.COM", Some((1232, true))), ("a.example", None)] {
+            let packet = query(name, edns);
+            let parsed = Query::parse(&packet).unwrap();
+            let again = Query::at(&packet, parsed.parsed());
+            assert_eq!(again.name(), parsed.name());
+            assert_eq!(again.question(), parsed.question());
+            assert_eq!((again.qtype, again.qclass), (parsed.qtype, parsed.qclass));
+            assert_eq!(again.edns, parsed.edns);
+            assert_eq!(again.udp_limit(), parsed.udp_limit());
+            assert_eq!(again.parsed(), parsed.parsed());
+        }
+        let packet = query("WwW.TikTok.COM", None);
+        assert_eq!(
+            Query::at(&packet, Query::parse(&packet).unwrap().parsed()).name(),
+            b"\x03www\x06tiktok\x03com\x00"
+        );
     }
 
     /// A query for `name` with type A; `edns` adds an OPT record (payload, DO).

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::RecordType;
-use portvakt::{Config, Forwarding, Gateway, Metrics, Policy, Step, Transport};
+use portvakt::{Config, Datagram, Gateway, Metrics, Policy, Step, Transport};
 
 #[allow(dead_code)]
 #[path = "integration/harness.rs"]
@@ -163,8 +163,9 @@ async fn a_miss_allocates_at_most_twice() {
     let client: IpAddr = "127.0.0.3".parse().unwrap();
     let mut out = Vec::with_capacity(4096);
     let mut buf = vec![0u8; 1232];
-    // The path of the UDP receive loop: answer_now, join, the first try sent, then (once
-    // the socket is readable) read, settled (cached) and the reply written.
+    // The UDP receive loop's calls: the datagram answered or its miss begun (joined, the
+    // first try sent), then (once the socket is readable) read, settled (cached) and the
+    // reply written.
     let mut miss = |i: usize| {
         let packet = harness::encode(&harness::question(
             &format!("n{i}.miss.example."),
@@ -173,26 +174,18 @@ async fn a_miss_allocates_at_most_twice() {
         ));
         let mut sent = None;
         let before = allocations(|| {
-            let Step::Forward(pending) =
-                gateway.answer_now(&packet, client, Transport::Udp, &mut out)
+            let Datagram::Watch(watched) = gateway.answer_datagram(&packet, client, &mut out)
             else {
-                panic!("a miss")
+                panic!("a miss whose first try is out")
             };
-            let Forwarding::Lead(leading) = gateway.join(pending) else {
-                panic!("leads")
-            };
-            let udp = leading
-                .pending
-                .upstream()
-                .send_udp(&leading.pending.query());
-            sent = Some((leading, udp.expect("a UDP try")));
+            sent = Some(watched);
         });
-        let (leading, mut udp) = sent.unwrap();
-        wait_readable(udp.socket());
+        let mut watched = sent.unwrap();
+        wait_readable(watched.socket());
         let after = allocations(|| {
-            let len = leading.pending.upstream().read_udp(&mut udp, &mut buf);
-            let len = len.expect("the answer").ok().expect("an answer to relay");
-            gateway.settle(leading, Ok(&buf[..len]), &mut out);
+            let heard = watched.read(&mut buf).expect("the answer");
+            let later = gateway.heard(watched, heard, &buf, &mut out);
+            assert!(later.is_none(), "an answer to relay");
         });
         assert_eq!(out[3] & 0x0F, 0, "NOERROR");
         before + after

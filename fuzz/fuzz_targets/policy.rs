@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use portvakt::{Config, Forwarding, Gateway, Metrics, Policy, Step, Transport};
+use portvakt::{Config, Datagram, Gateway, Metrics, Policy};
 
 /// The names cached by [`gateway`], with their types.
 pub const CACHED: [(&[u8], u16); 2] = [
@@ -72,12 +72,9 @@ fn cache(gateway: &Gateway, name: &[u8], qtype: u16) {
     let client: IpAddr = "127.0.0.3".parse().unwrap();
     let packet = query(1, name, qtype);
     let mut out = Vec::new();
-    let Step::Forward(pending) = gateway.answer_now(&packet, client, Transport::Udp, &mut out)
-    else {
-        panic!("a fuzz cache name is not forwarded");
-    };
-    let Forwarding::Lead(leading) = gateway.join(pending) else {
-        panic!("a fuzz cache name is already in flight");
+    // The UDP receive loop's calls: the miss begun, its first try's answer settled.
+    let Datagram::Watch(watched) = gateway.answer_datagram(&packet, client, &mut out) else {
+        panic!("a fuzz cache name is not a miss led upstream over UDP");
     };
     let data: &[u8] = if qtype == 28 {
         &[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
@@ -90,5 +87,5 @@ fn cache(gateway: &Gateway, name: &[u8], qtype: u16) {
     answer.extend_from_slice(&qtype.to_be_bytes());
     answer.extend_from_slice(&[0, 1, 0, 0, 0x0e, 0x10, 0, data.len() as u8]);
     answer.extend_from_slice(data);
-    gateway.settle(leading, Ok(&answer), &mut out);
+    gateway.settle_answer(watched, &answer, &mut out);
 }

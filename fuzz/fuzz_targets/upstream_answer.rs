@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use portvakt::{Forwarding, Gateway, Step, Transport};
+use portvakt::{Datagram, Gateway, Step, Transport};
 
 #[path = "policy.rs"]
 mod policy;
@@ -50,24 +50,23 @@ fuzz_target!(|data: &[u8]| {
     let packet = query(0x4242, label, qtype);
     let mut reached = false;
     let mut out = Vec::new();
-    if let Step::Forward(pending) = gateway.answer_now(&packet, client, Transport::Udp, &mut out) {
-        if let Forwarding::Lead(leading) = gateway.join(pending) {
-            reached = true;
-            // The upstream's answer: flags and section counts from the input, our question,
-            // then the input's bytes as the records (odd inputs: the bytes as they are).
-            let answer = match data.len() {
-                len if len >= 9 && data[8] % 2 == 0 => {
-                    let mut m = vec![0, 0, data[0] | 0x80, data[1], 0, 1];
-                    m.extend_from_slice(&data[2..8]);
-                    m.extend_from_slice(&packet[12..packet.len() - 11]);
-                    m.extend_from_slice(&data[9..]);
-                    m
-                }
-                _ => data.to_vec(),
-            };
-            gateway.settle(leading, Ok(&answer), &mut out);
-            assert!(out.len() >= 12 && out[..2] == packet[..2]);
-        }
+    // The UDP receive loop's calls: the miss begun, its first try's answer settled.
+    if let Datagram::Watch(watched) = gateway.answer_datagram(&packet, client, &mut out) {
+        reached = true;
+        // The upstream's answer: flags and section counts from the input, our question,
+        // then the input's bytes as the records (odd inputs: the bytes as they are).
+        let answer = match data.len() {
+            len if len >= 9 && data[8] % 2 == 0 => {
+                let mut m = vec![0, 0, data[0] | 0x80, data[1], 0, 1];
+                m.extend_from_slice(&data[2..8]);
+                m.extend_from_slice(&packet[12..packet.len() - 11]);
+                m.extend_from_slice(&data[9..]);
+                m
+            }
+            _ => data.to_vec(),
+        };
+        gateway.settle_answer(watched, &answer, &mut out);
+        assert!(out.len() >= 12 && out[..2] == packet[..2]);
     }
     assert!(reached, "every input is a miss led upstream");
     let again = query(0x4343, label, qtype);

@@ -19,8 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use crate::gateway::{Client, Forwarding, Gateway, Leading, Step, Transport};
-use crate::upstream::{Resume, UdpTry};
+use crate::gateway::{Client, Datagram, Gateway, Later, Watched};
 
 /// Tries for a forwarded answer while the socket's send buffer is full.
 const SEND_RETRIES: u32 = 20;
@@ -132,8 +131,7 @@ const CLIENT: mio::Token = mio::Token(0);
 
 /// A miss this loop leads, waiting for its first UDP try's answer.
 struct Miss {
-    leading: Leading,
-    udp: UdpTry,
+    watched: Watched,
     client: SocketAddr,
     /// Told apart from a later miss in the same slot (for the timer heap).
     serial: u64,
@@ -285,35 +283,11 @@ impl Loop<'_> {
     }
 
     fn step(&self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>, misses: &mut Misses) {
-        match self
-            .gateway
-            .answer_now(packet, self.client(client), Transport::Udp, out)
-        {
-            Step::Reply => self.send(out, client),
-            Step::Drop => {}
-            Step::Forward(pending) => match self.gateway.join(pending) {
-                Forwarding::Lead(leading) => {
-                    let udp = leading
-                        .pending
-                        .upstream()
-                        .send_udp(&leading.pending.query());
-                    match udp {
-                        Some(udp) => misses.insert(leading, udp, client),
-                        None => self.later(leading, None, client),
-                    }
-                }
-                Forwarding::Follow(following) => {
-                    let (socket, gateway) = (self.socket.clone(), self.gateway.clone());
-                    self.forwards.spawn_on(
-                        async move {
-                            let mut out = Vec::with_capacity(512);
-                            gateway.follow(following, &mut out).await;
-                            send_later(&socket, &out, client).await;
-                        },
-                        self.runtime,
-                    );
-                }
-            },
+        match (self.gateway).answer_datagram(packet, self.client(client), out) {
+            Datagram::Reply => self.send(out, client),
+            Datagram::Drop => {}
+            Datagram::Watch(watched) => misses.insert(watched, client),
+            Datagram::Later(later) => self.later(later, client),
         }
     }
 
@@ -322,24 +296,17 @@ impl Loop<'_> {
         let Some(miss) = misses.slots.get_mut(slot) else {
             return;
         };
-        let read = miss.leading.pending.upstream().read_udp(&mut miss.udp, buf);
-        let Some(read) = read else {
+        let Some(heard) = miss.watched.read(buf) else {
             return; // nothing of ours yet
         };
         let miss = misses.remove(slot);
-        match read {
-            Ok(len) => {
-                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.gateway.settle(miss.leading, Ok(&buf[..len]), out);
-                }));
-                match step {
-                    Ok(()) => self.send(out, miss.client),
-                    Err(_) => {
-                        error!("panic while answering a forwarded UDP query; the loop goes on")
-                    }
-                }
-            }
-            Err(resume) => self.later(miss.leading, Some(resume), miss.client),
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.gateway.heard(miss.watched, heard, buf, out)
+        }));
+        match step {
+            Ok(None) => self.send(out, miss.client),
+            Ok(Some(later)) => self.later(later, miss.client),
+            Err(_) => error!("panic while answering a forwarded UDP query; the loop goes on"),
         }
     }
 
@@ -352,26 +319,18 @@ impl Loop<'_> {
             misses.timers.pop();
             if misses.slots.get(slot).is_some_and(|m| m.serial == serial) {
                 let miss = misses.hand_over(slot);
-                let resume = miss.leading.pending.upstream().udp_waited(miss.udp);
-                self.later(miss.leading, Some(resume), miss.client);
+                self.later(self.gateway.waited(miss.watched), miss.client);
             }
         }
     }
 
-    /// Goes on with a miss on the runtime: the whole exchange, or from `resume`.
-    fn later(&self, leading: Leading, resume: Option<Resume>, client: SocketAddr) {
+    /// Goes on with a miss on the runtime, and sends its reply from there.
+    fn later(&self, later: Later, client: SocketAddr) {
         let (socket, gateway) = (self.socket.clone(), self.gateway.clone());
         self.forwards.spawn_on(
             async move {
-                let forwarded = {
-                    let (upstream, query) = (leading.pending.upstream(), leading.pending.query());
-                    match resume {
-                        Some(resume) => upstream.resume(&query, resume).await,
-                        None => upstream.forward(&query).await,
-                    }
-                };
                 let mut out = Vec::with_capacity(512);
-                gateway.settle(leading, forwarded.as_deref(), &mut out);
+                gateway.go_on(later, &mut out).await;
                 send_later(&socket, &out, client).await;
             },
             self.runtime,
@@ -404,13 +363,13 @@ impl Misses {
         })
     }
 
-    fn insert(&mut self, leading: Leading, udp: UdpTry, client: SocketAddr) {
+    fn insert(&mut self, watched: Watched, client: SocketAddr) {
         use std::os::fd::AsRawFd;
         self.serial += 1;
-        let deadline = udp.deadline();
+        let deadline = watched.deadline();
         let entry = self.slots.vacant_entry();
         let slot = entry.key();
-        let fd = udp.socket().as_raw_fd();
+        let fd = watched.socket().as_raw_fd();
         let token = mio::Token(slot + 1);
         let registered = self.poll.registry().register(
             &mut mio::unix::SourceFd(&fd),
@@ -421,8 +380,7 @@ impl Misses {
             debug!(%err, "cannot watch an upstream socket");
         }
         entry.insert(Miss {
-            leading,
-            udp,
+            watched,
             client,
             serial: self.serial,
         });
@@ -440,7 +398,7 @@ impl Misses {
     fn hand_over(&mut self, slot: usize) -> Miss {
         use std::os::fd::AsRawFd;
         let miss = self.slots.remove(slot);
-        let fd = miss.udp.socket().as_raw_fd();
+        let fd = miss.watched.socket().as_raw_fd();
         if let Err(err) = (self.poll.registry()).deregister(&mut mio::unix::SourceFd(&fd)) {
             debug!(%err, "cannot stop watching an upstream socket");
         }

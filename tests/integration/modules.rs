@@ -386,3 +386,39 @@ fn a_file_left_off_the_map_is_found() {
         files
     );
 }
+
+/// The edges from `from` (a folder or file module) into `to`, as "a -> b" lines.
+fn imports_between(graph: &Graph, from: &str, to: &str) -> Vec<String> {
+    let within = |m: &str, top: &str| m == top || m.starts_with(&format!("{top}::"));
+    (graph.iter())
+        .filter(|(module, _)| within(module, from))
+        .flat_map(|(module, uses)| {
+            (uses.iter())
+                .filter(|used| within(used, to))
+                .map(move |used| format!("{module} -> {used}"))
+        })
+        .collect()
+}
+
+#[test]
+fn no_transport_imports_the_upstream_layer() {
+    // A transport hands a miss to the gateway and watches what it is given: the miss (its
+    // tries, their sockets' reads, the exchange that goes on) is the gateway's.
+    let graph = graph();
+    assert!(
+        graph.contains_key("transport::udp"),
+        "the source tree was not read"
+    );
+    let found = imports_between(&graph, "transport", "upstream");
+    assert!(
+        found.is_empty(),
+        "transports import the upstream layer: {found:?}"
+    );
+    // And it can fail.
+    let mut planted = graph.clone();
+    (planted.entry("transport::udp".into()).or_default()).insert("upstream::exchange".into());
+    assert_eq!(
+        imports_between(&planted, "transport", "upstream"),
+        ["transport::udp -> upstream::exchange"]
+    );
+}

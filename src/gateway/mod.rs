@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,19 +13,23 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::bypass::BypassKind;
-use crate::cache::{self, Answer, Cache, WithoutEch};
+use crate::cache::{Answer, Cache, WithoutEch};
 use crate::client::budget::{ClientBudget, ClientPermit};
 use crate::client::proxy;
 use crate::client::ratelimit::Limit;
 use crate::client::segment::SegmentId;
-use crate::coalesce::{self, InFlight, Join, Lead};
+use crate::coalesce::InFlight;
 use crate::evidence::days::unix_now;
 use crate::evidence::pseudonym::{Attempts, TopClients};
 use crate::metrics::{DecisionLabel, Metrics, ShedReason};
 use crate::policy::{Judgement, ListId, Policy};
 use crate::reply;
-use crate::upstream::{Admitted, UpstreamError};
+use crate::upstream::Admitted;
 use crate::wire::{self, EdeCode, Malformed, Query, Rcode};
+
+mod miss;
+
+pub use miss::{Datagram, Heard, Later, Pending, Watched};
 
 /// How long a SERVFAIL caused by an upstream failure is answered from the cache.
 pub const FAILURE_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -72,53 +75,6 @@ pub enum Step {
     Drop,
     /// The name must be forwarded: pass this to [`Gateway::forward`].
     Forward(Pending),
-}
-
-/// A query waiting for its upstream answer. It holds the upstream group set of the policy it
-/// started under and its in-flight permit, never the policy itself: the answer is decided
-/// under the policy in force when it arrives, so no query in flight keeps an old policy alive.
-pub struct Pending {
-    /// Admitted to its upstream group (of the policy it started under).
-    upstream: Admitted,
-    client: Client,
-    /// The client's query: inline up to 256 bytes (nearly every query), so a miss allocates
-    /// nothing for it.
-    packet: smallvec::SmallVec<[u8; 256]>,
-    transport: Transport,
-    started: std::time::Instant,
-    _permit: OwnedSemaphorePermit,
-    _client_permit: ClientPermit,
-}
-
-impl Pending {
-    /// The query, parsed again (it was parsed before it became pending).
-    pub fn query(&self) -> Query<'_> {
-        Query::parse(&self.packet).expect("a pending query was parsed before")
-    }
-
-    /// Its upstream group.
-    pub fn upstream(&self) -> &Admitted {
-        &self.upstream
-    }
-}
-
-/// A miss whose question is not in flight yet: this asker leads it upstream, then hands the
-/// result to [`Gateway::settle`] (the others asking meanwhile get it too).
-pub struct Leading {
-    pub pending: Pending,
-    lead: Lead<Settled>,
-}
-
-/// What one miss is to do about its question.
-pub enum Forwarding {
-    Lead(Leading),
-    Follow(Following),
-}
-
-/// A miss whose question is asked upstream already: [`Gateway::follow`] waits for that.
-pub struct Following {
-    pending: Pending,
-    result: coalesce::Result<Settled>,
 }
 
 /// Forwards in flight from one client at most (an IPv6 /56 counts as one client) once the
@@ -370,6 +326,7 @@ impl Gateway {
                                 upstream,
                                 client,
                                 packet: packet.into(),
+                                parsed: query.parsed(),
                                 transport,
                                 started,
                                 _permit: permit,
@@ -405,167 +362,6 @@ impl Gateway {
         let permit = (self.in_flight.clone().try_acquire_owned()).map_err(|_| ShedReason::Total)?;
         let upstream = (policy.upstreams().admit(query.name())).ok_or(ShedReason::Group)?;
         Ok((upstream, permit, client_permit))
-    }
-
-    /// Leads a miss upstream, or follows the asker leading the same question.
-    pub fn join(&self, pending: Pending) -> Forwarding {
-        let (key, len) = cache::key(&pending.query());
-        match self.questions.join(&key[..len]) {
-            Join::Leader(lead) => Forwarding::Lead(Leading { pending, lead }),
-            Join::Follower(result) => Forwarding::Follow(Following { pending, result }),
-        }
-    }
-
-    /// Forwards a miss, caches the answer, and writes the reply to `out`. The answer is
-    /// decided under the policy in force when it arrives (a reload meanwhile applies to it).
-    pub async fn forward(&self, pending: Pending, out: &mut Vec<u8>) {
-        match self.join(pending) {
-            Forwarding::Lead(leading) => {
-                let forwarded = {
-                    let pending = &leading.pending;
-                    pending.upstream.forward(&pending.query()).await
-                };
-                self.settle(leading, forwarded.as_deref(), out);
-            }
-            Forwarding::Follow(following) => self.follow(following, out).await,
-        }
-    }
-
-    /// The leader's upstream result: cached, handed to the followers, and the reply in `out`.
-    pub fn settle(
-        &self,
-        leading: Leading,
-        forwarded: Result<&[u8], &UpstreamError>,
-        out: &mut Vec<u8>,
-    ) {
-        let query = leading.pending.query();
-        let stale_for = self.policy.load().config().cache_stale_for;
-        let answer = self.accept(&query, forwarded, stale_for);
-        leading.lead.finish(answer.clone());
-        self.reply(&leading.pending, &query, answer, out);
-    }
-
-    /// Waits for the leader of the same question, and writes the reply to `out`.
-    pub async fn follow(&self, following: Following, out: &mut Vec<u8>) {
-        let answer = coalesce::followed(following.result).await;
-        let pending = following.pending;
-        self.reply(
-            &pending,
-            &pending.query(),
-            answer.unwrap_or(Err(UPSTREAM_FAILED)),
-            out,
-        );
-    }
-
-    /// The reply to a forwarded query, decided under the policy in force now.
-    fn reply(&self, pending: &Pending, query: &Query, answer: Settled, out: &mut Vec<u8>) {
-        let policy = self.policy.load();
-        let segment = policy.classify(pending.client.addr, pending.client.listener);
-        let ctx = Context::new(
-            pending.client.addr,
-            pending.transport,
-            pending.started,
-            segment,
-            Some(query),
-        );
-        // A reload meanwhile may have moved the client or blocked the name: judge again.
-        let judged = segment.map(|segment| (segment, policy.judge(segment, query.name())));
-        let outcome = match (judged, answer) {
-            (None, _) => {
-                reply::refused(query, out);
-                Outcome::Refused
-            }
-            (Some((_, Judgement::Blocked { list, zone_at })), _) => {
-                reply::blocked(query, policy.block(), list, zone_at, out);
-                Outcome::Blocked(list)
-            }
-            (Some((_, Judgement::Bypass { kind, zone_at })), _) => {
-                reply::bypass(query, policy.block(), kind, zone_at, out);
-                Outcome::Bypass(kind)
-            }
-            (Some((_, Judgement::Advertise)), _) => {
-                reply::advertise(query, policy.advertised(), policy.block(), out);
-                Outcome::Allowed
-            }
-            (Some((segment, _)), Ok(answer)) => {
-                serve(&policy, &self.metrics, segment, query, &answer, out)
-            }
-            (Some(_), Err((rcode, ede))) => {
-                reply::error(query, rcode, ede, out);
-                Outcome::Allowed
-            }
-        };
-        self.finish(&policy, &ctx, outcome, out);
-    }
-
-    /// What the client gets from an upstream result: the answer (cached), or the error to
-    /// answer with (a failure is cached for `FAILURE_CACHE`). When the upstreams failed and
-    /// the cache holds an expired answer within `stale_for`, the failure entry keeps it, and
-    /// it is served stale (RFC 8767).
-    fn accept(
-        &self,
-        query: &Query,
-        forwarded: Result<&[u8], &UpstreamError>,
-        stale_for: Duration,
-    ) -> Settled {
-        let now = Instant::now();
-        let message = match forwarded {
-            Ok(message) => message,
-            Err(UpstreamError::Rcode { rcode, .. })
-                if u16::from(*rcode) == Rcode::Refused as u16 =>
-            {
-                return Err((Rcode::Refused, None));
-            }
-            Err(err) => {
-                debug!(%err, "servfail: upstream failed");
-                let ede = match err {
-                    UpstreamError::Timeout { .. } => {
-                        (EdeCode::NoReachableAuthority, "upstream timed out")
-                    }
-                    _ => UPSTREAM_FAILED.1.expect("an EDE"),
-                };
-                if let Some(cache) = &self.cache {
-                    let stale = cache.stale(query, now, stale_for);
-                    let serve_stale = stale.is_some();
-                    let failure = Arc::new(Answer::failure(query, now, FAILURE_CACHE, stale));
-                    cache.insert(query, failure.clone());
-                    if serve_stale {
-                        return Ok(failure);
-                    }
-                }
-                return Err((Rcode::ServFail, Some(ede)));
-            }
-        };
-        match Answer::from_upstream(query, message, now) {
-            Ok(answer) => {
-                let answer = Arc::new(answer);
-                if let Some(cache) = &self.cache {
-                    cache.insert(query, answer.clone());
-                }
-                Ok(answer)
-            }
-            Err(err) => {
-                debug!(%err, "servfail: unusable upstream answer");
-                let ede = (EdeCode::NetworkError, "unusable upstream answer");
-                Err((Rcode::ServFail, Some(ede)))
-            }
-        }
-    }
-
-    /// The upstream answer a forwarded `name` (wire format) of type `qtype` gets now: the
-    /// cached one, else one asked upstream (and cached). For `explain`: no client query is
-    /// counted; `None` when the upstreams fail or are busy.
-    pub(crate) async fn lookup(&self, name: &[u8], qtype: u16) -> Option<Arc<Answer>> {
-        let packet = wire::question(name, qtype);
-        let query = Query::parse(&packet).ok()?;
-        let (stale_for, upstreams) =
-            self.with_policy(|p| (p.config().cache_stale_for, p.upstreams().clone()));
-        let cached = (self.cache.as_ref()).and_then(|c| c.get(&query, Instant::now(), stale_for));
-        if cached.is_some() {
-            return cached;
-        }
-        let forwarded = upstreams.admit(query.name())?.forward(&query).await;
-        self.accept(&query, forwarded.as_deref(), stale_for).ok()
     }
 
     /// Both steps in one: for transports that await anyway (TCP, tests).

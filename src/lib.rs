@@ -25,13 +25,16 @@
 //!                                                 udp.rs's loop, which sees no upstream type), TCP/TLS
 //!                                                 reused (stream.rs) ─► settle ─► cache.rs ─► reply
 //!                   gateway/ finish: every reply fitted to the transport and counted (metrics.rs)
-//! side: config/ (file.rs, error.rs, tls.rs) ─► lists/ (remote.rs; hosts via upstream/resolve.rs)
+//! side: config/ (file.rs, checks.rs, error.rs, tls.rs) ─► lists/ (remote.rs; hosts via upstream/resolve.rs)
 //!       ─► policy/compile.rs (probe.rs: the self-test) ─► reload/ (SIGHUP, watch.rs, refresh.rs,
 //!       API; guards: shrink, expectations, start-only settings) ─► Gateway::swap
 //! side: evidence/ identity.rs (the policy hash), audit.rs (every policy put in force or refused),
 //!       report.rs (the evidence store and report; pseudonym.rs, days.rs)
-//! side: metrics.rs ─► admin.rs ─► /metrics, /api/v1/{status,explain,reload,report}
+//! side: metrics.rs ─► admin/ ─► /metrics, /api/v1/{status,explain,reload,report}; auth.rs: who
+//!       may change what; views.rs: each fact one typed view, JSON for the API, text for `main.rs`
 //! side: export.rs (firewall sets), catalogue.rs (lists against catalogues), error.rs (error text)
+//! top: main.rs ─► cli/ (the commands: serve.rs; inspect.rs: check, explain, export; evidence.rs:
+//!      report, audit verify; catalogue.rs), which print admin/views.rs as text
 //! ```
 //! The modules below are declared bottom layer first; each uses only those of lower layers
 //! (`tests/integration/modules.rs` fails when two modules need each other, when a transport
@@ -73,7 +76,7 @@ use std::sync::Arc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use admin::Admin;
-pub use admin::AdminBindError;
+pub use admin::{AdminBindError, views};
 pub use catalogue::{
     CatalogueError, Diff as CatalogueDiff, Reach, diff as catalogue_diff, reach as catalogue_reach,
 };

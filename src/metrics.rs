@@ -1,7 +1,7 @@
 //! `Metrics`, the owner of every Prometheus family portvakt exports, and the handles the hot
 //! path uses. Labelled handles are resolved once per policy build (`PolicyMetrics`) and per
 //! upstream group, so a query only increments atomics: no label hashing, no lock.
-//! Rendering `/metrics` is `admin.rs`'s.
+//! Rendering `/metrics` is `admin/`'s.
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -18,6 +18,13 @@ pub const NO_SEGMENT: &str = "none";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentId(pub u16);
 
+impl SegmentId {
+    /// Its place in the policy's segments (and in tables kept per segment).
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
 /// Networks to segments; built once per policy.
 #[derive(Debug, Clone, Default)]
 pub struct SegmentTable {

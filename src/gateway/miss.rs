@@ -29,20 +29,40 @@ use crate::wire::{self, EdeCode, Parsed, Query, Rcode};
 /// under the policy in force when it arrives, so no query in flight keeps an old policy alive.
 pub struct Pending {
     /// Admitted to its upstream group (of the policy it started under).
-    pub(super) upstream: Admitted,
+    upstream: Admitted,
     pub(super) client: Client,
     /// The client's query: inline up to 256 bytes (nearly every query), so a miss allocates
     /// nothing for it.
-    pub(super) packet: smallvec::SmallVec<[u8; 256]>,
+    packet: smallvec::SmallVec<[u8; 256]>,
     /// Where its parts lie in `packet`: it is parsed once.
-    pub(super) parsed: Parsed,
-    pub(super) transport: Transport,
-    pub(super) started: std::time::Instant,
-    pub(super) _permit: OwnedSemaphorePermit,
-    pub(super) _client_permit: ClientPermit,
+    parsed: Parsed,
+    transport: Transport,
+    started: std::time::Instant,
+    _permit: OwnedSemaphorePermit,
+    _client_permit: ClientPermit,
 }
 
 impl Pending {
+    /// A miss admitted upstream (`admitted`: its group, its permits in the budgets), from
+    /// `client` over `transport` since `started`.
+    pub(super) fn new(
+        (upstream, permit, client_permit): (Admitted, OwnedSemaphorePermit, ClientPermit),
+        (client, transport, started): (Client, Transport, std::time::Instant),
+        packet: &[u8],
+        query: &Query,
+    ) -> Pending {
+        Pending {
+            upstream,
+            client,
+            packet: packet.into(),
+            parsed: query.parsed(),
+            transport,
+            started,
+            _permit: permit,
+            _client_permit: client_permit,
+        }
+    }
+
     /// The query, as parsed when it became pending.
     fn query(&self) -> Query<'_> {
         Query::at(&self.packet, self.parsed)

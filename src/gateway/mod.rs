@@ -234,17 +234,10 @@ impl Gateway {
         // read theirs once, at the start of the connection.)
         let mut packet = packet;
         if transport == Transport::Udp && policy.behind_proxy(client.addr) {
-            match proxy::parse(packet) {
-                Ok((named, len)) => {
-                    client.addr = named.unwrap_or(client.addr);
-                    packet = &packet[len..];
-                }
-                Err(err) => {
-                    debug!(%err, "dropped a datagram from a load balancer");
-                    self.metrics.query.proxy_errors.inc();
-                    return Step::Drop;
-                }
-            }
+            let Some(rest) = self.unwrap_proxy(packet, &mut client) else {
+                return Step::Drop;
+            };
+            packet = rest;
         }
         let query = match Query::parse(packet) {
             Ok(query) => query,
@@ -263,23 +256,10 @@ impl Gateway {
             reply::refused(&query, out);
             return self.finish(&policy, &ctx, Outcome::Refused, out);
         };
-        if transport == Transport::Udp {
-            match policy.rate_limit(segment, client.addr, started) {
-                Limit::Pass => {}
-                Limit::Drop => {
-                    policy.metrics().segments[segment.0 as usize]
-                        .rate_limited
-                        .inc();
-                    return Step::Drop;
-                }
-                Limit::Slip => {
-                    policy.metrics().segments[segment.0 as usize]
-                        .rate_limited
-                        .inc();
-                    reply::truncated(&query, 0, out);
-                    return self.finish(&policy, &ctx, Outcome::Allowed, out);
-                }
-            }
+        if transport == Transport::Udp
+            && let Some(step) = self.rate_limited(&policy, &ctx, segment, &query, out)
+        {
+            return step;
         }
         if query.edns.is_some_and(|e| e.version > 0) {
             reply::bad_version(&query, out);
@@ -301,52 +281,96 @@ impl Gateway {
                 reply::blocked(&query, policy.block(), list, zone_at, out);
                 Outcome::Blocked(list)
             }
-            Judgement::Forward { .. } => {
-                let cached = self.cache.as_ref().and_then(|cache| {
-                    let stale_for = policy.config().cache_stale_for;
-                    let hit = cache.get(&query, Instant::now(), stale_for);
-                    let counter = if hit.is_some() {
-                        &self.metrics.query.cache_hits
-                    } else {
-                        &self.metrics.query.cache_misses
-                    };
-                    counter.inc();
-                    hit
-                });
-                if let Some(answer) = cached {
-                    serve(&policy, &self.metrics, segment, &query, &answer, out)
-                } else if !query.recursion_desired() {
-                    // RD=0 asks for what we hold; we never forward it.
-                    reply::error(&query, Rcode::Refused, None, out);
-                    Outcome::Allowed
-                } else {
-                    match self.admit(&policy, &query, client.addr) {
-                        Ok((upstream, permit, client_permit)) => {
-                            return Step::Forward(Pending {
-                                upstream,
-                                client,
-                                packet: packet.into(),
-                                parsed: query.parsed(),
-                                transport,
-                                started,
-                                _permit: permit,
-                                _client_permit: client_permit,
-                            });
-                        }
-                        Err(shed) => {
-                            debug!(
-                                reason = shed.as_str(),
-                                "servfail: too many queries in flight"
-                            );
-                            let ede = (EdeCode::NetworkError, "too many queries in flight");
-                            reply::error(&query, Rcode::ServFail, Some(ede), out);
-                            Outcome::Shed(shed)
-                        }
+            Judgement::Forward { .. } => match self.cached(&policy, segment, &query, out) {
+                Some(outcome) => outcome,
+                None => match self.admit(&policy, &query, client.addr) {
+                    Ok(admitted) => {
+                        let at = (client, transport, started);
+                        return Step::Forward(Pending::new(admitted, at, packet, &query));
                     }
-                }
-            }
+                    Err(shed) => {
+                        debug!(
+                            reason = shed.as_str(),
+                            "servfail: too many queries in flight"
+                        );
+                        let ede = (EdeCode::NetworkError, "too many queries in flight");
+                        reply::error(&query, Rcode::ServFail, Some(ede), out);
+                        Outcome::Shed(shed)
+                    }
+                },
+            },
         };
         self.finish(&policy, &ctx, outcome, out)
+    }
+
+    /// A UDP client over its segment's rate: dropped, or truncated so that it asks again
+    /// over TCP (every `slip`th); counted either way. `None`: within its rate.
+    fn rate_limited(
+        &self,
+        policy: &Policy,
+        ctx: &Context,
+        segment: SegmentId,
+        query: &Query,
+        out: &mut Vec<u8>,
+    ) -> Option<Step> {
+        let limit = policy.rate_limit(segment, ctx.client, ctx.started);
+        if limit != Limit::Pass {
+            policy.metrics().segments[segment.index()]
+                .rate_limited
+                .inc();
+        }
+        match limit {
+            Limit::Pass => None,
+            Limit::Drop => Some(Step::Drop),
+            Limit::Slip => {
+                reply::truncated(query, 0, out);
+                Some(self.finish(policy, ctx, Outcome::Allowed, out))
+            }
+        }
+    }
+
+    /// The packet after a load balancer's PROXY v2 header, with `client` set to the client
+    /// the header names; `None` (the datagram is dropped, and counted) when it has none.
+    fn unwrap_proxy<'p>(&self, packet: &'p [u8], client: &mut Client) -> Option<&'p [u8]> {
+        match proxy::parse(packet) {
+            Ok((named, len)) => {
+                client.addr = named.unwrap_or(client.addr);
+                Some(&packet[len..])
+            }
+            Err(err) => {
+                debug!(%err, "dropped a datagram from a load balancer");
+                self.metrics.query.proxy_errors.inc();
+                None
+            }
+        }
+    }
+
+    /// A forwarded name answered without an upstream: from the cache, or REFUSED when the
+    /// client asks for cached answers only (RD=0). `None`: it goes upstream.
+    fn cached(
+        &self,
+        policy: &Policy,
+        segment: SegmentId,
+        query: &Query,
+        out: &mut Vec<u8>,
+    ) -> Option<Outcome> {
+        let cached = self.cache.as_ref().and_then(|cache| {
+            let hit = cache.get(query, Instant::now(), policy.config().cache_stale_for);
+            let counter = match hit {
+                Some(_) => &self.metrics.query.cache_hits,
+                None => &self.metrics.query.cache_misses,
+            };
+            counter.inc();
+            hit
+        });
+        if let Some(answer) = cached {
+            return Some(serve(policy, &self.metrics, segment, query, &answer, out));
+        }
+        // RD=0 asks for what we hold; we never forward it.
+        (!query.recursion_desired()).then(|| {
+            reply::error(query, Rcode::Refused, None, out);
+            Outcome::Allowed
+        })
     }
 
     /// Admits a miss within every in-flight budget: the client's, the total, its upstream
@@ -395,7 +419,7 @@ impl Gateway {
             reply::truncated(query, rcode, out);
         }
         let handles = match ctx.segment {
-            Some(segment) => &policy.metrics().segments[segment.0 as usize],
+            Some(segment) => &policy.metrics().segments[segment.index()],
             None => &policy.metrics().no_segment,
         };
         if matches!(outcome, Outcome::Blocked(_) | Outcome::Bypass(_))
@@ -405,7 +429,7 @@ impl Gateway {
         }
         let decision = match (outcome, ctx.segment) {
             (Outcome::Blocked(list), _) => {
-                handles.blocked_by(list.0 as usize);
+                handles.blocked_by(list.index());
                 if let Some(kind) = policy.list_bypass(list) {
                     handles.bypass_attempt(kind);
                 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
+use crate::config::ListKind;
 use crate::name::{self, NameError};
 
 /// One entry as the reader hands it over.
@@ -117,6 +118,34 @@ pub fn parse(path: &Path, text: &str) -> ListFile {
     let mut file = ListFile::default();
     file.rejected = parse_with(path, text, |item, line| file.add(item, line));
     file
+}
+
+/// Reads one list file of `kind` as [`read_with`] does. What the kind means is here: a list
+/// of kind `ip` holds addresses and networks only, so a name in it is a rejected line (and is
+/// not handed over).
+pub fn read_as(
+    path: &Path,
+    kind: ListKind,
+    limits: Limits,
+    mut on_entry: impl FnMut(Item, u32),
+) -> Result<Vec<Rejected>, ListError> {
+    let mut names_in_ip_list = Vec::new();
+    let mut rejected = read_with(path, limits, |item, line| match item {
+        Item::Name(name, _) if kind == ListKind::Ip => {
+            names_in_ip_list.push((line, name::to_text(name)));
+        }
+        item => on_entry(item, line),
+    })?;
+    if !names_in_ip_list.is_empty() {
+        rejected.extend(names_in_ip_list.into_iter().map(|(line, text)| Rejected {
+            path: path.to_owned(),
+            line,
+            reason: "a name in a list of kind \"ip\" (only addresses and networks)".into(),
+            text,
+        }));
+        rejected.sort_by_key(|r| r.line);
+    }
+    Ok(rejected)
 }
 
 /// Reads one list file and hands each entry to `on_entry` (the item and its line) as it is read, without keeping it: the file is streamed line by line, so a million-line

@@ -96,7 +96,7 @@ impl BlockAnswers {
 
     /// The EDE extra-text for names `list` blocks.
     pub(crate) fn message(&self, list: ListId) -> &str {
-        &self.messages[list.0 as usize]
+        &self.messages[list.index()]
     }
 }
 

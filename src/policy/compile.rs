@@ -8,12 +8,11 @@ use std::time::SystemTime;
 use crate::bypass::BypassKind;
 use crate::client::ratelimit::{Rate, RateLimiter};
 use crate::client::segment::{NO_SEGMENT, SegmentId, SegmentTable};
-use crate::config::{Config, ListConfig, ListKind, OnFail, SegmentConfig};
+use crate::config::{Config, ListConfig, OnFail, SegmentConfig};
 use crate::ddr::Advertisement;
 use crate::evidence::identity::EntryDigest;
-use crate::lists::{self, EntryKind, Item, ListError, Rejected};
+use crate::lists::{self, EntryKind, Item, ListError};
 use crate::metrics::Metrics;
-use crate::name;
 use crate::policy::index::{IndexBuilder, ListId, ListSet};
 use crate::policy::networks::NetworkIndex;
 use crate::policy::probe::{Samples, probes};
@@ -162,28 +161,23 @@ fn read_lists(
             rejected: Vec::new(),
         };
         for path in list.sources() {
-            let mut names_in_ip_list = Vec::new();
             let mut over = None;
-            let rejected = lists::read_with(path, list.limits, |item, line| {
+            let rejected = lists::read_as(path, list.kind, list.limits, |item, line| {
                 if loaded.entries as u64 >= list.max_entries {
                     over.get_or_insert(line);
                     return;
                 }
                 match item {
-                    Item::Name(name, _) if list.kind == ListKind::Ip => {
-                        names_in_ip_list.push((line, name::to_text(name)));
-                        return;
-                    }
                     Item::Name(name, kind) => {
                         let tag = if kind == EntryKind::Block { 0 } else { 1 };
-                        digest.add(id.0 as usize, tag, name);
+                        digest.add(id.index(), tag, name);
                         if kind == EntryKind::Block {
-                            samples.offer(id.0 as usize, name);
+                            samples.offer(id.index(), name);
                         }
                         index.insert(name, id, kind);
                     }
                     Item::Network(net) => {
-                        digest.add(id.0 as usize, 2, net.to_string().as_bytes());
+                        digest.add(id.index(), 2, net.to_string().as_bytes());
                         networks.insert(net, id);
                     }
                 }
@@ -197,14 +191,6 @@ fn read_lists(
                     max: list.max_entries,
                 });
             }
-            let mut rejected = rejected;
-            rejected.extend(names_in_ip_list.into_iter().map(|(line, text)| Rejected {
-                path: path.to_owned(),
-                line,
-                reason: "a name in a list of kind \"ip\" (only addresses and networks)".into(),
-                text,
-            }));
-            rejected.sort_by_key(|r| r.line);
             loaded.rejected.extend(rejected);
         }
         lists.push(loaded);

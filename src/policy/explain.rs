@@ -228,7 +228,7 @@ impl Policy {
             entry,
             at: None,
             key,
-            files: self.lists[list.0 as usize].files.clone(),
+            files: self.lists[list.index()].files.clone(),
         }
     }
 

@@ -18,6 +18,11 @@ use crate::name;
 pub struct ListId(pub u8);
 
 impl ListId {
+    /// Its place in the policy's lists (and in tables kept per list).
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
     fn bit(self) -> u64 {
         1 << self.0
     }

@@ -213,7 +213,7 @@ impl Policy {
     /// The one decision rule: the query path, CNAME targets and `explain` all come here.
     pub fn decide(&self, segment: SegmentId, name: &[u8]) -> Decision {
         let matches = self.index.lookup(name);
-        match self.segments[segment.0 as usize].rule(matches.lists) {
+        match self.segments[segment.index()].rule(matches.lists) {
             Rule::Allowed => Decision::Allowed,
             Rule::Excepted(list) => Decision::Excepted(list),
             Rule::Blocked(list) => Decision::Blocked {
@@ -242,7 +242,7 @@ impl Policy {
     }
 
     fn address_rule(&self, segment: SegmentId, addr: IpAddr) -> Rule {
-        let segment = &self.segments[segment.0 as usize];
+        let segment = &self.segments[segment.index()];
         if !segment.blocks_addresses {
             return Rule::Allowed;
         }
@@ -251,13 +251,13 @@ impl Policy {
 
     /// The list that blocks Telegram's fallback configuration in answers for `segment`.
     pub(crate) fn telegram_fallback(&self, segment: SegmentId) -> Option<ListId> {
-        self.segments[segment.0 as usize].telegram_fallback
+        self.segments[segment.index()].telegram_fallback
     }
 
     /// The built-in bypass name `name` is (or is below), if `segment` answers it itself, with
     /// where that name starts in `name`.
     pub fn bypass_name(&self, segment: SegmentId, name: &[u8]) -> Option<(BypassKind, usize)> {
-        let handling = &self.segments[segment.0 as usize].bypass;
+        let handling = &self.segments[segment.index()].bypass;
         bypass::built_in(name).filter(|&(kind, _)| handling.handles(kind))
     }
 
@@ -271,22 +271,22 @@ impl Policy {
     /// The advertisement of portvakt's encrypted endpoints, if `segment` gets it for `name`.
     pub(crate) fn advertisement(&self, segment: SegmentId, name: &[u8]) -> Option<&Advertisement> {
         let ad = self.advertisement.as_ref()?;
-        (self.segments[segment.0 as usize].advertise && ad.answers(name)).then_some(ad)
+        (self.segments[segment.index()].advertise && ad.answers(name)).then_some(ad)
     }
 
     /// Whether `segment` gets HTTPS/SVCB answers without their `ech` parameter.
     pub(crate) fn strips_ech(&self, segment: SegmentId) -> bool {
-        self.segments[segment.0 as usize].bypass.strip_ech
+        self.segments[segment.index()].bypass.strip_ech
     }
 
     /// What a block by `list` also counts as, if anything.
     pub(crate) fn list_bypass(&self, list: ListId) -> Option<BypassKind> {
-        self.list_bypass[list.0 as usize]
+        self.list_bypass[list.index()]
     }
 
     /// Whether answers' addresses can be blocked for `segment` at all.
     pub(crate) fn blocks_addresses(&self, segment: SegmentId) -> bool {
-        self.segments[segment.0 as usize].blocks_addresses
+        self.segments[segment.index()].blocks_addresses
     }
 
     /// Where the entry of `list` that matched `name` starts in it; `list` is one that
@@ -334,11 +334,11 @@ impl Policy {
     }
 
     pub(crate) fn segment_name(&self, segment: SegmentId) -> &str {
-        &self.segments[segment.0 as usize].name
+        &self.segments[segment.index()].name
     }
 
     pub(crate) fn list_name(&self, list: ListId) -> &str {
-        &self.lists[list.0 as usize].name
+        &self.lists[list.index()].name
     }
 
     pub(crate) fn block(&self) -> &BlockAnswers {
@@ -347,7 +347,7 @@ impl Policy {
 
     /// Whether `client` of `segment` may have an answer over UDP now (its rate limit).
     pub(crate) fn rate_limit(&self, segment: SegmentId, client: IpAddr, now: Instant) -> Limit {
-        match (&self.limiter, self.segments[segment.0 as usize].rate) {
+        match (&self.limiter, self.segments[segment.index()].rate) {
             (Some(limiter), Some(rate)) => limiter.check(client, rate, limiter.ms(now)),
             _ => Limit::Pass,
         }

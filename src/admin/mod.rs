@@ -8,7 +8,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::UNIX_EPOCH;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -16,19 +15,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AdminToken;
 use crate::error;
 use crate::evidence::report::Recorder;
 use crate::gateway::Gateway;
 use crate::name;
-use crate::policy::{Located, Verdict};
 use crate::reload::{Override, Reloader, Trigger};
 use crate::transport::ListenAddrs;
+use views::{ErrorView, ExplainView, ReloadView, Status};
+
+mod auth;
+pub mod views;
 
 /// Why the admin listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,10 @@ impl Admin {
             .route("/api/v1/explain", get(explain))
             .route("/api/v1/report", get(report))
             .route("/api/v1/reload", post(reload))
-            .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::guard,
+            ))
             .with_state(state);
         let task = tokio::spawn(async move {
             let serve =
@@ -136,152 +139,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(state): State<AppState>) -> axum::Json<Value> {
-    let mut status = state.gateway.with_policy(|policy| {
-        let config = policy.config();
-        let name_of = |id: &usize| config.lists[*id].name.clone();
-        let segments: Vec<Value> = config
-            .segments
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name,
-                    "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "block": s.block.iter().map(name_of).collect::<Vec<_>>(),
-                    "allow": s.allow.iter().map(name_of).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let lists: Vec<Value> = policy
-            .lists()
-            .iter()
-            .zip(&config.lists)
-            .map(|(l, c)| {
-                json!({
-                    "name": l.name,
-                    "files": l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-                    "urls": c.remote.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
-                    "entries": l.entries,
-                    "rejected_lines": l.rejected.len(),
-                })
-            })
-            .collect();
-        let upstreams: Vec<Value> = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                json!({
-                    "zones": u.zones.iter().map(|z| name::to_text(z)).collect::<Vec<_>>(),
-                    "servers": u.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "timeout_ms": u.timeout.as_millis() as u64,
-                })
-            })
-            .collect();
-        let loaded_at = policy
-            .loaded_at()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "config": config.origin,
-            "policy": { "generation": policy.generation(), "loaded_at_unix": loaded_at, "hash": policy.hash() },
-            "listeners": {
-                "udp": state.dns.udp.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "tcp": state.dns.tcp.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "tls": state.dns.tls.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "https": state.dns.https.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            },
-            "unknown_clients": config.unknown_clients.map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
-            "segments": segments,
-            "lists": lists,
-            "upstreams": upstreams,
-        })
-    });
-    status["cache_entries"] = json!(state.gateway.cache_len());
-    status["reload"] = json!(state.reloader.status());
+async fn status(State(state): State<AppState>) -> axum::Json<Status> {
+    let (cache_entries, reload) = (state.gateway.cache_len(), state.reloader.status());
+    let status = (state.gateway).with_policy(|p| Status::of(p, &state.dns, cache_entries, reload));
     axum::Json(status)
-}
-
-/// Why a mutating request may not go ahead, if it may not.
-fn refuse_mutation(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let refusal = state.gateway.with_policy(|policy| {
-        let token = policy.config().admin_token.as_ref();
-        mutation_refused(token, state.admin.ip(), authorization)
-    })?;
-    let body = axum::Json(json!({ "error": refusal.message() }));
-    Some(match refusal {
-        Refusal::NoTokenOffLoopback => (StatusCode::FORBIDDEN, body).into_response(),
-        Refusal::BadToken => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"portvakt\"")],
-            body,
-        )
-            .into_response(),
-    })
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Refusal {
-    /// 403: no token file, and the listener is reachable from other hosts.
-    NoTokenOffLoopback,
-    /// 401: a token is set and the request does not carry it.
-    BadToken,
-}
-
-impl Refusal {
-    fn message(&self) -> &'static str {
-        match self {
-            Refusal::NoTokenOffLoopback => {
-                "mutating endpoints need [admin] token_file when the admin listener is not on loopback"
-            }
-            Refusal::BadToken => "a valid `Authorization: Bearer <token>` header is required",
-        }
-    }
-}
-
-/// The rule for mutating endpoints: with a token, the request must carry it; without one,
-/// only a loopback listener serves them.
-fn mutation_refused(
-    token: Option<&AdminToken>,
-    listener: IpAddr,
-    authorization: Option<&str>,
-) -> Option<Refusal> {
-    let Some(token) = token else {
-        return (!listener.is_loopback()).then_some(Refusal::NoTokenOffLoopback);
-    };
-    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(offered) if token.matches(offered.trim()) => None,
-        _ => Some(Refusal::BadToken),
-    }
-}
-
-/// Every admin request: its declared body within `[admin] max_body_bytes` (413 unread past
-/// it: no endpoint reads a body), its handling within `request_timeout_ms` (503 past it).
-/// Each refusal is counted in `portvakt_admin_limit_hits_total{limit}`.
-async fn guard(
-    State(state): State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let hits = &state.gateway.metrics().admin_limit_hits;
-    let limits = state.gateway.with_policy(|p| p.config().admin_limits);
-    let declared = (request.headers().get(axum::http::header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_body) {
-        hits.with_label_values(&["body"]).inc();
-        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
-    }
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            hits.with_label_values(&["time"]).inc();
-            (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response()
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -297,7 +158,7 @@ async fn reload(
     headers: HeaderMap,
     Query(params): Query<ReloadParams>,
 ) -> Response {
-    if let Some(refused) = refuse_mutation(&state, &headers) {
+    if let Some(refused) = auth::refuse_mutation(&state, &headers) {
         return refused;
     }
     let accepted = match (params.allow_shrink, params.reason) {
@@ -308,11 +169,7 @@ async fn reload(
         }),
         (Some(_), _) => {
             let message = "allow_shrink needs a reason (it goes to the audit log)";
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": message })),
-            )
-                .into_response();
+            return (StatusCode::BAD_REQUEST, axum::Json(ErrorView::new(message))).into_response();
         }
     };
     match state
@@ -320,18 +177,14 @@ async fn reload(
         .reload_accepting(Trigger::Api, accepted)
         .await
     {
-        Ok(generation) => {
-            axum::Json(json!({ "result": "success", "generation": generation })).into_response()
+        Ok(generation) => axum::Json(ReloadView::Success { generation }).into_response(),
+        Err(err) => {
+            let failure = ReloadView::Failure {
+                error: error::chain(&*err),
+                running_generation: state.gateway.generation(),
+            };
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(failure)).into_response()
         }
-        Err(err) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({
-                "result": "failure",
-                "error": error::chain(&*err),
-                "running_generation": state.gateway.generation(),
-            })),
-        )
-            .into_response(),
     }
 }
 
@@ -395,11 +248,7 @@ struct ExplainParams {
 
 async fn explain(State(state): State<AppState>, Query(params): Query<ExplainParams>) -> Response {
     let bad = |message: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "error": message })),
-        )
-            .into_response()
+        (StatusCode::BAD_REQUEST, axum::Json(ErrorView::new(message))).into_response()
     };
     let Ok(client) = params.client.parse::<IpAddr>() else {
         return bad(format!("`{}` is not an IP address", params.client));
@@ -440,57 +289,8 @@ async fn explain(State(state): State<AppState>, Query(params): Query<ExplainPara
     let Ok(explanation) = tokio::task::spawn_blocking(move || explanation.locate()).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "explain failed\n").into_response();
     };
-    let located = |l: &Located| {
-        json!({
-            "list": l.list,
-            "entry": l.entry,
-            "file": l.at.as_ref().map(|(path, _)| path.display().to_string()),
-            "line": l.at.as_ref().map(|(_, line)| line),
-        })
-    };
-    let via = match &explanation.verdict {
-        Verdict::BlockedInAnswer { via, .. } => Some(via.as_str()),
-        _ => None,
-    };
-    axum::Json(json!({
-        "client": client.to_string(),
-        "name": explanation.name,
-        "segment": explanation.segment,
-        "placed_by": explanation.placement.to_string(),
-        "verdict": explanation.verdict.as_str(),
-        "decided_by": explanation.verdict.located().map_or(Value::Null, located),
-        "in_answer": via,
-        "bypass": explanation.bypass,
-        "answer": explanation.answer,
-    }))
-    .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mutations_need_the_token_or_a_loopback_listener() {
-        let token = AdminToken::new("s3cret");
-        let (lo, any): (IpAddr, IpAddr) =
-            ("127.0.0.1".parse().unwrap(), "0.0.0.0".parse().unwrap());
-        assert_eq!(mutation_refused(None, lo, None), None);
-        assert_eq!(mutation_refused(None, "::1".parse().unwrap(), None), None);
-        assert_eq!(
-            mutation_refused(None, any, Some("Bearer s3cret")),
-            Some(Refusal::NoTokenOffLoopback)
-        );
-        for (listener, header) in [(lo, None), (any, Some("Bearer nope")), (lo, Some("s3cret"))] {
-            assert_eq!(
-                mutation_refused(Some(&token), listener, header),
-                Some(Refusal::BadToken),
-                "{header:?}"
-            );
-        }
-        assert_eq!(
-            mutation_refused(Some(&token), any, Some("Bearer s3cret")),
-            None
-        );
-    }
+    let answer_judged = is_name;
+    let view = (state.gateway)
+        .with_policy(|policy| ExplainView::of(policy, client, &explanation, answer_judged));
+    axum::Json(view).into_response()
 }

@@ -12,6 +12,7 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use crate::config::EncryptedSettings;
 use crate::name;
+use crate::protocol::Transport;
 
 /// `_dns.resolver.arpa`, the name DDR clients ask.
 const RESOLVER_ARPA: &[u8] = b"\x04_dns\x08resolver\x04arpa\x00";
@@ -34,12 +35,11 @@ impl Advertisement {
         let text = settings.name.as_deref()?;
         let target = Name::from_ascii(format!("{}.", text.trim_end_matches('.'))).ok()?;
         let mut records = Vec::new();
-        let endpoints = [
-            (&settings.tls_listen, "dot", None),
-            (&settings.https_listen, "h2", Some(&settings.https_path)),
-        ];
         let mut priority = 1;
-        for (addrs, alpn, path) in endpoints {
+        for transport in Transport::encrypted() {
+            let addrs: Vec<SocketAddr> = settings.listen_of(transport).collect();
+            let alpn = transport.alpn().expect("an encrypted transport");
+            let path = transport.has_path().then_some(&settings.https_path);
             let ports: BTreeSet<u16> = addrs.iter().map(SocketAddr::port).collect();
             for port in ports {
                 let mut params = vec![
@@ -102,10 +102,10 @@ mod tests {
     #[test]
     fn dot_and_doh_records_carry_alpn_port_hints_and_path() {
         let settings = EncryptedSettings {
-            tls_listen: vec!["192.0.2.53:853".parse().unwrap()],
-            https_listen: vec![
-                "192.0.2.53:443".parse().unwrap(),
-                "[::]:443".parse().unwrap(),
+            listen: vec![
+                (Transport::Tls, "192.0.2.53:853".parse().unwrap()),
+                (Transport::Https, "192.0.2.53:443".parse().unwrap()),
+                (Transport::Https, "[::]:443".parse().unwrap()),
             ],
             https_path: "/dns-query".to_owned(),
             name: Some("dns.kommune.test".to_owned()),

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::json;
 
-use crate::config::{Config, ListConfig};
+use crate::config::{Config, ListConfig, ListId};
 use crate::lists::{self, Item, ListError};
 
 /// The port of DNS over TLS and DNS over QUIC (RFC 7858, RFC 9250).
@@ -46,7 +46,8 @@ struct IpList<'a> {
 pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError> {
     // Lists no segment blocks or allows (opt-in ones) are not the firewall's business.
     let used = |id: usize| {
-        (config.segments.iter()).any(|s| s.block.contains(&id) || s.allow.contains(&id))
+        let is_id = |list: &ListId| list.index() == id;
+        (config.segments.iter()).any(|s| s.block.iter().chain(&s.allow).any(is_id))
     };
     let lists: Vec<&ListConfig> = (config.lists.iter().enumerate())
         .filter(|&(id, _)| used(id))
@@ -57,12 +58,11 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
         .flat_map(|(id, s)| s.networks.iter().map(move |n| (id, n.trunc())))
         .collect();
     // The IP lists among `ids` (list ids of the config), as indexes into `ip_lists`.
-    let ip_ids = |ids: &[usize]| -> Vec<usize> {
+    let ip_ids = |ids: &[ListId]| -> Vec<usize> {
         ids.iter()
-            .filter_map(|&id| {
-                ip_lists
-                    .iter()
-                    .position(|l| l.name == config.lists[id].name)
+            .filter_map(|id| {
+                let name = &config.lists[id.index()].name;
+                ip_lists.iter().position(|l| l.name == *name)
             })
             .collect()
     };
@@ -71,7 +71,11 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
         .map(|(id, s)| Blocking {
             id,
             name: &s.name,
-            networks: addresses_of(id, &all, config.unknown_clients == Some(id)),
+            networks: addresses_of(
+                id,
+                &all,
+                config.unknown_clients.map(|u| u.index()) == Some(id),
+            ),
             ip_lists: ip_ids(&s.block),
             allowed: ip_ids(&s.allow),
         })
@@ -233,9 +237,7 @@ fn resolvers(config: &Config) -> Vec<IpAddr> {
 }
 
 fn listeners(config: &Config) -> impl Iterator<Item = &std::net::SocketAddr> {
-    (config.listen.iter())
-        .chain(&config.encrypted.tls_listen)
-        .chain(&config.encrypted.https_listen)
+    (config.listen.iter()).chain(config.encrypted.listen.iter().map(|(_, addr)| addr))
 }
 
 /// What the export cannot know from `config`: listeners on a wildcard address, whose

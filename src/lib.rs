@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! socket ─► transport/ ─► gateway/: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
+//!   (protocol.rs: each transport one value: label, listen key, datagram or stream, DDR's ALPN)
 //!   udp.rs, tcp.rs  client/segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
 //!   (stream.rs, tls.rs: DoT, https.rs: DoH)
 //!                   client/proxy.rs    a load balancer's PROXY v2 header ─► the client it names
@@ -50,6 +51,7 @@ mod client;
 mod error;
 mod metrics;
 mod name;
+mod protocol;
 mod wire;
 // Config, the evidence kept of it, then what is read from it.
 mod config;
@@ -231,21 +233,21 @@ async fn self_test(gateway: Arc<Gateway>, stop: CancellationToken) {
 impl Running {
     /// UDP addresses as bound (port 0 in the config resolved).
     pub fn udp_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.addrs.udp
+        self.listeners.addrs.of(Transport::Udp)
     }
 
     pub fn tcp_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.addrs.tcp
+        self.listeners.addrs.of(Transport::Tcp)
     }
 
     /// DNS-over-TLS addresses as bound.
     pub fn tls_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.addrs.tls
+        self.listeners.addrs.of(Transport::Tls)
     }
 
     /// DNS-over-HTTPS addresses as bound.
     pub fn https_addrs(&self) -> &[SocketAddr] {
-        &self.listeners.addrs.https
+        self.listeners.addrs.of(Transport::Https)
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {

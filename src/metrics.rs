@@ -46,35 +46,7 @@ impl DecisionLabel {
     }
 }
 
-/// How a query came and its reply leaves, as the `transport` label says it. UDP replies are
-/// cut to the client's size with TC=1; the others carry any size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    /// DNS over TLS (RFC 7858).
-    Tls,
-    /// DNS over HTTPS (RFC 8484).
-    Https,
-}
-
-impl Transport {
-    pub const ALL: [Transport; 4] = [
-        Transport::Udp,
-        Transport::Tcp,
-        Transport::Tls,
-        Transport::Https,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-            Transport::Https => "https",
-        }
-    }
-}
+pub use crate::protocol::Transport;
 
 /// Which in-flight budget was full when a miss was answered SERVFAIL, as the `reason` label
 /// of `portvakt_shed_total` says it.

@@ -9,8 +9,10 @@ use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
+use crate::config::ListId;
 use crate::name;
 use crate::policy::{Explanation, Located, Policy, Verdict};
+use crate::protocol::Transport;
 use crate::reload::ReloadStatus;
 use crate::transport::ListenAddrs;
 
@@ -22,7 +24,8 @@ pub struct Status {
     /// Where the config came from.
     pub config: String,
     pub policy: PolicyView,
-    pub listeners: Listeners,
+    /// Each transport's listeners as bound, by its label.
+    pub listeners: std::collections::BTreeMap<&'static str, Vec<String>>,
     /// The segment of clients in none (`refuse`: refused).
     pub unknown_clients: String,
     pub segments: Vec<SegmentView>,
@@ -41,19 +44,18 @@ impl Status {
     ) -> Status {
         let config = policy.config();
         let texts = |addrs: &[SocketAddr]| addrs.iter().map(ToString::to_string).collect();
+        let listeners = (Transport::ALL.into_iter())
+            .map(|t| (t.as_str(), texts(dns.of(t))))
+            .collect();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             config: config.origin.clone(),
             policy: PolicyView::of(policy),
-            listeners: Listeners {
-                udp: texts(&dns.udp),
-                tcp: texts(&dns.tcp),
-                tls: texts(&dns.tls),
-                https: texts(&dns.https),
-            },
-            unknown_clients: (config.unknown_clients)
-                .map_or("refuse".to_owned(), |id| config.segments[id].name.clone()),
+            listeners,
+            unknown_clients: (config.unknown_clients).map_or("refuse".to_owned(), |id| {
+                config.segments[id.index()].name.clone()
+            }),
             segments: SegmentView::all(policy),
             lists: ListView::all(policy),
             upstreams: UpstreamView::all(policy),
@@ -82,15 +84,6 @@ impl PolicyView {
     }
 }
 
-/// The DNS listeners as bound.
-#[derive(Debug, Serialize)]
-pub struct Listeners {
-    pub udp: Vec<String>,
-    pub tcp: Vec<String>,
-    pub tls: Vec<String>,
-    pub https: Vec<String>,
-}
-
 /// A segment: where its clients are, what it blocks and allows.
 #[derive(Debug, Serialize)]
 pub struct SegmentView {
@@ -103,9 +96,9 @@ pub struct SegmentView {
 impl SegmentView {
     pub fn all(policy: &Policy) -> Vec<SegmentView> {
         let config = policy.config();
-        let names = |ids: &[usize]| {
+        let names = |ids: &[ListId]| {
             ids.iter()
-                .map(|&id| config.lists[id].name.clone())
+                .map(|id| config.lists[id.index()].name.clone())
                 .collect()
         };
         (config.segments.iter())

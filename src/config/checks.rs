@@ -15,6 +15,8 @@ use super::error::{Problem, Source};
 use super::file::{self, ConfigFile};
 use super::*;
 use crate::bypass::BypassKind;
+use crate::client::segment::SegmentId;
+use crate::protocol::Transport;
 
 pub(super) struct Checks<'a> {
     source: Source<'a>,
@@ -48,10 +50,9 @@ impl<'a> Checks<'a> {
     pub(super) fn config(&mut self, file: ConfigFile, origin: &str) -> Config {
         let state_dir = file.server.state_dir.as_ref();
         let lists = self.lists(&file.lists, state_dir);
-        let list_ids: BTreeMap<&str, usize> = lists
-            .iter()
-            .enumerate()
-            .map(|(id, list)| (list.name.as_str(), id))
+        // At most MAX_LISTS lists (checked in `lists`), so each id fits.
+        let list_ids: BTreeMap<&str, ListId> = (lists.iter().zip(0..=u8::MAX))
+            .map(|(list, id)| (list.name.as_str(), ListId(id)))
             .collect();
         let rates = &file.rate_limit;
         let default_rate = (rates.qps, rates.burst.as_ref().map(|b| *b.get_ref()));
@@ -68,7 +69,8 @@ impl<'a> Checks<'a> {
         let unknown_clients = match unknown.get_ref().as_str() {
             "refuse" => None,
             name => {
-                let found = segments.iter().position(|s| s.name == name);
+                let found = (segments.iter().zip(0..=u16::MAX))
+                    .find_map(|(s, id)| (s.name == name).then_some(SegmentId(id)));
                 if found.is_none() {
                     let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
                     self.report(
@@ -92,11 +94,8 @@ impl<'a> Checks<'a> {
         }
         let mut seen = HashMap::new();
         let server = &file.server;
-        let all = listen
-            .get_ref()
-            .iter()
-            .chain(&server.tls_listen)
-            .chain(&server.https_listen);
+        let encrypted_listen = Transport::encrypted().flat_map(|t| server.listen_of(t));
+        let all = listen.get_ref().iter().chain(encrypted_listen);
         // Port 0 ("any free port") may repeat: each bind gets its own.
         for addr in all.filter(|a| a.get_ref().0.port() != 0) {
             if seen.insert(addr.get_ref().0, ()).is_some() {
@@ -116,8 +115,8 @@ impl<'a> Checks<'a> {
         }
 
         let tcp = self.tcp_limits(&file.server);
-        let segments_by_name: BTreeMap<String, usize> = (segments.iter().enumerate())
-            .map(|(id, s)| (s.name.clone(), id))
+        let segments_by_name: BTreeMap<String, SegmentId> = (segments.iter().zip(0..=u16::MAX))
+            .map(|(s, id)| (s.name.clone(), SegmentId(id)))
             .collect();
         Config {
             origin: origin.to_owned(),
@@ -176,7 +175,7 @@ impl<'a> Checks<'a> {
     fn expectations(
         &mut self,
         entries: &[Spanned<file::ExpectSection>],
-        segments: &BTreeMap<String, usize>,
+        segments: &BTreeMap<String, SegmentId>,
     ) -> Vec<Expectation> {
         let mut out = Vec::with_capacity(entries.len());
         for spanned in entries {
@@ -546,7 +545,7 @@ impl<'a> Checks<'a> {
     fn segments(
         &mut self,
         segments: &[file::SegmentSection],
-        lists: &BTreeMap<&str, usize>,
+        lists: &BTreeMap<&str, ListId>,
         default_rate: (u32, Option<u32>),
         server: &file::ServerSection,
         encrypted: &EncryptedSettings,
@@ -554,9 +553,9 @@ impl<'a> Checks<'a> {
         let mut names: HashMap<&str, ()> = HashMap::new();
         let mut networks: HashMap<IpNet, &str> = HashMap::new();
         let mut listeners: HashMap<SocketAddr, &str> = HashMap::new();
+        let encrypted_listen = Transport::encrypted().flat_map(|t| server.listen_of(t));
         let bound: Vec<SocketAddr> = (server.listen.get_ref().iter())
-            .chain(&server.tls_listen)
-            .chain(&server.https_listen)
+            .chain(encrypted_listen)
             .map(|a| a.get_ref().0)
             .collect();
         let mut out = Vec::with_capacity(segments.len());
@@ -598,8 +597,7 @@ impl<'a> Checks<'a> {
                 );
                 self.report(&segment.name, message);
             }
-            let any_port =
-                (encrypted.tls_listen.iter().chain(&encrypted.https_listen)).any(|a| a.port() == 0);
+            let any_port = encrypted.listen.iter().any(|(_, a)| a.port() == 0);
             if segment.advertise_encrypted && any_port {
                 let message = format!(
                     "segment \"{name}\" has advertise_encrypted, which needs tls_listen and https_listen with fixed ports (not 0)"
@@ -615,7 +613,7 @@ impl<'a> Checks<'a> {
                     self.report(net, message);
                 }
             }
-            let ids = |entries: &[Spanned<String>], role: &str, checks: &mut Self| -> Vec<usize> {
+            let ids = |entries: &[Spanned<String>], role: &str, checks: &mut Self| -> Vec<ListId> {
                 let mut ids = Vec::with_capacity(entries.len());
                 for entry in entries {
                     match lists.get(entry.get_ref().as_str()) {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::bypass::BypassKind;
+use crate::protocol::Transport;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -446,6 +447,17 @@ impl TryFrom<String> for Network {
             ));
         }
         Ok(Network(net))
+    }
+}
+
+impl ServerSection {
+    /// The listeners the config gives `transport`, under its key ([`Transport::listen_key`]).
+    pub fn listen_of(&self, transport: Transport) -> &[Spanned<ListenAddr>] {
+        match transport {
+            Transport::Udp | Transport::Tcp => self.listen.get_ref(),
+            Transport::Tls => &self.tls_listen,
+            Transport::Https => &self.https_listen,
+        }
     }
 }
 

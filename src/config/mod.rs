@@ -16,6 +16,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::bypass::BypassKind;
+use crate::client::segment::SegmentId;
+use crate::protocol::Transport;
 
 use checks::Checks;
 use error::Source;
@@ -39,8 +41,8 @@ pub struct Config {
     /// Where it came from, for messages and status.
     pub origin: String,
     pub listen: Vec<SocketAddr>,
-    /// Segment (index into `segments`) for clients in no segment; `None` refuses them.
-    pub unknown_clients: Option<usize>,
+    /// The segment of clients in no segment; `None` refuses them.
+    pub unknown_clients: Option<SegmentId>,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token_file: Option<PathBuf>,
     /// What one admin request may declare and take.
@@ -79,8 +81,8 @@ pub struct Config {
 pub struct Expectation {
     /// Where it is written, `file:line`.
     pub at: String,
-    /// Index into `Config::segments`.
-    pub segment: Option<usize>,
+    /// The segment named, if one is.
+    pub segment: Option<SegmentId>,
     pub client: Option<IpAddr>,
     pub blocked: Vec<Expected>,
     pub resolves: Vec<Expected>,
@@ -278,7 +280,23 @@ pub const DEFAULT_STALE_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Default `max_shrink`.
 pub const DEFAULT_MAX_SHRINK: f64 = 0.5;
 
-/// One `[[segment]]`, with lists as indexes into `Config::lists`.
+/// A list's place in `Config::lists` (and in the policy's lists, and in every table kept per
+/// list); its bit in a set of lists. There are at most [`MAX_LISTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListId(pub u8);
+
+impl ListId {
+    /// Its place in the lists (and in tables kept per list).
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    pub(crate) fn bit(self) -> u64 {
+        1 << self.0
+    }
+}
+
+/// One `[[segment]]`, with its lists by id.
 #[derive(Debug, Clone)]
 pub struct SegmentConfig {
     pub name: String,
@@ -287,8 +305,8 @@ pub struct SegmentConfig {
     pub listeners: Vec<SocketAddr>,
     /// DDR answered with portvakt's own encrypted endpoints.
     pub advertise_encrypted: bool,
-    pub block: Vec<usize>,
-    pub allow: Vec<usize>,
+    pub block: Vec<ListId>,
+    pub allow: Vec<ListId>,
     pub bypass: BypassHandling,
     /// Queries per second and burst per client over UDP; `None`: no limit.
     pub rate: Option<(u32, u32)>,
@@ -304,7 +322,7 @@ impl SegmentConfig {
             items.sort();
             items.join(",")
         };
-        let name = |id: &usize| config.lists[*id].name.clone();
+        let name = |id: &ListId| config.lists[id.index()].name.clone();
         let networks = sorted(self.networks.iter().map(ToString::to_string).collect());
         let listeners = sorted(self.listeners.iter().map(ToString::to_string).collect());
         let block: Vec<String> = self.block.iter().map(name).collect();
@@ -419,16 +437,14 @@ impl Config {
             format!("[{}]", shown.join(", "))
         };
         keep("server.listen", addrs(&running.listen), addrs(&self.listen));
-        keep(
-            "server.tls_listen",
-            addrs(&running.encrypted.tls_listen),
-            addrs(&self.encrypted.tls_listen),
-        );
-        keep(
-            "server.https_listen",
-            addrs(&running.encrypted.https_listen),
-            addrs(&self.encrypted.https_listen),
-        );
+        for transport in Transport::encrypted() {
+            let of = |c: &Config| addrs(&c.encrypted.listen_of(transport).collect::<Vec<_>>());
+            keep(
+                &format!("server.{}", transport.listen_key()),
+                of(running),
+                of(self),
+            );
+        }
         let admin = |a: Option<SocketAddr>| a.map_or("off".to_owned(), |a| a.to_string());
         keep(
             "admin.listen",
@@ -457,23 +473,15 @@ impl Config {
             shown(&self.state_dir),
         );
         self.listen.clone_from(&running.listen);
-        self.encrypted
-            .tls_listen
-            .clone_from(&running.encrypted.tls_listen);
-        self.encrypted
-            .https_listen
-            .clone_from(&running.encrypted.https_listen);
+        self.encrypted.listen.clone_from(&running.encrypted.listen);
         self.admin_listen = running.admin_listen;
         self.tcp = running.tcp;
         self.cache_max_entries = running.cache_max_entries;
         self.cache_max_bytes = running.cache_max_bytes;
         self.watch = running.watch;
         self.state_dir.clone_from(&running.state_dir);
-        let bound: Vec<SocketAddr> = (self.listen.iter())
-            .chain(&self.encrypted.tls_listen)
-            .chain(&self.encrypted.https_listen)
-            .copied()
-            .collect();
+        let encrypted = self.encrypted.listen.iter().map(|(_, addr)| addr);
+        let bound: Vec<SocketAddr> = self.listen.iter().chain(encrypted).copied().collect();
         for segment in &mut self.segments {
             let name = &segment.name;
             segment.listeners.retain(|addr| {

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use super::Checks;
 use super::file::ServerSection;
+use crate::protocol::Transport;
 
 /// The DoH path when `https_path` is not set.
 pub const DEFAULT_HTTPS_PATH: &str = "/dns-query";
@@ -21,8 +22,8 @@ pub const DEFAULT_HTTPS_PATH: &str = "/dns-query";
 /// certificate they present (taken afresh from the running config at every handshake).
 #[derive(Debug, Clone, Default)]
 pub struct EncryptedSettings {
-    pub tls_listen: Vec<SocketAddr>,
-    pub https_listen: Vec<SocketAddr>,
+    /// Each encrypted listener with its transport, in config order per transport.
+    pub listen: Vec<(Transport, SocketAddr)>,
     pub https_path: String,
     /// The name the certificate is for (text), DDR's target.
     pub name: Option<String>,
@@ -51,16 +52,18 @@ impl fmt::Debug for Certificate {
 impl EncryptedSettings {
     /// Whether any encrypted listener is configured.
     pub fn any(&self) -> bool {
-        !self.tls_listen.is_empty() || !self.https_listen.is_empty()
+        !self.listen.is_empty()
+    }
+
+    /// The listeners of `transport`.
+    pub fn listen_of(&self, transport: Transport) -> impl Iterator<Item = SocketAddr> + '_ {
+        (self.listen.iter()).filter_map(move |&(t, addr)| (t == transport).then_some(addr))
     }
 }
 
 impl Checks<'_> {
     /// Checks the encrypted listeners' keys and reads their certificate and key.
     pub(super) fn encrypted(&mut self, server: &ServerSection) -> EncryptedSettings {
-        let addrs = |list: &[Spanned<super::file::ListenAddr>]| {
-            list.iter().map(|a| a.get_ref().0).collect::<Vec<_>>()
-        };
         let path = match &server.https_path {
             Some(path) if !path.get_ref().starts_with('/') => {
                 let message = format!("https_path \"{}\" must start with /", path.get_ref());
@@ -76,16 +79,18 @@ impl Checks<'_> {
             let message = format!("tls_name \"{}\" is not a domain name", name.get_ref());
             self.report(name, message);
         }
+        let listen = Transport::encrypted()
+            .flat_map(|t| server.listen_of(t).iter().map(move |a| (t, a.get_ref().0)))
+            .collect();
         let mut settings = EncryptedSettings {
-            tls_listen: addrs(&server.tls_listen),
-            https_listen: addrs(&server.https_listen),
+            listen,
             https_path: path,
             name: server.tls_name.as_ref().map(|n| n.get_ref().clone()),
             cert_file: server.tls_cert_file.as_ref().map(|f| f.get_ref().clone()),
             key_file: server.tls_key_file.as_ref().map(|f| f.get_ref().clone()),
             certificate: None,
         };
-        let first = server.tls_listen.first().or(server.https_listen.first());
+        let first = Transport::encrypted().find_map(|t| server.listen_of(t).first());
         match (first, &server.tls_cert_file, &server.tls_key_file) {
             (None, _, _) => {}
             (Some(_), Some(cert), Some(key)) => settings.certificate = self.certificate(cert, key),

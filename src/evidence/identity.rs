@@ -73,9 +73,9 @@ pub fn canonical(config: &Config, sums: &[u128]) -> String {
         sinkhole.join(","),
         quoted(&block.message)
     );
-    let unknown = config
-        .unknown_clients
-        .map_or("refuse".to_owned(), |id| quoted(&config.segments[id].name));
+    let unknown = config.unknown_clients.map_or("refuse".to_owned(), |id| {
+        quoted(&config.segments[id.index()].name)
+    });
     let _ = writeln!(text, "unknown_clients={unknown}");
     for (list, sum) in config.lists.iter().zip(sums) {
         let kind = match list.kind {

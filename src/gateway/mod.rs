@@ -233,7 +233,7 @@ impl Gateway {
         // A load balancer's datagram: the client is the one its PROXY header names. (Streams
         // read theirs once, at the start of the connection.)
         let mut packet = packet;
-        if transport == Transport::Udp && policy.behind_proxy(client.addr) {
+        if transport.is_datagram() && policy.behind_proxy(client.addr) {
             let Some(rest) = self.unwrap_proxy(packet, &mut client) else {
                 return Step::Drop;
             };
@@ -256,7 +256,7 @@ impl Gateway {
             reply::refused(&query, out);
             return self.finish(&policy, &ctx, Outcome::Refused, out);
         };
-        if transport == Transport::Udp
+        if transport.is_datagram()
             && let Some(step) = self.rate_limited(&policy, &ctx, segment, &query, out)
         {
             return step;
@@ -412,7 +412,7 @@ impl Gateway {
         // UDP replies larger than the client accepts become header + question with TC=1.
         // (Without a parsed query, the reply is a 12-byte header.)
         if let Some(query) = ctx.query
-            && ctx.transport == Transport::Udp
+            && ctx.transport.is_datagram()
             && out.len() > query.udp_limit()
         {
             let rcode = out[3] & 0x0F;

@@ -92,11 +92,8 @@ impl Policy {
                 .iter()
                 .map(move |addr| (*addr, SegmentId(id as u16)))
         });
-        let table = SegmentTable::new(
-            networks,
-            config.unknown_clients.map(|id| SegmentId(id as u16)),
-        )
-        .with_listeners(listeners.collect());
+        let table =
+            SegmentTable::new(networks, config.unknown_clients).with_listeners(listeners.collect());
         let probes = probes(&config, &samples, &index, &table);
         let policy = Policy {
             segments: config
@@ -201,9 +198,9 @@ fn read_lists(
 /// A segment with its lists as bitsets, and its block lists in config order; `ip_lists` are
 /// the lists with IP entries.
 fn segment(config: &SegmentConfig, ip_lists: ListSet, lists: &[ListConfig]) -> Segment {
-    let set = |ids: &[usize]| {
+    let set = |ids: &[ListId]| {
         let mut set = ListSet::default();
-        ids.iter().for_each(|&id| set.insert(ListId(id as u8)));
+        ids.iter().for_each(|&id| set.insert(id));
         set
     };
     let block = set(&config.block);
@@ -211,14 +208,14 @@ fn segment(config: &SegmentConfig, ip_lists: ListSet, lists: &[ListConfig]) -> S
         name: config.name.clone(),
         blocks_addresses: !block.intersect(ip_lists).is_empty(),
         telegram_fallback: (config.block.iter())
-            .find(|&&id| lists[id].bypass == Some(BypassKind::TelegramFallback))
-            .map(|&id| ListId(id as u8)),
+            .find(|&&id| lists[id.index()].bypass == Some(BypassKind::TelegramFallback))
+            .copied(),
         bypass: config.bypass,
         advertise: config.advertise_encrypted,
         rate: config.rate.map(|(qps, burst)| Rate { qps, burst }),
         block,
         allow: set(&config.allow),
-        block_order: config.block.iter().map(|&id| ListId(id as u8)).collect(),
+        block_order: config.block.clone(),
     }
 }
 
@@ -233,7 +230,7 @@ fn policy_metrics(config: &Config, metrics: &Metrics) -> PolicyMetrics {
             let blocked: Vec<(usize, &str)> = s
                 .block
                 .iter()
-                .map(|&id| (id, config.lists[id].name.as_str()))
+                .map(|&id| (id.index(), config.lists[id.index()].name.as_str()))
                 .collect();
             metrics.segment(&s.name, &blocked, lists)
         })

@@ -50,7 +50,7 @@ impl Policy {
 
     /// The segment label of `expectation`, and what it finds broken.
     fn check_one(&self, expectation: &Expectation) -> (String, Vec<String>) {
-        let named = expectation.segment.map(|id| SegmentId(id as u16));
+        let named = expectation.segment;
         let label = |s: Option<SegmentId>| {
             s.map_or(NO_SEGMENT.to_owned(), |s| self.segment_name(s).to_owned())
         };

@@ -13,20 +13,7 @@ use rustc_hash::FxBuildHasher;
 use crate::lists::EntryKind;
 use crate::name;
 
-/// A list's index in the policy, and its bit in a [`ListSet`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ListId(pub u8);
-
-impl ListId {
-    /// Its place in the policy's lists (and in tables kept per list).
-    pub fn index(self) -> usize {
-        usize::from(self.0)
-    }
-
-    fn bit(self) -> u64 {
-        1 << self.0
-    }
-}
+pub use crate::config::ListId;
 
 /// A set of lists, one bit per list id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -61,22 +61,19 @@ pub fn probes(
         };
         let allowed = |name: &[u8]| {
             let found = index.lookup(name).lists;
-            segment
-                .allow
-                .iter()
-                .any(|&l| found.contains(ListId(l as u8)))
+            segment.allow.iter().any(|&l| found.contains(l))
         };
         let roles = (segment.block.iter().map(|&l| (l, true)))
             .chain(segment.allow.iter().map(|&l| (l, false)));
         for (list, blocked) in roles {
-            let names: Vec<Vec<u8>> = (samples.0[list].iter())
+            let names: Vec<Vec<u8>> = (samples.0[list.index()].iter())
                 .filter(|name| !blocked || !allowed(name))
                 .cloned()
                 .collect();
             if !names.is_empty() {
                 probes.push(Probe {
                     segment: SegmentId(id as u16),
-                    list: ListId(list as u8),
+                    list,
                     client,
                     listener,
                     names,

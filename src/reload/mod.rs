@@ -360,7 +360,9 @@ impl Reloader {
                 .map(|l| (l.name.as_str(), l.entries))
                 .collect();
             let config = policy.config();
-            let blocked = |id: usize| config.segments.iter().any(|s| s.block.contains(&id));
+            let blocked = |id: usize| {
+                (config.segments.iter()).any(|s| s.block.iter().any(|l| l.index() == id))
+            };
             let mut shrunk = Vec::new();
             for (id, (list, settings)) in policy.lists().iter().zip(&config.lists).enumerate() {
                 let Some(&before) = before.get(list.name.as_str()) else {

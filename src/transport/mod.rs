@@ -41,11 +41,13 @@ pub struct BindError {
 
 /// The DNS listeners' addresses as bound (port 0 in the config resolved).
 #[derive(Debug, Clone, Default)]
-pub struct ListenAddrs {
-    pub udp: Vec<SocketAddr>,
-    pub tcp: Vec<SocketAddr>,
-    pub tls: Vec<SocketAddr>,
-    pub https: Vec<SocketAddr>,
+pub struct ListenAddrs(std::collections::BTreeMap<Transport, Vec<SocketAddr>>);
+
+impl ListenAddrs {
+    /// The listeners of `transport` as bound.
+    pub fn of(&self, transport: Transport) -> &[SocketAddr] {
+        self.0.get(&transport).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The bound DNS listeners.
@@ -96,26 +98,17 @@ impl Listeners {
         }
         // DoT and DoH listen on TCP only.
         let mut encrypted_listeners = Vec::new();
-        let (mut tls, mut https) = (Vec::new(), Vec::new());
-        let streams = (encrypted.tls_listen.iter().map(|a| (*a, Stream::Tls)))
-            .chain(encrypted.https_listen.iter().map(|a| (*a, Stream::Https)));
-        for (addr, stream) in streams {
+        let mut bound_encrypted = std::collections::BTreeMap::<_, Vec<_>>::new();
+        for &(transport, addr) in &encrypted.listen {
             let bind_error = |source| BindError {
-                proto: if stream == Stream::Tls {
-                    "TLS"
-                } else {
-                    "HTTPS"
-                },
+                proto: transport.name(),
                 addr,
                 source,
             };
+            let stream = Stream::of(transport).expect("encrypted transports are streams");
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
             let bound = listener.local_addr().map_err(bind_error)?;
-            if stream == Stream::Tls {
-                tls.push(bound)
-            } else {
-                https.push(bound)
-            }
+            bound_encrypted.entry(transport).or_default().push(bound);
             encrypted_listeners.push((listener, stream));
         }
         let mut udp = Udp::new();
@@ -141,13 +134,11 @@ impl Listeners {
             stop.cancelled().await;
             tokio::join!(udp.stop(SHUTDOWN_GRACE), tcp.stop(SHUTDOWN_GRACE));
         });
+        let mut bound = bound_encrypted;
+        bound.insert(Transport::Udp, addrs.clone());
+        bound.insert(Transport::Tcp, addrs);
         Ok(Listeners {
-            addrs: ListenAddrs {
-                udp: addrs.clone(),
-                tcp: addrs,
-                tls,
-                https,
-            },
+            addrs: ListenAddrs(bound),
             stopper,
         })
     }

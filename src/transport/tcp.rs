@@ -34,6 +34,26 @@ pub(super) enum Stream {
     Https,
 }
 
+impl Stream {
+    /// The stream listener of `transport`; `None` for a datagram one.
+    pub(super) fn of(transport: Transport) -> Option<Stream> {
+        match transport {
+            Transport::Udp => None,
+            Transport::Tcp => Some(Stream::Plain),
+            Transport::Tls => Some(Stream::Tls),
+            Transport::Https => Some(Stream::Https),
+        }
+    }
+
+    fn transport(self) -> Transport {
+        match self {
+            Stream::Plain => Transport::Tcp,
+            Stream::Tls => Transport::Tls,
+            Stream::Https => Transport::Https,
+        }
+    }
+}
+
 /// After an accept error (out of descriptors), wait this long before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -131,11 +151,7 @@ impl Accept {
                     addr: peer.ip(),
                     listener: self.local,
                 },
-                transport: match self.stream {
-                    Stream::Plain => Transport::Tcp,
-                    Stream::Tls => Transport::Tls,
-                    Stream::Https => Transport::Https,
-                },
+                transport: self.stream.transport(),
                 limits: self.limits,
                 stop: self.stop.clone(),
             };

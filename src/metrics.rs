@@ -75,6 +75,14 @@ impl ShedReason {
 /// Distinct names blocked by their answer kept between two writes of the evidence store.
 pub const ANSWER_BLOCKED_NAMES: usize = 10_000;
 
+/// Names blocked only by their answer, per list, as the evidence store has yet to take them.
+#[derive(Debug, Default)]
+struct AnswerBlocked {
+    names: std::collections::HashMap<Box<str>, std::collections::HashMap<Box<[u8]>, u64>>,
+    /// Names held, over all lists.
+    len: usize,
+}
+
 /// Result of one upstream exchange, as the `result` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamResult {
@@ -224,7 +232,7 @@ pub struct Metrics {
     pub evidence_write_failing: IntGauge,
     /// Names blocked only by what their answer held, per list, since the evidence store last
     /// took them: names only (never who asked), at most [`ANSWER_BLOCKED_NAMES`] at once.
-    answer_blocked: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    answer_blocked: std::sync::Mutex<AnswerBlocked>,
     /// Admin requests refused by a limit (`body`, `time`).
     pub admin_limit_hits: IntCounterVec,
     /// Reloads rejected, by reason (`ReloadError::reason`).
@@ -661,26 +669,33 @@ impl Metrics {
         out
     }
 
-    /// Counts `name` (text), blocked by `list` only because of what its answer held (a CNAME
-    /// target, an address, a TXT shape). Names past [`ANSWER_BLOCKED_NAMES`] waiting for the
-    /// store are not kept (their blocks are still counted by list).
-    pub fn note_answer_blocked(&self, list: &str, name: String) {
-        let mut names = self.answer_blocked.lock().expect("not poisoned");
-        let key = (list.to_owned(), name);
-        if let Some(count) = names.get_mut(&key) {
+    /// Counts `name` (lowercase wire format), blocked by `list` only because of what its
+    /// answer held (a CNAME target, an address, a TXT shape). A name counted before costs no
+    /// allocation; names past [`ANSWER_BLOCKED_NAMES`] waiting for the store are not kept
+    /// (their blocks are still counted by list).
+    pub fn note_answer_blocked(&self, list: &str, name: &[u8]) {
+        let mut noted = self.answer_blocked.lock().expect("not poisoned");
+        let AnswerBlocked { names, len } = &mut *noted;
+        if let Some(count) = names.get_mut(list).and_then(|n| n.get_mut(name)) {
             *count += 1;
-        } else if names.len() < ANSWER_BLOCKED_NAMES {
-            names.insert(key, 1);
+        } else if *len < ANSWER_BLOCKED_NAMES {
+            *len += 1;
+            let of_list = names.entry(list.into()).or_default();
+            of_list.insert(name.into(), 1);
         }
     }
 
-    /// The names [`Metrics::note_answer_blocked`] counted since the last take: (list, name,
-    /// count).
+    /// The names [`Metrics::note_answer_blocked`] counted since the last take: (list, name as
+    /// text, count).
     pub fn take_answer_blocked(&self) -> Vec<(String, String, u64)> {
         let taken = std::mem::take(&mut *self.answer_blocked.lock().expect("not poisoned"));
-        (taken.into_iter())
-            .map(|((list, name), count)| (list, name, count))
-            .collect()
+        let mut out = Vec::with_capacity(taken.len);
+        for (list, names) in taken.names {
+            for (name, count) in names {
+                out.push((list.to_string(), crate::name::to_text(&name), count));
+            }
+        }
+        out
     }
 
     /// Forgets every self-test result (a new policy has its own probes).
@@ -910,5 +925,37 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     pub fn result(&self, result: UpstreamResult) {
         self.results[result as usize].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_blocked_by_their_answer_are_counted_per_list_up_to_the_cap() {
+        let metrics = Metrics::new();
+        let (tiktok, other) = (b"\x03cdn\x07example\x00", b"\x01x\x07example\x00");
+        for _ in 0..3 {
+            metrics.note_answer_blocked("tiktok", tiktok);
+        }
+        metrics.note_answer_blocked("telegram-ip", tiktok);
+        metrics.note_answer_blocked("tiktok", other);
+        let mut taken = metrics.take_answer_blocked();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [
+                ("telegram-ip".into(), "cdn.example".into(), 1),
+                ("tiktok".into(), "cdn.example".into(), 3),
+                ("tiktok".into(), "x.example".into(), 1),
+            ]
+        );
+        assert!(metrics.take_answer_blocked().is_empty(), "taken once");
+        for i in 0..=ANSWER_BLOCKED_NAMES {
+            let name = crate::name::from_text(&format!("n{i}.example")).unwrap();
+            metrics.note_answer_blocked("tiktok", &name);
+        }
+        assert_eq!(metrics.take_answer_blocked().len(), ANSWER_BLOCKED_NAMES);
     }
 }

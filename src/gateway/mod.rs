@@ -490,7 +490,7 @@ fn serve(
         let list = block.list();
         debug!(list = %policy.list_name(list), ?block, "blocked: in the answer");
         // The name itself is in no list: the report shows it, so the ops team can add it.
-        metrics.note_answer_blocked(policy.list_name(list), crate::name::to_text(query.name()));
+        metrics.note_answer_blocked(policy.list_name(list), query.name());
         // The SOA is owned by the question name: the blocked zone is not in the question.
         reply::blocked(query, policy.block(), list, 0, out);
         return Outcome::Blocked(list);

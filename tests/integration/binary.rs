@@ -453,10 +453,10 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
     assert!(status.success(), "{status}");
 }
 
-/// `portvakt catalogue diff` with `args`: (exit code, stdout, stderr).
-fn catalogue_diff<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+/// `portvakt catalogue <command>` with `args`: (exit code, stdout, stderr).
+fn catalogue<S: AsRef<std::ffi::OsStr>>(command: &str, args: &[S]) -> (i32, String, String) {
     let out = Command::new(BIN)
-        .args(["catalogue", "diff"])
+        .args(["catalogue", command])
         .args(args)
         .output()
         .expect("portvakt runs");
@@ -466,6 +466,11 @@ fn catalogue_diff<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String
         text(&out.stdout),
         text(&out.stderr),
     )
+}
+
+/// `portvakt catalogue diff` with `args`.
+fn catalogue_diff<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    catalogue("diff", args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,23 +558,11 @@ async fn catalogue_diff_prints_what_a_list_lacks_from_a_file_or_a_url() {
     server.abort();
 }
 
-/// `portvakt catalogue resolve` with `args`, off the runtime: (exit code, stdout, stderr).
+/// `portvakt catalogue resolve` with `args`, off the runtime (its upstream is in this test).
 async fn catalogue_resolve(args: Vec<String>) -> (i32, String, String) {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(["catalogue", "resolve"])
-            .args(args)
-            .output()
-            .expect("portvakt runs")
-    })
-    .await
-    .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
+    tokio::task::spawn_blocking(move || catalogue("resolve", &args))
+        .await
+        .unwrap()
 }
 
 /// What blocking ByteDance's networks in answers would take, measured through the upstream:

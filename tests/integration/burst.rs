@@ -7,13 +7,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
-use crate::harness::{Canned, FakeUpstream, TestGateway, found, present_or_skip};
+use crate::harness::{
+    Canned, FakeUpstream, TestGateway, Unbound, found, present_or_skip, server_series,
+    start_unbound,
+};
 
 /// Names per burst.
 const NAMES: usize = 4000;
@@ -24,16 +26,9 @@ const CONNECTIONS: usize = 4;
 
 /// A local Unbound on UDP and TCP.
 struct Upstream {
-    child: Child,
+    _unbound: Unbound,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How long the server Unbound asks for `slow.example` takes to answer.
@@ -79,7 +74,7 @@ fn name(prefix: &str, i: usize) -> String {
 
 /// Unbound answers `burst.test` from local data (the names of `Kind::Exists`),
 /// forwards `slow.example` to `slow`, and refuses the rest.
-async fn start_unbound(prefixes: &[&str], slow: SocketAddr) -> Option<Upstream> {
+async fn unbound_upstream(prefixes: &[&str], slow: SocketAddr) -> Option<Upstream> {
     if !present_or_skip(found("unbound"), "unbound") {
         return None;
     }
@@ -118,28 +113,13 @@ async fn start_unbound(prefixes: &[&str], slow: SocketAddr) -> Option<Upstream> 
         slow.ip(),
         slow.port()
     ));
-    std::fs::write(dir.path().join("unbound.conf"), conf).unwrap();
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(dir.path().join("unbound.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unbound starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let upstream = Upstream {
-        child,
+    let unbound = start_unbound(dir.path(), &conf, addr).await;
+    Some(Upstream {
+        _unbound: unbound,
         addr,
         _dir: dir,
-    };
-    for _ in 0..200 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Some(upstream);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("unbound did not listen on {addr}");
+    })
 }
 
 /// The `id`th query of a burst: `name` A, recursion desired, no EDNS.
@@ -286,7 +266,7 @@ async fn a_burst_gets_the_upstreams_own_rcodes_over_udp_and_tcp() {
         }
     }
     let slow = slow.start().await;
-    let Some(upstream) = start_unbound(&prefixes, slow.addr).await else {
+    let Some(upstream) = unbound_upstream(&prefixes, slow.addr).await else {
         return;
     };
     let config = format!(
@@ -339,10 +319,7 @@ async fn a_burst_gets_the_upstreams_own_rcodes_over_udp_and_tcp() {
     // server down.
     let metrics = gateway.scrape().await;
     let series = |name: &str, more: &str| {
-        let key = format!(
-            "{name}{{group=\"default\",{more}server=\"{}\"}}",
-            upstream.addr
-        );
+        let key = server_series(name, upstream.addr, more);
         metrics
             .get(&key)
             .copied()

@@ -3,30 +3,23 @@
 //! a server whose certificate does not carry the configured name is never used.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 
-use crate::harness::{Answered, TestGateway, certificate, found, present_or_skip};
+use crate::harness::{
+    Answered, TestGateway, Unbound, certificate, found, present_or_skip, start_unbound,
+};
 
 /// A local Unbound answering `www.dot.example` over TLS only; refuses everything else, so it
 /// never asks the internet.
 struct DotServer {
-    child: Child,
+    _unbound: Unbound,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
     ca: std::path::PathBuf,
 }
 
-impl Drop for DotServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_unbound() -> Option<DotServer> {
+async fn dot_upstream() -> Option<DotServer> {
     if !present_or_skip(found("unbound") && found("openssl"), "unbound and openssl") {
         return None;
     }
@@ -47,29 +40,14 @@ async fn start_unbound() -> Option<DotServer> {
          \x20 local-zone: \".\" refuse\n  local-zone: \"dot.example.\" static\n\
          \x20 local-data: \"www.dot.example. 300 IN A 192.0.2.53\"\n"
     );
-    std::fs::write(dir.path().join("unbound.conf"), conf).unwrap();
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(dir.path().join("unbound.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("unbound starts");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let server = DotServer {
-        child,
+    let unbound = start_unbound(dir.path(), &conf, addr).await;
+    Some(DotServer {
+        _unbound: unbound,
         addr,
         ca: dir.path().join("ca.pem"),
         _dir: dir,
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("unbound did not listen on {addr}");
+    })
 }
 
 fn config(server: &DotServer, name: &str) -> String {
@@ -84,7 +62,7 @@ fn config(server: &DotServer, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_come_over_one_reused_pipelined_tls_connection() {
-    let Some(unbound) = start_unbound().await else {
+    let Some(unbound) = dot_upstream().await else {
         return;
     };
     let gateway = TestGateway::start_text(config(&unbound, "dot.test")).await;
@@ -127,7 +105,7 @@ async fn answers_come_over_one_reused_pipelined_tls_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_without_the_configured_name_is_refused() {
-    let Some(unbound) = start_unbound().await else {
+    let Some(unbound) = dot_upstream().await else {
         return;
     };
     let gateway = TestGateway::start_text(config(&unbound, "other.test")).await;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 
-use crate::harness::{Answered, Canned, FakeUpstream, TestGateway, encode, question};
+use crate::harness::{
+    Answered, Canned, FakeUpstream, TestGateway, encode, question, server_series,
+};
 
 fn a(addr: &str) -> Canned {
     Canned::A(vec![addr.parse::<Ipv4Addr>().unwrap()], 300)
@@ -26,14 +28,11 @@ async fn a_black_holed_server_is_skipped_and_probed_back() {
     );
     let gateway = TestGateway::start_text(config).await;
     let office = gateway.client_from("127.0.0.3");
-    let series = |name: &str, server: &std::net::SocketAddr, more: &str| {
-        format!("{name}{{group=\"default\",{more}server=\"{server}\"}}")
-    };
-    let dead_up = series("portvakt_upstream_server_up", &dead.addr, "");
-    let good_up = series("portvakt_upstream_server_up", &good.addr, "");
-    let dead_timeouts = series(
+    let dead_up = server_series("portvakt_upstream_server_up", dead.addr, "");
+    let good_up = server_series("portvakt_upstream_server_up", good.addr, "");
+    let dead_timeouts = server_series(
         "portvakt_upstream_server_queries_total",
-        &dead.addr,
+        dead.addr,
         "result=\"timeout\",",
     );
     let metrics = gateway.scrape().await;
@@ -129,13 +128,7 @@ async fn an_answer_slower_than_every_try_is_still_heard() {
     assert!(tries >= 3, "{tries} tries");
 
     let metrics = gateway.scrape().await;
-    let series = |name: &str, more: &str| {
-        let key = format!(
-            "{name}{{group=\"default\",{more}server=\"{}\"}}",
-            upstream.addr
-        );
-        metrics[&key]
-    };
+    let series = |name: &str, more: &str| metrics[&server_series(name, upstream.addr, more)];
     assert_eq!(
         series("portvakt_upstream_server_up", ""),
         1.0,

@@ -743,3 +743,41 @@ pub fn present_or_skip(present: bool, what: &str) -> bool {
     }
     present
 }
+
+/// Unbound, run in the foreground on a config of the test's; killed when dropped.
+pub struct Unbound(std::process::Child);
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `conf` to `dir/unbound.conf`, starts Unbound on it and waits until it accepts TCP
+/// on `addr`; panics when it has not within 10 s.
+pub async fn start_unbound(dir: &std::path::Path, conf: &str, addr: SocketAddr) -> Unbound {
+    std::fs::write(dir.join("unbound.conf"), conf).unwrap();
+    let child = std::process::Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(dir.join("unbound.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unbound starts");
+    let unbound = Unbound(child);
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return unbound;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("unbound did not listen on {addr}");
+}
+
+/// The series name of an upstream server's metric `name` in the default group, with the
+/// `more` labels (`result="late",`) that sort before `server`.
+pub fn server_series(name: &str, server: SocketAddr, more: &str) -> String {
+    format!("{name}{{group=\"default\",{more}server=\"{server}\"}}")
+}

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tracing::warn;
 
 use crate::config::Config;
@@ -73,6 +73,86 @@ pub fn path(config: &Config) -> Option<PathBuf> {
     config.state_dir.as_ref().map(|dir| dir.join(FILE))
 }
 
+/// One line of the audit trail, as written (its `prev` is added as it is appended).
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    time_unix: u64,
+    /// `start`, `reload` or `rejected`.
+    event: &'static str,
+    trigger: Option<Trigger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_hash: Option<&'a str>,
+    /// A rejected reload's running policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running_hash: Option<&'a str>,
+    /// For API reloads: the admin token's id (`null` without a token), never the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_id: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted: Option<&'a Override>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lists: Option<Lists<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segments: Option<SegmentsChanged>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// The lists of a policy put in force: each one's entries at start, what changed at a reload.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Lists<'a> {
+    Entries(BTreeMap<&'a str, usize>),
+    /// `{name: {before, after}}`, `null` for a list added or removed.
+    Changed(BTreeMap<&'a str, Change>),
+}
+
+#[derive(Debug, Serialize)]
+struct Change {
+    before: Option<usize>,
+    after: Option<usize>,
+}
+
+/// Segments added, removed, or changed in what decides their answers.
+#[derive(Debug, Serialize)]
+struct SegmentsChanged {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl<'a> Record<'a> {
+    fn new(event: &'static str, trigger: Option<Trigger>) -> Record<'a> {
+        Record {
+            time_unix: unix_now(),
+            event,
+            trigger,
+            generation: None,
+            hash: None,
+            previous_hash: None,
+            running_hash: None,
+            token_id: None,
+            accepted: None,
+            lists: None,
+            segments: None,
+            error: None,
+        }
+    }
+
+    /// For an API reload, the id of the token of `config` (the one that authorized it).
+    fn token_of(mut self, config: Option<&Config>) -> Record<'a> {
+        if self.trigger == Some(Trigger::Api) {
+            let token = config.and_then(|c| c.admin_token.as_ref());
+            self.token_id = Some(token.map(|t| t.id()));
+        }
+        self
+    }
+}
+
 /// Records `new` going into force after `old` (`None`: at start); `accepted` is the
 /// operator's acceptance of lists shrinking, with its reason, if one was given.
 pub fn record_change(
@@ -84,29 +164,23 @@ pub fn record_change(
     let Some(path) = path(new.config) else {
         return;
     };
-    let mut record = json!({
-        "time_unix": unix_now(),
-        "event": if old.is_some() { "reload" } else { "start" },
-        "trigger": trigger,
-        "generation": new.generation,
-        "hash": new.hash,
-    });
-    if trigger == Some(Trigger::Api) {
-        let token = old.and_then(|p| p.config.admin_token.as_ref());
-        record["token_id"] = json!(token.map(|t| t.id()));
-    }
-    if let Some(accepted) = accepted {
-        record["accepted"] = json!(accepted);
-    }
-    if let Some(old) = old {
-        record["previous_hash"] = json!(old.hash);
-        record["lists"] = lists_changed(old, new);
-        record["segments"] = segments_changed(old.config, new.config);
-    } else {
-        let lists: BTreeMap<&str, usize> = (new.lists.iter())
-            .map(|(name, (entries, _))| (*name, *entries))
-            .collect();
-        record["lists"] = json!(lists);
+    let event = if old.is_some() { "reload" } else { "start" };
+    let mut record = Record::new(event, trigger).token_of(old.map(|p| p.config));
+    record.generation = Some(new.generation);
+    record.hash = Some(new.hash);
+    record.accepted = accepted;
+    match old {
+        Some(old) => {
+            record.previous_hash = Some(old.hash);
+            record.lists = Some(Lists::Changed(lists_changed(old, new)));
+            record.segments = Some(segments_changed(old.config, new.config));
+        }
+        None => {
+            let lists = (new.lists.iter())
+                .map(|(name, (entries, _))| (*name, *entries))
+                .collect();
+            record.lists = Some(Lists::Entries(lists));
+        }
     }
     append(&path, &record);
 }
@@ -116,66 +190,67 @@ pub fn record_rejected(running: &InForce, trigger: Option<Trigger>, error: &str)
     let Some(path) = path(running.config) else {
         return;
     };
-    let mut record = json!({
-        "time_unix": unix_now(),
-        "event": "rejected",
-        "trigger": trigger,
-        "running_hash": running.hash,
-        "error": error,
-    });
-    if trigger == Some(Trigger::Api) {
-        let token = running.config.admin_token.as_ref();
-        record["token_id"] = json!(token.map(|t| t.id()));
-    }
+    let mut record = Record::new("rejected", trigger).token_of(Some(running.config));
+    record.running_hash = Some(running.hash);
+    record.error = Some(error);
     append(&path, &record);
 }
 
-/// The lists whose entries changed: `{name: {before, after}}` (`null` for one added or removed).
-fn lists_changed(old: &InForce, new: &InForce) -> Value {
-    let mut changed = serde_json::Map::new();
-    let names: std::collections::BTreeSet<&&str> =
-        old.lists.keys().chain(new.lists.keys()).collect();
-    for name in names {
-        let (b, a) = (old.lists.get(name), new.lists.get(name));
-        if b != a {
-            let count = |l: Option<&(usize, u128)>| l.map(|(entries, _)| *entries);
-            changed.insert(
-                (*name).to_owned(),
-                json!({ "before": count(b), "after": count(a) }),
-            );
-        }
-    }
-    Value::Object(changed)
+/// The lists whose entries changed, with their counts before and after.
+fn lists_changed<'a>(old: &InForce<'a>, new: &InForce<'a>) -> BTreeMap<&'a str, Change> {
+    let names: std::collections::BTreeSet<&str> =
+        old.lists.keys().chain(new.lists.keys()).copied().collect();
+    let count = |l: Option<&(usize, u128)>| l.map(|(entries, _)| *entries);
+    (names.into_iter())
+        .filter_map(|name| {
+            let (before, after) = (old.lists.get(name), new.lists.get(name));
+            (before != after).then(|| {
+                let change = Change {
+                    before: count(before),
+                    after: count(after),
+                };
+                (name, change)
+            })
+        })
+        .collect()
 }
 
 /// Segments added, removed, or changed in what decides their answers.
-fn segments_changed(old: &Config, new: &Config) -> Value {
+fn segments_changed(old: &Config, new: &Config) -> SegmentsChanged {
     let by_name = |c: &Config| -> BTreeMap<String, String> {
         (c.segments.iter())
             .map(|s| (s.name.clone(), s.deciding(c)))
             .collect()
     };
     let (before, after) = (by_name(old), by_name(new));
-    let added: Vec<&String> = after.keys().filter(|n| !before.contains_key(*n)).collect();
-    let removed: Vec<&String> = before.keys().filter(|n| !after.contains_key(*n)).collect();
-    let changed: Vec<&String> = (after.iter())
-        .filter(|(n, d)| before.get(*n).is_some_and(|b| b != *d))
-        .map(|(n, _)| n)
-        .collect();
-    json!({ "added": added, "removed": removed, "changed": changed })
+    SegmentsChanged {
+        added: (after.keys())
+            .filter(|n| !before.contains_key(*n))
+            .cloned()
+            .collect(),
+        removed: (before.keys())
+            .filter(|n| !after.contains_key(*n))
+            .cloned()
+            .collect(),
+        changed: (after.iter())
+            .filter(|(n, d)| before.get(*n).is_some_and(|b| b != *d))
+            .map(|(n, _)| n.clone())
+            .collect(),
+    }
 }
 
-fn append(path: &Path, record: &Value) {
+fn append(path: &Path, record: &impl Serialize) {
     append_rotating_at(path, record, ROTATE_AT);
 }
 
-fn append_rotating_at(path: &Path, record: &Value, rotate_at: u64) {
+fn append_rotating_at(path: &Path, record: &impl Serialize, rotate_at: u64) {
     let _one = APPENDING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let written = rotate_if_full(path, rotate_at).and_then(|()| {
-        let mut record = record.clone();
-        record["prev"] = json!(last_line(path)?.map(|line| line_hash(&line)));
+        // Keys in name order, as every line is written, then `prev` among them.
+        let mut record = serde_json::to_value(record).map_err(std::io::Error::other)?;
+        record["prev"] = Value::from(last_line(path)?.map(|line| line_hash(&line)));
         let line = format!("{record}\n");
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -372,6 +447,7 @@ pub fn records(state_dir: &Path, from: u64, to: u64) -> std::io::Result<Vec<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn rotation_keeps_the_chain() {

@@ -414,6 +414,7 @@ impl Misses {
 /// One datagram and its sender; `None` for the sender when `stop` woke the receive. (std's
 /// `recv_from` asserts on the empty address that wake-up returns.)
 #[allow(unsafe_code)]
+#[inline] // on every datagram: left out of line, the receive loop pays a call per query
 fn receive(
     socket: &std::net::UdpSocket,
     packet: &mut [u8],

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::config::{Config, ListConfig, ListId};
 use crate::lists::{self, Item, ListError};
@@ -84,24 +84,7 @@ pub fn export(config: &Config, format: ExportFormat) -> Result<String, ListError
     Ok(match format {
         ExportFormat::Nftables => nftables(config, &blocking, &ip_lists, &resolvers),
         ExportFormat::Cidr => cidr(&blocking, &ip_lists),
-        ExportFormat::Json => {
-            let value = json!({
-                "config": config.origin,
-                "segments": blocking.iter().map(|s| json!({
-                    "name": s.name,
-                    "networks": s.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "ip_lists": s.ip_lists.iter().map(|&i| ip_lists[i].name).collect::<Vec<_>>(),
-                    "allowed_ip_lists": s.allowed.iter().map(|&i| ip_lists[i].name).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "ip_lists": ip_lists.iter().map(|l| json!({
-                    "name": l.name,
-                    "networks": l.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                })).collect::<Vec<_>>(),
-                "resolvers": resolvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "encrypted_dns_port": ENCRYPTED_DNS_PORT,
-            });
-            serde_json::to_string_pretty(&value).expect("JSON of strings") + "\n"
-        }
+        ExportFormat::Json => json(config, &blocking, &ip_lists, &resolvers),
     })
 }
 
@@ -323,6 +306,62 @@ fn nftables(
     }
     out.push_str("\t}\n}\n");
     out
+}
+
+/// `portvakt export json`: what the nftables ruleset holds, as data.
+#[derive(Serialize)]
+struct JsonExport<'a> {
+    config: &'a str,
+    segments: Vec<JsonSegment<'a>>,
+    ip_lists: Vec<JsonList<'a>>,
+    resolvers: Vec<String>,
+    encrypted_dns_port: u16,
+}
+
+#[derive(Serialize)]
+struct JsonSegment<'a> {
+    name: &'a str,
+    networks: Vec<String>,
+    ip_lists: Vec<&'a str>,
+    allowed_ip_lists: Vec<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonList<'a> {
+    name: &'a str,
+    networks: Vec<String>,
+}
+
+fn json(
+    config: &Config,
+    blocking: &[Blocking],
+    ip_lists: &[IpList],
+    resolvers: &[IpAddr],
+) -> String {
+    let texts = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
+    let names = |ids: &[usize]| ids.iter().map(|&i| ip_lists[i].name).collect();
+    let export = JsonExport {
+        config: &config.origin,
+        segments: (blocking.iter())
+            .map(|s| JsonSegment {
+                name: s.name,
+                networks: texts(&s.networks),
+                ip_lists: names(&s.ip_lists),
+                allowed_ip_lists: names(&s.allowed),
+            })
+            .collect(),
+        ip_lists: (ip_lists.iter())
+            .map(|l| JsonList {
+                name: l.name,
+                networks: texts(&l.networks),
+            })
+            .collect(),
+        resolvers: resolvers.iter().map(ToString::to_string).collect(),
+        encrypted_dns_port: ENCRYPTED_DNS_PORT,
+    };
+    // Keys in name order, as before the export was typed.
+    let value = serde_json::to_value(&export).expect("JSON of strings");
+    serde_json::to_string_pretty(&value).expect("JSON of strings") + "\n"
 }
 
 fn cidr(blocking: &[Blocking], ip_lists: &[IpList]) -> String {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EncryptedSettings, TcpLimits};
 use crate::gateway::{Client, Gateway, Transport};
 use stream::Connection;
-use tcp::{Stream, Tcp};
+use tcp::Tcp;
 use udp::Udp;
 
 /// Ports tried for a listen address with port 0 (UDP and TCP must share one).
@@ -105,11 +105,10 @@ impl Listeners {
                 addr,
                 source,
             };
-            let stream = Stream::of(transport).expect("encrypted transports are streams");
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
             let bound = listener.local_addr().map_err(bind_error)?;
             bound_encrypted.entry(transport).or_default().push(bound);
-            encrypted_listeners.push((listener, stream));
+            encrypted_listeners.push((listener, transport));
         }
         let mut udp = Udp::new();
         let tcp = Tcp::new(gateway.with_policy(|p| p.config().tcp));
@@ -125,7 +124,7 @@ impl Listeners {
                     });
                 }
             }
-            tcp.serve(listener, Stream::Plain, gateway.clone());
+            tcp.serve(listener, Transport::Tcp, gateway.clone());
         }
         for (listener, stream) in encrypted_listeners {
             tcp.serve(listener, stream, gateway.clone());

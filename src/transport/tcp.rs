@@ -23,37 +23,6 @@ use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Transport};
 use crate::metrics::TcpLimit;
 
-/// What a stream listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stream {
-    /// DNS over TCP.
-    Plain,
-    /// DNS over TLS: the same framing inside TLS.
-    Tls,
-    /// DNS over HTTPS.
-    Https,
-}
-
-impl Stream {
-    /// The stream listener of `transport`; `None` for a datagram one.
-    pub(super) fn of(transport: Transport) -> Option<Stream> {
-        match transport {
-            Transport::Udp => None,
-            Transport::Tcp => Some(Stream::Plain),
-            Transport::Tls => Some(Stream::Tls),
-            Transport::Https => Some(Stream::Https),
-        }
-    }
-
-    fn transport(self) -> Transport {
-        match self {
-            Stream::Plain => Transport::Tcp,
-            Stream::Tls => Transport::Tls,
-            Stream::Https => Transport::Https,
-        }
-    }
-}
-
 /// After an accept error (out of descriptors), wait this long before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -80,7 +49,7 @@ impl Tcp {
     }
 
     /// Accepts on `listener` until stopped.
-    pub(super) fn serve(&self, listener: TcpListener, stream: Stream, gateway: Arc<Gateway>) {
+    pub(super) fn serve(&self, listener: TcpListener, stream: Transport, gateway: Arc<Gateway>) {
         let accept = Accept {
             stream,
             local: listener.local_addr().ok(),
@@ -103,7 +72,8 @@ impl Tcp {
 }
 
 struct Accept {
-    stream: Stream,
+    /// What the listener speaks: TCP, TLS or HTTPS.
+    stream: Transport,
     local: Option<SocketAddr>,
     limits: TcpLimits,
     total: Arc<Semaphore>,
@@ -151,7 +121,7 @@ impl Accept {
                     addr: peer.ip(),
                     listener: self.local,
                 },
-                transport: self.stream.transport(),
+                transport: self.stream,
                 limits: self.limits,
                 stop: self.stop.clone(),
             };
@@ -183,12 +153,13 @@ impl Accept {
                     debug!(%err, "tcp connection failed");
                 } else {
                     match kind {
-                        Stream::Plain => {
+                        Transport::Tls => super::tls::serve(conn.clone(), stream).await,
+                        Transport::Https => super::https::serve(conn.clone(), stream).await,
+                        // DNS over TCP (a stream listener serves no datagrams).
+                        Transport::Tcp | Transport::Udp => {
                             let (read, write) = stream.into_split();
                             conn.serve(read, write).await;
                         }
-                        Stream::Tls => super::tls::serve(conn.clone(), stream).await,
-                        Stream::Https => super::https::serve(conn.clone(), stream).await,
                     }
                 }
                 conn.gateway.metrics().tcp.open.dec();

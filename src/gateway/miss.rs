@@ -14,12 +14,12 @@ use tracing::debug;
 
 use super::{
     Client, Context, FAILURE_CACHE, Gateway, Outcome, Settled, Step, Transport, UPSTREAM_FAILED,
-    serve,
+    answer_judged, serve,
 };
 use crate::cache::{self, Answer};
 use crate::client::budget::ClientPermit;
 use crate::coalesce::{self, Join, Lead};
-use crate::policy::Judgement;
+use crate::policy::{Asked, Judgement, Route};
 use crate::reply;
 use crate::upstream::{Admitted, Resume, UdpTry, UpstreamError};
 use crate::wire::{self, EdeCode, Parsed, Query, Rcode};
@@ -267,39 +267,37 @@ impl Gateway {
     /// The reply to a forwarded query, decided under the policy in force now.
     fn reply(&self, pending: &Pending, query: &Query, answer: Settled, out: &mut Vec<u8>) {
         let policy = self.policy.load();
-        let segment = policy.classify(pending.client.addr, pending.client.listener);
+        // A reload meanwhile may have moved the client or blocked the name: judge again.
+        // (Its rate and EDNS version were passed on arrival.)
+        let route = policy.route(Asked {
+            client: pending.client.addr,
+            listener: pending.client.listener,
+            name: query.name(),
+            edns_version: 0,
+            rated_at: None,
+        });
         let ctx = Context::new(
             pending.client.addr,
             pending.transport,
             pending.started,
-            segment,
+            route.segment(),
             Some(query),
         );
-        // A reload meanwhile may have moved the client or blocked the name: judge again.
-        let judged = segment.map(|segment| (segment, policy.judge(segment, query.name())));
-        let outcome = match (judged, answer) {
-            (None, _) => {
-                reply::refused(query, out);
-                Outcome::Refused
-            }
-            (Some((_, Judgement::Blocked { list, zone_at })), _) => {
-                reply::blocked(query, policy.block(), list, zone_at, out);
-                Outcome::Blocked(list)
-            }
-            (Some((_, Judgement::Bypass { kind, zone_at })), _) => {
-                reply::bypass(query, policy.block(), kind, zone_at, out);
-                Outcome::Bypass(kind)
-            }
-            (Some((_, Judgement::Advertise)), _) => {
-                reply::advertise(query, policy.advertised(), policy.block(), out);
-                Outcome::Allowed
-            }
-            (Some((segment, _)), Ok(answer)) => {
+        let outcome = match (route, answer) {
+            (Route::Judged(segment, Judgement::Forward { .. }), Ok(answer)) => {
                 serve(&policy, &self.metrics, segment, query, &answer, out)
             }
-            (Some(_), Err((rcode, ede))) => {
+            (Route::Judged(_, Judgement::Forward { .. }), Err((rcode, ede))) => {
                 reply::error(query, rcode, ede, out);
                 Outcome::Allowed
+            }
+            (Route::Judged(segment, judgement), _) => {
+                answer_judged(&policy, segment, judgement, query, out)
+            }
+            // Only `Refused` can come here; the others fail closed too.
+            (Route::Refused | Route::Dropped(_) | Route::Slipped(_) | Route::BadVersion(_), _) => {
+                reply::refused(query, out);
+                Outcome::Refused
             }
         };
         self.finish(&policy, &ctx, outcome, out);

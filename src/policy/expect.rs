@@ -7,11 +7,11 @@
 //! again every minute (`portvakt_expectation_ok{segment}`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::client::segment::{NO_SEGMENT, SegmentId};
 use crate::config::{Expectation, Expected, OnFail, Subject};
-use crate::policy::{Judgement, Policy};
+use crate::policy::{Asked, Judgement, Policy, Route};
 
 /// One name of one expectation that the policy does not honour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Policy {
         let roles = (expectation.blocked.iter().map(|e| (e, true)))
             .chain(expectation.resolves.iter().map(|e| (e, false)));
         for (expected, must_block) in roles {
-            let (blocked, does) = self.judge_expected(segment, expected);
+            let (blocked, does) = self.judge_expected(client, listener, segment, expected);
             if blocked != must_block {
                 let must = if must_block { "blocked" } else { "resolve" };
                 broken.push(format!(
@@ -105,31 +105,54 @@ impl Policy {
         (label(Some(segment)), broken)
     }
 
-    /// Whether `segment` gets `expected` answered negatively, and what the policy does.
-    fn judge_expected(&self, segment: SegmentId, expected: &Expected) -> (bool, String) {
+    /// Whether `client` (placed in `segment`) gets `expected` answered negatively, and what
+    /// the policy does: a name by the query path's stages, as a stream would ask it.
+    fn judge_expected(
+        &self,
+        client: IpAddr,
+        listener: Option<SocketAddr>,
+        segment: SegmentId,
+        expected: &Expected,
+    ) -> (bool, String) {
+        let asked = |name| Asked {
+            client,
+            listener,
+            name,
+            edns_version: 0,
+            rated_at: None,
+        };
         match &expected.subject {
-            Subject::Name(name) => match self.judge(segment, name) {
-                Judgement::Blocked { list, .. } => (
-                    true,
-                    format!("blocks it (list \"{}\")", self.list_name(list)),
-                ),
-                Judgement::Bypass { kind, .. } => (
-                    true,
-                    format!("answers it as a bypass name ({})", kind.as_str()),
-                ),
-                Judgement::Advertise => (false, "answers it with its own DDR records".into()),
-                Judgement::Forward {
-                    excepted: Some(list),
-                } => (
-                    false,
-                    format!("forwards it (allowed by list \"{}\")", self.list_name(list)),
-                ),
-                Judgement::Forward { excepted: None } => (
-                    false,
-                    "forwards it (no list of the segment holds it)".into(),
-                ),
+            Subject::Name(name) => match self.route(asked(name)) {
+                Route::Judged(_, judgement) => self.described(judgement),
+                // Placed in `segment` by the caller, so judged; no stage before resolves it.
+                other => (true, format!("answers it before judging it ({other:?})")),
             },
             Subject::Address(addr) => self.judge_address(segment, *addr),
+        }
+    }
+
+    /// Whether a judgement answers negatively, and what the policy does, in words.
+    fn described(&self, judgement: Judgement) -> (bool, String) {
+        match judgement {
+            Judgement::Blocked { list, .. } => (
+                true,
+                format!("blocks it (list \"{}\")", self.list_name(list)),
+            ),
+            Judgement::Bypass { kind, .. } => (
+                true,
+                format!("answers it as a bypass name ({})", kind.as_str()),
+            ),
+            Judgement::Advertise => (false, "answers it with its own DDR records".into()),
+            Judgement::Forward {
+                excepted: Some(list),
+            } => (
+                false,
+                format!("forwards it (allowed by list \"{}\")", self.list_name(list)),
+            ),
+            Judgement::Forward { excepted: None } => (
+                false,
+                "forwards it (no list of the segment holds it)".into(),
+            ),
         }
     }
 

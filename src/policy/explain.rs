@@ -11,7 +11,7 @@ use crate::cache::Answer;
 pub use crate::client::segment::Placement;
 use crate::lists::{self, EntryKind};
 use crate::name::{self, NameError};
-use crate::policy::{AnswerBlock, Judgement, ListId, Policy, bypass_is_nodata};
+use crate::policy::{AnswerBlock, Asked, Judgement, ListId, Policy, Route, bypass_is_nodata};
 
 /// The answer to `portvakt explain` and `/api/v1/explain`, decided by the query path's own
 /// judge ([`Policy::judge`], [`Policy::judge_answer`]).
@@ -142,10 +142,20 @@ impl Policy {
         }
         let wire = name::from_text(text_name)?;
         explanation.name = name::to_text(&wire);
-        let Some(s) = segment else {
-            return Ok(explanation);
+        // The query path's stages, asked as a stream would ask (no rate spent, EDNS 0).
+        let judgement = match self.route(Asked {
+            client,
+            listener,
+            name: &wire,
+            edns_version: 0,
+            rated_at: None,
+        }) {
+            Route::Judged(_, judgement) => judgement,
+            Route::Refused | Route::Dropped(_) | Route::Slipped(_) | Route::BadVersion(_) => {
+                return Ok(explanation);
+            }
         };
-        (explanation.verdict, explanation.answer) = match self.judge(s, &wire) {
+        (explanation.verdict, explanation.answer) = match judgement {
             Judgement::Advertise => (Verdict::Advertised, "advertised"),
             Judgement::Bypass { kind, zone_at } => {
                 explanation.bypass = Some(kind.as_str());

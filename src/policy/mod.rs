@@ -31,7 +31,7 @@ pub use compile::CompileError;
 pub use explain::{Explanation, Located, Verdict};
 pub use index::{ListId, ListSet};
 use index::{Matches, SuffixIndex};
-pub use judge::{AnswerBlock, Judgement, bypass_is_nodata};
+pub use judge::{AnswerBlock, Asked, Judgement, Route, bypass_is_nodata};
 use networks::NetworkIndex;
 
 /// The compiled policy. Never changes once built: a reload swaps in a whole new one, so a

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use crate::client::segment::{SegmentId, SegmentTable};
 use crate::config::Config;
 use crate::policy::index::{ListId, SuffixIndex};
-use crate::policy::{Decision, Policy};
+use crate::policy::{Asked, Policy, Route};
 
 /// Names probed per list.
 pub const NAMES: usize = 3;
@@ -88,12 +88,20 @@ pub fn probes(
 impl Probe {
     /// Whether `policy` decides every name as configured, for a client it places here.
     pub fn passes(&self, policy: &Policy) -> bool {
-        if policy.classify(self.client, self.listener) != Some(self.segment) {
-            return false;
-        }
         self.names.iter().all(|name| {
-            let blocked = matches!(policy.decide(self.segment, name), Decision::Blocked { .. });
-            blocked == self.blocked
+            let route = policy.route(Asked {
+                client: self.client,
+                listener: self.listener,
+                name,
+                edns_version: 0,
+                rated_at: None,
+            });
+            match route {
+                Route::Judged(segment, judgement) if segment == self.segment => {
+                    judgement.is_blocked() == self.blocked
+                }
+                _ => false,
+            }
         })
     }
 }

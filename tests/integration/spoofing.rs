@@ -41,7 +41,7 @@ async fn spoofing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let udp = Arc::new(udp);
     let task = tokio::spawn(async move {
         let _tcp = tcp; // held, never answered
-        let seen: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((len, from)) = udp.recv_from(&mut buf).await else {
@@ -50,13 +50,19 @@ async fn spoofing_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             let Ok(request) = Message::from_vec(&buf[..len]) else {
                 continue;
             };
-            // Every port seen so far, each once: a port portvakt used before and might use
-            // again is where a blind attacker would aim.
+            // Every port seen so far for another question, each once: a port portvakt used
+            // before and might use again is where a blind attacker would aim. (A port still
+            // open for this very question is not forgery's: a late answer there is heard, and
+            // only an attacker who sees the traffic knows it.)
+            let name = request.queries[0].name().to_string();
             let earlier: Vec<u16> = {
                 let mut seen = seen.lock().unwrap();
-                let earlier = seen.clone();
-                if !seen.contains(&from.port()) {
-                    seen.push(from.port());
+                let earlier = (seen.iter())
+                    .filter(|(_, asked)| *asked != name)
+                    .map(|&(port, _)| port)
+                    .collect();
+                if !seen.iter().any(|&(port, _)| port == from.port()) {
+                    seen.push((from.port(), name));
                 }
                 earlier
             };

@@ -231,23 +231,9 @@ async fn self_test(gateway: Arc<Gateway>, stop: CancellationToken) {
 }
 
 impl Running {
-    /// UDP addresses as bound (port 0 in the config resolved).
-    pub fn udp_addrs(&self) -> &[SocketAddr] {
-        self.listeners.addrs.of(Transport::Udp)
-    }
-
-    pub fn tcp_addrs(&self) -> &[SocketAddr] {
-        self.listeners.addrs.of(Transport::Tcp)
-    }
-
-    /// DNS-over-TLS addresses as bound.
-    pub fn tls_addrs(&self) -> &[SocketAddr] {
-        self.listeners.addrs.of(Transport::Tls)
-    }
-
-    /// DNS-over-HTTPS addresses as bound.
-    pub fn https_addrs(&self) -> &[SocketAddr] {
-        self.listeners.addrs.of(Transport::Https)
+    /// The addresses `transport` listens on, as bound (port 0 in the config resolved).
+    pub fn addrs(&self, transport: Transport) -> &[SocketAddr] {
+        self.listeners.addrs.of(transport)
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {

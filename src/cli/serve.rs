@@ -1,10 +1,9 @@
 //! `portvakt serve` (the default): tracing, the gateway started on the config, the policy in
 //! force logged, and the signals: SIGHUP reloads, SIGINT and SIGTERM shut down.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use portvakt::{CompileError, Policy, Reloader, StartError, Trigger, start};
+use portvakt::{CompileError, Policy, Reloader, StartError, Transport, Trigger, start};
 use tracing::{error, info};
 
 use super::{Exit, LogFormat, ServeArgs, VERSION, report};
@@ -33,16 +32,16 @@ pub(super) async fn serve(args: ServeArgs) -> ExitCode {
             );
         }
     };
-    let shown = |addrs: &[SocketAddr]| {
-        let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        addrs.join(",")
-    };
-    let (udp, tcp) = (shown(running.udp_addrs()), shown(running.tcp_addrs()));
-    info!(config = %origin, udp = %udp, tcp = %tcp, version = VERSION, "portvakt listening");
-    if !running.tls_addrs().is_empty() || !running.https_addrs().is_empty() {
-        let (tls, https) = (shown(running.tls_addrs()), shown(running.https_addrs()));
-        info!(tls = %tls, https = %https, "encrypted listeners");
-    }
+    // One field per transport that listens: `udp=127.0.0.1:53 tcp=127.0.0.1:53 tls=…`.
+    let listening: Vec<String> = (Transport::ALL.into_iter())
+        .filter(|&t| !running.addrs(t).is_empty())
+        .map(|t| {
+            let addrs: Vec<String> = running.addrs(t).iter().map(ToString::to_string).collect();
+            format!("{}={}", t.as_str(), addrs.join(","))
+        })
+        .collect();
+    let listening = listening.join(" ");
+    info!(config = %origin, listening = %listening, version = VERSION, "portvakt listening");
     running.gateway().with_policy(log_policy);
     if let Some(admin) = running.admin_addr() {
         info!(addr = %admin, "admin listener: /metrics /healthz /readyz /api/v1/status /api/v1/explain /api/v1/reload");

@@ -2,6 +2,7 @@
 //! same segments and policy as plain DNS, DDR advertising them, segments by listener, bad
 //! requests, and a certificate swapped under load.
 
+use portvakt::Transport;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -93,7 +94,7 @@ fn dig_clients(
 ) -> Vec<(&'static str, Vec<String>)> {
     let ca = format!("+tls-ca={}/ca.pem", dir.display());
     let host = format!("+tls-hostname={NAME}");
-    let (tls, https) = (gateway.tls_addr(), gateway.https_addrs()[0]);
+    let (tls, https) = (gateway.tls_addr(), gateway.addrs(Transport::Https)[0]);
     let at = |addr: SocketAddr| {
         vec![
             format!("@{}", addr.ip()),
@@ -198,7 +199,10 @@ async fn ddr_advertises_the_encrypted_endpoints_to_staff_only() {
             "SVCB".into(),
         ]
     };
-    let (tls, https) = (gateway.tls_addr().port(), gateway.https_addrs()[0].port());
+    let (tls, https) = (
+        gateway.tls_addr().port(),
+        gateway.addrs(Transport::Https)[0].port(),
+    );
     for name in ["_dns.resolver.arpa", "_dns.dns.portvakt.test"] {
         let (ok, out) = run("dig", &dig("127.0.0.2", name)).await;
         assert!(ok && out.contains("status: NOERROR"), "{out}");
@@ -252,7 +256,7 @@ async fn curl_resolves_through_doh_by_the_listeners_segment() {
     })
     .await;
     let admin = gateway.admin_addr().port();
-    let staff_port = (gateway.https_addrs().iter())
+    let staff_port = (gateway.addrs(Transport::Https).iter())
         .find(|a| a.port() != device_port)
         .unwrap()
         .port();
@@ -295,7 +299,7 @@ async fn doh_answers_http1_and_http2_and_rejects_bad_requests() {
     certificate(dir.path(), NAME);
     let upstream = upstream().await;
     let gateway = start(dir.path(), &upstream, "", SEGMENTS).await;
-    let https = gateway.https_addrs()[0];
+    let https = gateway.addrs(Transport::Https)[0];
     let query = encode(&question("www.tiktok.com.", RecordType::A, true));
     std::fs::write(dir.path().join("query.bin"), &query).unwrap();
     let ca = format!("{}/ca.pem", dir.path().display());

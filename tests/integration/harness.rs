@@ -15,7 +15,7 @@ use hickory_proto::rr::rdata::svcb::{
 };
 use hickory_proto::rr::rdata::{A, CNAME, HTTPS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use portvakt::Config;
+use portvakt::{Config, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::task::JoinHandle;
@@ -391,17 +391,17 @@ impl TestGateway {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.running.udp_addrs()[0]
+        self.running.addrs(Transport::Udp)[0]
     }
 
     /// The first DNS-over-TLS listener as bound.
     pub fn tls_addr(&self) -> SocketAddr {
-        self.running.tls_addrs()[0]
+        self.running.addrs(Transport::Tls)[0]
     }
 
-    /// The DNS-over-HTTPS listeners as bound.
-    pub fn https_addrs(&self) -> &[SocketAddr] {
-        self.running.https_addrs()
+    /// The listeners of `transport` as bound.
+    pub fn addrs(&self, transport: Transport) -> &[SocketAddr] {
+        self.running.addrs(transport)
     }
 
     /// The admin listener as bound.
@@ -416,7 +416,7 @@ impl TestGateway {
             IpAddr::V4(_) => self.addr(),
             IpAddr::V6(_) => self
                 .running
-                .udp_addrs()
+                .addrs(Transport::Udp)
                 .iter()
                 .copied()
                 .find(SocketAddr::is_ipv6)

@@ -3,6 +3,7 @@
 //! TCP, DoT and DoH clients are answered at once, and every stalled connection is closed by
 //! its deadline and counted.
 
+use portvakt::Transport;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -71,8 +72,11 @@ async fn stalled_clients_are_closed_by_their_deadlines_and_starve_no_one() {
         upstream.addr
     );
     let gateway = TestGateway::start_text(text).await;
-    let (tls_addr, https_addr, tcp_addr) =
-        (gateway.tls_addr(), gateway.https_addrs()[0], gateway.addr());
+    let (tls_addr, https_addr, tcp_addr) = (
+        gateway.tls_addr(),
+        gateway.addrs(Transport::Https)[0],
+        gateway.addr(),
+    );
     let config = client_config(&[dir.path()]);
 
     // DoH POSTs whose body never comes (HTTP/1.1 over TLS).

@@ -169,20 +169,9 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use crate::policy::CompileError;
 
-    use crate::Metrics;
-    use crate::config::Config;
-    use crate::policy::{CompileError, Policy};
-
-    const LISTS: &str = "lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
-        lists.exceptions.files = [\"tests/fixtures/allow.txt\"]\n\
-        [[upstream]]\nservers = [\"127.0.0.1:53\"]\n";
-
-    fn compile(text: &str) -> Result<Policy, CompileError> {
-        let config = Config::parse("t.toml", &format!("{LISTS}{text}")).unwrap();
-        Policy::compile(config, &Arc::new(Metrics::new()), 1)
-    }
+    use crate::policy::test_policy as compile;
 
     #[test]
     fn expectations_hold_or_name_what_breaks_them() {
@@ -204,20 +193,20 @@ mod tests {
                 "staff no longer blocks tiktok",
                 "[[segment]]\nname = \"staff\"\nnetworks = [\"10.10.0.0/16\"]\n\
                  [[expect]]\nsegment = \"staff\"\nblocked = [\"tiktok.com\"]\n",
-                "t.toml:10: expectation broken: `tiktok.com` must be blocked for segment \"staff\", but the policy forwards it (no list of the segment holds it)",
+                "t.toml:9: expectation broken: `tiktok.com` must be blocked for segment \"staff\", but the policy forwards it (no list of the segment holds it)",
             ),
             (
                 "a name staff must resolve is blocked",
                 "[[segment]]\nname = \"staff\"\nnetworks = [\"10.10.0.0/16\"]\nblock = [\"tiktok\"]\n\
                  [[expect]]\nsegment = \"staff\"\nresolves = [\"tiktok.com\"]\n",
-                "t.toml:11: expectation broken: `tiktok.com` must resolve for segment \"staff\", but the policy blocks it (list \"tiktok\")",
+                "t.toml:10: expectation broken: `tiktok.com` must resolve for segment \"staff\", but the policy blocks it (list \"tiktok\")",
             ),
             (
                 "a client placed elsewhere",
                 &format!(
                     "{nested}[[expect]]\nclient = \"10.10.0.9\"\nsegment = \"staff\"\nblocked = [\"tiktok.com\"]\n"
                 ),
-                "t.toml:12: expectation broken: client 10.10.0.9 is placed in segment \"printers\", not \"staff\"",
+                "t.toml:11: expectation broken: client 10.10.0.9 is placed in segment \"printers\", not \"staff\"",
             ),
         ];
         for (case, text, want) in cases {

@@ -176,23 +176,16 @@ pub fn bypass_is_nodata(kind: BypassKind, zone_at: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::Metrics;
-    use crate::config::Config;
+    use crate::policy::test_policy;
 
     /// staff (10/8) blocks tiktok with a rate of 1 query (burst 1); nothing else is placed.
     fn policy() -> Policy {
-        let config = Config::parse(
-            "t.toml",
-            "lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
-             rate_limit = { qps = 1, burst = 1, slip = 2 }\n\
-             segment = [{ name = \"staff\", networks = [\"10.0.0.0/8\"], block = [\"tiktok\"] }]\n\
-             [[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
+        test_policy(
+            "rate_limit = { qps = 1, burst = 1, slip = 2 }\n\
+             segment = [{ name = \"staff\", networks = [\"10.0.0.0/8\"], block = [\"tiktok\"] }]\n",
         )
-        .unwrap();
-        Policy::compile(config, &Arc::new(Metrics::new()), 1).unwrap()
+        .unwrap()
     }
 
     fn asked(client: &str, version: u8, rated_at: Option<Instant>) -> Asked<'static> {

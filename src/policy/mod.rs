@@ -369,6 +369,17 @@ impl Policy {
     }
 }
 
+/// A policy compiled from `text` after the test lists (`tiktok`, `exceptions`) and one
+/// upstream, for the policy's unit tests. `text` may set root keys or open tables.
+#[cfg(test)]
+pub(crate) fn test_policy(text: &str) -> Result<Policy, CompileError> {
+    let lists = "lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
+        lists.exceptions.files = [\"tests/fixtures/allow.txt\"]\n\
+        upstream = [{ servers = [\"127.0.0.1:53\"] }]\n";
+    let config = Config::parse("t.toml", &format!("{lists}{text}")).unwrap();
+    Policy::compile(config, &Arc::new(crate::Metrics::new()), 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,22 +108,16 @@ impl Probe {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::Metrics;
+    use crate::policy::test_policy;
 
     fn policy() -> Policy {
-        let config = Config::parse(
-            "t.toml",
-            "lists.tiktok.files = [\"tests/fixtures/tiktok.txt\"]\n\
-             lists.exceptions.files = [\"tests/fixtures/allow.txt\"]\n\
-             segment = [{ name = \"staff\", networks = [\"10.0.0.0/8\"], block = [\"tiktok\"], allow = [\"exceptions\"] },\n\
-                        { name = \"lab\", networks = [\"10.9.0.0/16\"] }]\n\
-             [[upstream]]\nservers = [\"127.0.0.1:53\"]\n",
+        test_policy(
+            "segment = [{ name = \"staff\", networks = [\"10.0.0.0/8\"], block = [\"tiktok\"], allow = [\"exceptions\"] },\n\
+                        { name = \"lab\", networks = [\"10.9.0.0/16\"] }]\n",
         )
-        .unwrap();
-        Policy::compile(config, &Arc::new(Metrics::new()), 1).unwrap()
+        .unwrap()
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! DDR (RFC 9462): the SVCB records that advertise portvakt's own DoT and DoH endpoints
+//! DDR (RFC 9462): the SVCB records that advertise portvakt's own DoT, DoH and DoQ endpoints
 //! (RFC 9461: alpn, port, dohpath, address hints), answered to `_dns.resolver.arpa` and to
 //! `_dns.<tls_name>` in segments with `advertise_encrypted`. Built once per policy.
 
@@ -100,20 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_and_doh_records_carry_alpn_port_hints_and_path() {
+    fn dot_doh_and_doq_records_carry_alpn_port_hints_and_path() {
         let settings = EncryptedSettings {
             listen: vec![
                 (Transport::Tls, "192.0.2.53:853".parse().unwrap()),
                 (Transport::Https, "192.0.2.53:443".parse().unwrap()),
                 (Transport::Https, "[::]:443".parse().unwrap()),
+                (Transport::Quic, "192.0.2.53:853".parse().unwrap()),
             ],
             https_path: "/dns-query".to_owned(),
             name: Some("dns.kommune.test".to_owned()),
             ..EncryptedSettings::default()
         };
         let ad = Advertisement::new(&settings).expect("an advertisement");
-        assert_eq!(ad.records.len(), 2);
-        let (dot, doh) = (&ad.records[0], &ad.records[1]);
+        assert_eq!(ad.records.len(), 3);
+        let (dot, doh, doq) = (&ad.records[0], &ad.records[1], &ad.records[2]);
         assert_eq!(&dot[..2], &[0, 1], "priority 1");
         let target = b"\x03dns\x07kommune\x04test\x00";
         assert_eq!(&dot[2..2 + target.len()], target, "an uncompressed target");
@@ -122,6 +123,10 @@ mod tests {
         assert!(has(dot, &[0, 3, 0, 2, 3, 0x55]), "port=853");
         assert!(has(dot, &[0, 4, 0, 4, 192, 0, 2, 53]), "ipv4hint");
         assert!(has(doh, b"\x00\x07\x00\x10/dns-query{?dns}"), "dohpath");
+        assert_eq!(&doq[..2], &[0, 3], "priority 3");
+        assert!(has(doq, b"\x00\x01\x00\x04\x03doq"), "alpn=doq");
+        assert!(has(doq, &[0, 3, 0, 2, 3, 0x55]), "port=853");
+        assert!(!has(doq, b"/dns-query"), "no dohpath");
         assert!(
             !has(doh, &[0, 6, 0, 16]),
             "no ipv6hint from the unspecified address"

@@ -7,10 +7,10 @@
 //! socket ─► transport/ ─► gateway/: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
 //!   (protocol.rs: each transport one value: label, listen key, datagram or stream, DDR's ALPN)
 //!   udp.rs, tcp.rs  client/segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
-//!   (stream.rs, tls.rs: DoT, https.rs: DoH)
+//!   (stream.rs, tls.rs: DoT, https.rs: DoH, quic.rs: DoQ)
 //!                   client/proxy.rs    a load balancer's PROXY v2 header ─► the client it names
 //!                   client/ratelimit.rs, client/budget.rs  a client's rate and what it holds
-//!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH endpoints (advertise_encrypted)
+//!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH/DoQ endpoints (advertise_encrypted)
 //!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop);
 //!                               name.rs: names in wire format
 //!                   policy/     judge.rs: (segment, qname) ─► Judgement (DDR, bypass.rs names, lists:
@@ -95,6 +95,7 @@ pub use policy::{CompileError, Explanation, List, Located, Policy, Verdict};
 pub use reload::{ConfigSource, Override, ReloadError, ReloadStatus, Reloader, Shrunk, Trigger};
 pub use transport::ListenAddrs;
 use transport::Listeners;
+pub use transport::quic::{Exchange as DoqExchange, exchange as serve_doq_stream};
 pub use transport::{BindError, serve_stream};
 
 /// The lookup core and the list reader, for benches, examples and the tests over real lists.

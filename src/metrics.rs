@@ -182,6 +182,46 @@ pub struct TcpMetrics {
 }
 
 impl TcpMetrics {
+    /// `portvakt_<kind>_connections`, `portvakt_<kind>_limit_hits_total{limit}` and the
+    /// handshakes by result (`portvakt_tls_handshakes_total` for TCP, as before).
+    fn register(registry: &Registry, kind: &str, what: &str, handshakes: &str) -> TcpMetrics {
+        let hits = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    format!("portvakt_{kind}_limit_hits_total"),
+                    format!("{what} refused (limit total or client) or closed (idle, slow, queries, write) by a limit."),
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
+        );
+        let handshake_name = match kind {
+            "tcp" => "portvakt_tls_handshakes_total".to_owned(),
+            _ => format!("portvakt_{kind}_handshakes_total"),
+        };
+        let results = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    handshake_name,
+                    format!("{handshakes}, by result (ok, failed, timeout)."),
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let open = IntGauge::new(
+            format!("portvakt_{kind}_connections"),
+            format!("{what} open now."),
+        );
+        TcpMetrics {
+            open: register(registry, open.expect("valid metric")),
+            hits: TcpLimit::ALL.map(|l| hits.with_label_values(&[l.as_str()])),
+            handshakes: Handshake::ALL.map(|h| results.with_label_values(&[h.as_str()])),
+        }
+    }
+
     pub fn hit(&self, limit: TcpLimit) {
         self.hits[limit as usize].inc();
     }
@@ -211,6 +251,8 @@ pub struct Metrics {
     /// Handles that do not depend on the policy.
     pub query: QueryMetrics,
     pub tcp: TcpMetrics,
+    /// DoQ connections: the same limits, counted apart.
+    pub quic: TcpMetrics,
     pub cache_entries: IntGauge,
     /// Answers the cache dropped to stay within `max_entries` and `max_bytes`.
     pub cache_evictions: IntCounter,
@@ -397,28 +439,18 @@ impl Metrics {
             "Entries in each list of the running policy.",
             &["list"],
         );
-        let tcp_hits = counter(
-            "portvakt_tcp_limit_hits_total",
-            "TCP connections refused (limit total or client) or closed (idle, slow, queries) by a limit.",
-            &["limit"],
+        let tcp = TcpMetrics::register(
+            &registry,
+            "tcp",
+            "TCP connections (DoT and DoH included)",
+            "TLS handshakes of DoT and DoH connections",
         );
-        let handshakes = counter(
-            "portvakt_tls_handshakes_total",
-            "TLS handshakes of DoT and DoH connections, by result (ok, failed, timeout).",
-            &["result"],
+        let quic = TcpMetrics::register(
+            &registry,
+            "quic",
+            "QUIC connections (DoQ)",
+            "QUIC handshakes (TLS 1.3 inside QUIC) of DoQ connections",
         );
-        let tcp = TcpMetrics {
-            open: register(
-                &registry,
-                IntGauge::new(
-                    "portvakt_tcp_connections",
-                    "TCP connections open now (DoT and DoH included).",
-                )
-                .expect("valid metric"),
-            ),
-            hits: TcpLimit::ALL.map(|l| tcp_hits.with_label_values(&[l.as_str()])),
-            handshakes: Handshake::ALL.map(|h| handshakes.with_label_values(&[h.as_str()])),
-        };
         let list_updates = counter(
             "portvakt_list_updates_total",
             "Downloads of lists with urls: updated, not_modified, rejected (shrink guard), failed.",
@@ -589,6 +621,7 @@ impl Metrics {
             list_updates,
             query,
             tcp,
+            quic,
             cache_entries,
             cache_evictions,
             reloads_success: reloads.with_label_values(&["success"]),

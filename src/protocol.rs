@@ -14,14 +14,17 @@ pub enum Transport {
     Tls,
     /// DNS over HTTPS (RFC 8484).
     Https,
+    /// DNS over QUIC (RFC 9250).
+    Quic,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 4] = [
+    pub const ALL: [Transport; 5] = [
         Transport::Udp,
         Transport::Tcp,
         Transport::Tls,
         Transport::Https,
+        Transport::Quic,
     ];
 
     /// The value of the `transport` label, and the name in the status.
@@ -31,6 +34,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
             Transport::Https => "https",
+            Transport::Quic => "quic",
         }
     }
 
@@ -41,6 +45,7 @@ impl Transport {
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
             Transport::Https => "HTTPS",
+            Transport::Quic => "QUIC",
         }
     }
 
@@ -50,6 +55,7 @@ impl Transport {
             Transport::Udp | Transport::Tcp => "listen",
             Transport::Tls => "tls_listen",
             Transport::Https => "https_listen",
+            Transport::Quic => "quic_listen",
         }
     }
 
@@ -60,6 +66,12 @@ impl Transport {
         self == Transport::Udp
     }
 
+    /// Whether its listeners are UDP sockets (else TCP): a UDP and a TCP listener may share
+    /// an address.
+    pub fn over_udp(self) -> bool {
+        matches!(self, Transport::Udp | Transport::Quic)
+    }
+
     /// For an encrypted transport, the ALPN that DDR advertises (RFC 9461); `None` for the
     /// plain ones.
     pub fn alpn(self) -> Option<&'static str> {
@@ -67,6 +79,7 @@ impl Transport {
             Transport::Udp | Transport::Tcp => None,
             Transport::Tls => Some("dot"),
             Transport::Https => Some("h2"),
+            Transport::Quic => Some("doq"),
         }
     }
 
@@ -91,7 +104,14 @@ mod tests {
             Transport::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(labels.len(), Transport::ALL.len());
         let encrypted: Vec<Transport> = Transport::encrypted().collect();
-        assert_eq!(encrypted, [Transport::Tls, Transport::Https]);
+        assert_eq!(
+            encrypted,
+            [Transport::Tls, Transport::Https, Transport::Quic]
+        );
+        // The metrics index by `transport as usize`: `ALL` is in declaration order.
+        for (i, t) in Transport::ALL.into_iter().enumerate() {
+            assert_eq!(t as usize, i, "{t:?}");
+        }
         for t in encrypted {
             assert_ne!(t.listen_key(), "listen");
             assert!(!t.is_datagram());

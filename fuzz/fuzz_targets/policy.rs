@@ -4,7 +4,7 @@
 //! that refuses at once (nothing listens on 127.0.0.1:9) within a 50 ms timeout.
 #![allow(dead_code)] // each target uses a part
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use portvakt::{Config, Datagram, Gateway, Metrics, Policy};
 
@@ -16,6 +16,23 @@ pub const CACHED: [(&[u8], u16); 2] = [
 
 pub fn gateway() -> Gateway {
     gateway_with("")
+}
+
+/// [`gateway`], made once for the run, for the targets that serve connections.
+pub fn shared() -> &'static Arc<Gateway> {
+    static GATEWAY: OnceLock<Arc<Gateway>> = OnceLock::new();
+    GATEWAY.get_or_init(|| Arc::new(gateway()))
+}
+
+/// A current-thread runtime, made once for the run.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    })
 }
 
 /// [`gateway`] with `extra` (top-level TOML keys) before the rest of the config.

@@ -4,30 +4,13 @@
 //! more of them than the connection's query budget allows.
 #![no_main]
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use portvakt::{Gateway, TcpLimits};
+use portvakt::TcpLimits;
 use tokio::io::AsyncReadExt;
-use tokio::runtime::Runtime;
 
 #[path = "policy.rs"]
 mod policy;
-
-fn gateway() -> &'static Arc<Gateway> {
-    static GATEWAY: OnceLock<Arc<Gateway>> = OnceLock::new();
-    GATEWAY.get_or_init(|| Arc::new(policy::gateway()))
-}
-
-fn runtime() -> &'static Runtime {
-    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    })
-}
 
 /// Splits `bytes` into its whole frames; the rest (a frame cut short) is left out.
 fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
@@ -58,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         .take(limits.queries as usize)
         .filter_map(|q| q.get(..2).map(|id| [id[0], id[1]]))
         .collect();
-    let received = runtime().block_on(async {
+    let received = policy::runtime().block_on(async {
         let (write, mut far) = tokio::io::duplex(64 * 1024);
         let collect = tokio::spawn(async move {
             let mut bytes = Vec::new();
@@ -67,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 .expect("reading the replies");
             bytes
         });
-        portvakt::serve_stream(gateway().clone(), client.into(), sent, write, limits).await;
+        portvakt::serve_stream(policy::shared().clone(), client.into(), sent, write, limits).await;
         collect.await.expect("the collector")
     });
     let replies = frames(&received);

@@ -92,17 +92,17 @@ impl<'a> Checks<'a> {
                 "server.listen is empty: portvakt would not answer anything",
             );
         }
-        let mut seen = HashMap::new();
-        let server = &file.server;
-        let encrypted_listen = Transport::encrypted().flat_map(|t| server.listen_of(t));
-        let all = listen.get_ref().iter().chain(encrypted_listen);
+        // An address twice for one kind of socket (DoT and DoQ may share 853: TCP and UDP).
         // Port 0 ("any free port") may repeat: each bind gets its own.
-        for addr in all.filter(|a| a.get_ref().0.port() != 0) {
-            if seen.insert(addr.get_ref().0, ()).is_some() {
-                self.report(
-                    addr,
-                    format!("listen address {} appears twice", addr.get_ref().0),
-                );
+        let (mut seen, mut reported) = (HashMap::new(), HashMap::new());
+        let server = &file.server;
+        let all = Transport::ALL
+            .into_iter()
+            .flat_map(|t| server.listen_of(t).iter().map(move |a| (t.over_udp(), a)));
+        for (udp, addr) in all.filter(|(_, a)| a.get_ref().0.port() != 0) {
+            let at = addr.get_ref().0;
+            if seen.insert((udp, at), ()).is_some() && reported.insert(at, ()).is_none() {
+                self.report(addr, format!("listen address {at} appears twice"));
             }
         }
 

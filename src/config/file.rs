@@ -160,6 +160,9 @@ pub struct ServerSection {
     /// Addresses to serve DNS over HTTPS on (RFC 8484; port 443 by convention).
     #[serde(default)]
     pub https_listen: Vec<Spanned<ListenAddr>>,
+    /// Addresses to serve DNS over QUIC on (RFC 9250; UDP port 853 by convention).
+    #[serde(default)]
+    pub quic_listen: Vec<Spanned<ListenAddr>>,
     /// The DoH path (default `/dns-query`).
     pub https_path: Option<Spanned<String>>,
     /// The certificate chain (PEM) the TLS and HTTPS listeners present.
@@ -190,6 +193,7 @@ impl Default for ServerSection {
             tls_handshake_timeout_ms: None,
             tls_listen: Vec::new(),
             https_listen: Vec::new(),
+            quic_listen: Vec::new(),
             https_path: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -457,6 +461,7 @@ impl ServerSection {
             Transport::Udp | Transport::Tcp => self.listen.get_ref(),
             Transport::Tls => &self.tls_listen,
             Transport::Https => &self.https_listen,
+            Transport::Quic => &self.quic_listen,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `[server] tls_*` and `https_*`: the encrypted listeners' addresses and the certificate they
+//! `[server] tls_*`, `https_*` and `quic_listen`: the encrypted listeners' addresses and the certificate they
 //! present. The certificate and key are read and checked with the rest of the config, so a bad
 //! pair fails the reload like a bad list and the running one stays.
 
@@ -33,12 +33,13 @@ pub struct EncryptedSettings {
     pub certificate: Option<Certificate>,
 }
 
-/// The certificate and key as the TLS servers use them: for DoT (ALPN `dot`) and for DoH
-/// (ALPN `h2`, `http/1.1`).
+/// The certificate and key as the TLS servers use them: for DoT (ALPN `dot`), for DoH
+/// (ALPN `h2`, `http/1.1`) and for DoQ (TLS 1.3 only, ALPN `doq`).
 #[derive(Clone)]
 pub struct Certificate {
     pub dot: Arc<rustls::ServerConfig>,
     pub https: Arc<rustls::ServerConfig>,
+    pub quic: Arc<rustls::ServerConfig>,
     /// The leaf certificate's notAfter, Unix seconds (`None`: not readable as X.509).
     pub not_after_unix: Option<i64>,
 }
@@ -96,7 +97,7 @@ impl Checks<'_> {
             (Some(_), Some(cert), Some(key)) => settings.certificate = self.certificate(cert, key),
             (Some(at), _, _) => self.report(
                 at,
-                "tls_listen and https_listen need tls_cert_file and tls_key_file",
+                "tls_listen, https_listen and quic_listen need tls_cert_file and tls_key_file",
             ),
         }
         settings
@@ -134,21 +135,31 @@ impl Checks<'_> {
         };
         let build = |alpn: &[&[u8]]| {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            // QUIC carries TLS 1.3 only (RFC 9001).
+            let versions: &[&rustls::SupportedProtocolVersion] = match alpn {
+                [b"doq"] => &[&rustls::version::TLS13],
+                _ => rustls::DEFAULT_VERSIONS,
+            };
             let mut config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
+                .with_protocol_versions(versions)
                 .expect("the provider supports TLS 1.2 and 1.3")
                 .with_no_client_auth()
                 .with_single_cert(chain.clone(), private.clone_key())?;
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok::<_, rustls::Error>(Arc::new(config))
         };
-        match (build(&[b"dot"]), build(&[b"h2", b"http/1.1"])) {
-            (Ok(dot), Ok(https)) => Some(Certificate {
+        match (
+            build(&[b"dot"]),
+            build(&[b"h2", b"http/1.1"]),
+            build(&[b"doq"]),
+        ) {
+            (Ok(dot), Ok(https), Ok(quic)) => Some(Certificate {
                 dot,
                 https,
+                quic,
                 not_after_unix: not_after(&chain[0]),
             }),
-            (Err(err), _) | (_, Err(err)) => {
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
                 let message = format!("tls_cert_file {shown} with its tls_key_file: {err}");
                 self.report(cert, message);
                 None

@@ -1,8 +1,11 @@
-//! The transports: binds UDP and TCP on every listen address and feeds the gateway core.
-//! UDP is our own receive loop (`udp.rs`), TCP our own accept loop and connections with their
-//! limits (`tcp.rs`). Both stop when the shutdown token they were given is cancelled.
+//! The transports: binds UDP and TCP on every listen address, and the encrypted listeners,
+//! and feeds the gateway core. UDP is our own receive loop (`udp.rs`), TCP our own accept loop
+//! and connections with their limits (`tcp.rs`; DoT and DoH on top), DoQ our own accept loop
+//! on quinn under the same limits (`quic.rs`). All stop when the shutdown token they were
+//! given is cancelled.
 
 mod https;
+pub mod quic;
 mod stream;
 mod tcp;
 mod tls;
@@ -96,8 +99,10 @@ impl Listeners {
             };
             bound_all.push((sockets, bound, listener));
         }
-        // DoT and DoH listen on TCP only.
+        // DoT and DoH listen on TCP, DoQ on UDP.
+        let limits = gateway.with_policy(|p| p.config().tcp);
         let mut encrypted_listeners = Vec::new();
+        let mut quic_endpoints = Vec::new();
         let mut bound_encrypted = std::collections::BTreeMap::<_, Vec<_>>::new();
         for &(transport, addr) in &encrypted.listen {
             let bind_error = |source| BindError {
@@ -105,13 +110,24 @@ impl Listeners {
                 addr,
                 source,
             };
-            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-            let bound = listener.local_addr().map_err(bind_error)?;
+            let bound = if transport == Transport::Quic {
+                let no_certificate = || io::Error::other("no certificate for the QUIC listener");
+                let tls = (encrypted.certificate.as_ref().map(|c| &c.quic))
+                    .ok_or_else(|| bind_error(no_certificate()))?;
+                let endpoint = quic::bind(addr, tls, limits).map_err(bind_error)?;
+                let bound = endpoint.local_addr().map_err(bind_error)?;
+                quic_endpoints.push(endpoint);
+                bound
+            } else {
+                let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+                let bound = listener.local_addr().map_err(bind_error)?;
+                encrypted_listeners.push((listener, transport));
+                bound
+            };
             bound_encrypted.entry(transport).or_default().push(bound);
-            encrypted_listeners.push((listener, transport));
         }
         let mut udp = Udp::new();
-        let tcp = Tcp::new(gateway.with_policy(|p| p.config().tcp));
+        let tcp = Tcp::new(limits);
         let addrs: Vec<SocketAddr> = bound_all.iter().map(|(_, bound, _)| *bound).collect();
         for (sockets, addr, listener) in bound_all {
             for socket in sockets {
@@ -128,6 +144,15 @@ impl Listeners {
         }
         for (listener, stream) in encrypted_listeners {
             tcp.serve(listener, stream, gateway.clone());
+        }
+        // DoQ connections count against the same caps.
+        for endpoint in quic_endpoints {
+            let accept = quic::Accept {
+                endpoint,
+                caps: tcp.clone(),
+                gateway: gateway.clone(),
+            };
+            tcp.tasks.spawn(accept.run());
         }
         let stopper = tokio::spawn(async move {
             stop.cancelled().await;

@@ -26,15 +26,17 @@ use crate::metrics::TcpLimit;
 /// After an accept error (out of descriptors), wait this long before the next accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// The stream listeners (TCP, TLS, HTTPS) and their connections; the caps are shared.
+/// The connection listeners (TCP, TLS, HTTPS, QUIC) and their connections: the limits and
+/// caps they share. Each accept loop holds a clone.
+#[derive(Clone)]
 pub(super) struct Tcp {
-    limits: TcpLimits,
-    total: Arc<Semaphore>,
-    clients: Arc<ClientBudget>,
+    pub(super) limits: TcpLimits,
+    pub(super) total: Arc<Semaphore>,
+    pub(super) clients: Arc<ClientBudget>,
     /// Accept loops and connections.
-    tasks: TaskTracker,
+    pub(super) tasks: TaskTracker,
     /// Cancelled when the listeners stop accepting; connections then take no new query.
-    stop: CancellationToken,
+    pub(super) stop: CancellationToken,
 }
 
 impl Tcp {
@@ -53,11 +55,7 @@ impl Tcp {
         let accept = Accept {
             stream,
             local: listener.local_addr().ok(),
-            limits: self.limits,
-            total: self.total.clone(),
-            clients: self.clients.clone(),
-            tasks: self.tasks.clone(),
-            stop: self.stop.clone(),
+            caps: self.clone(),
             gateway,
         };
         self.tasks.spawn(accept.run(listener));
@@ -75,11 +73,7 @@ struct Accept {
     /// What the listener speaks: TCP, TLS or HTTPS.
     stream: Transport,
     local: Option<SocketAddr>,
-    limits: TcpLimits,
-    total: Arc<Semaphore>,
-    clients: Arc<ClientBudget>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
+    caps: Tcp,
     gateway: Arc<Gateway>,
 }
 
@@ -87,7 +81,7 @@ impl Accept {
     async fn run(self, listener: TcpListener) {
         loop {
             let accepted = tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.caps.stop.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
@@ -99,7 +93,7 @@ impl Accept {
                 }
             };
             let metrics = &self.gateway.metrics().tcp;
-            let Ok(connection) = self.total.clone().try_acquire_owned() else {
+            let Ok(connection) = self.caps.total.clone().try_acquire_owned() else {
                 metrics.hit(TcpLimit::Total);
                 continue; // dropped: closed at once
             };
@@ -107,7 +101,7 @@ impl Accept {
             let proxied = self.gateway.with_policy(|p| p.behind_proxy(peer.ip()));
             let admitted = match proxied {
                 true => None,
-                false => match self.clients.admit(peer.ip(), true) {
+                false => match self.caps.clients.admit(peer.ip(), true) {
                     Some(permit) => Some(permit),
                     None => {
                         metrics.hit(TcpLimit::Client);
@@ -122,11 +116,11 @@ impl Accept {
                     listener: self.local,
                 },
                 transport: self.stream,
-                limits: self.limits,
-                stop: self.stop.clone(),
+                limits: self.caps.limits,
+                stop: self.caps.stop.clone(),
             };
-            let (kind, clients) = (self.stream, self.clients.clone());
-            self.tasks.spawn(async move {
+            let (kind, clients) = (self.stream, self.caps.clients.clone());
+            self.caps.tasks.spawn(async move {
                 let mut stream = stream;
                 let client = match admitted {
                     Some(permit) => permit,
@@ -155,8 +149,8 @@ impl Accept {
                     match kind {
                         Transport::Tls => super::tls::serve(conn.clone(), stream).await,
                         Transport::Https => super::https::serve(conn.clone(), stream).await,
-                        // DNS over TCP (a stream listener serves no datagrams).
-                        Transport::Tcp | Transport::Udp => {
+                        // DNS over TCP (a TCP listener serves no datagrams and no QUIC).
+                        Transport::Tcp | Transport::Udp | Transport::Quic => {
                             let (read, write) = stream.into_split();
                             conn.serve(read, write).await;
                         }

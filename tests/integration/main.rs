@@ -6,6 +6,7 @@ mod binary;
 mod burst;
 mod bypass;
 mod catalogue;
+mod doq;
 mod dot;
 mod encrypted;
 mod expectations;

@@ -1,0 +1,330 @@
+//! DNS over QUIC (RFC 9250): our own accept loop on quinn, under the limits of the stream
+//! listeners (their caps on connections in total and per client are shared). hickory-server's
+//! DoQ listener awaits each handshake inside its accept loop and each stream's answer before
+//! it takes the next stream, and caps no connection; here every connection's handshake runs in
+//! its own task under `tls_handshake_timeout_ms`, and a connection's streams are answered
+//! concurrently, at most `STREAMS` at once (the peer may not open more).
+//!
+//! A stream carries one query (its two-byte length, then the message, Message ID 0) and one
+//! reply. A connection ends when idle, after its query budget, or at shutdown, closed with
+//! DOQ_NO_ERROR; a stream that sends its query too slowly is reset (counted as `slow`), one
+//! whose reply is not taken in time too (`write`). A new certificate applies from the next
+//! handshake, as for DoT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use super::tcp::Tcp;
+use crate::config::TcpLimits;
+use crate::gateway::{Client, Gateway, Step, Transport};
+use crate::metrics::{Handshake, TcpLimit, TcpMetrics};
+
+/// Streams one connection may have open at once (the QUIC transport parameter).
+pub const STREAMS: u32 = 64;
+
+/// RFC 9250 §4.3 error codes.
+const DOQ_NO_ERROR: u32 = 0x0;
+const DOQ_PROTOCOL_ERROR: u32 = 0x2;
+
+/// Binds a DoQ endpoint on `addr` with `tls` (TLS 1.3, ALPN `doq`).
+pub(super) fn bind(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ServerConfig>,
+    limits: TcpLimits,
+) -> std::io::Result<Endpoint> {
+    Endpoint::server(server_config(tls, limits)?, addr)
+}
+
+/// The QUIC side of `tls`: streams per connection, no unidirectional streams, the idle
+/// timeout, and a client held to the address it started from.
+fn server_config(
+    tls: &Arc<rustls::ServerConfig>,
+    limits: TcpLimits,
+) -> std::io::Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls.clone())
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Past the listener's own idle deadline, which closes (and counts) an idle connection
+    // first; this one also ends a peer that goes silent mid-handshake or mid-query.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle * 2).ok());
+    transport.datagram_receive_buffer_size(None);
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    // A connection's segment is decided by the address it came from; it may not move.
+    config.migration(false);
+    Ok(config)
+}
+
+/// One DoQ listener's accept loop, with the caps it shares with the stream listeners.
+pub(super) struct Accept {
+    pub(super) endpoint: Endpoint,
+    pub(super) caps: Tcp,
+    pub(super) gateway: Arc<Gateway>,
+}
+
+impl Accept {
+    pub(super) async fn run(self) {
+        let local = self.endpoint.local_addr().ok();
+        // The QUIC config of the certificate in force, made again when a reload swaps it.
+        let mut current: Option<(Arc<rustls::ServerConfig>, Arc<quinn::ServerConfig>)> = None;
+        loop {
+            let incoming = tokio::select! {
+                () = self.caps.stop.cancelled() => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let metrics = &self.gateway.metrics().quic;
+            let Some(config) = self.config(&mut current) else {
+                incoming.refuse();
+                continue;
+            };
+            // Under pressure, a client proves its address first (a Retry round trip), so
+            // forged sources cannot hold the connection slots.
+            let pressed = self.caps.total.available_permits() < self.caps.limits.connections / 2;
+            if pressed && !incoming.remote_address_validated() && incoming.may_retry() {
+                let _ = incoming.retry();
+                continue;
+            }
+            let Ok(connection) = self.caps.total.clone().try_acquire_owned() else {
+                metrics.hit(TcpLimit::Total);
+                incoming.refuse();
+                continue;
+            };
+            let peer = incoming.remote_address();
+            let Some(client) = self.caps.clients.admit(peer.ip(), true) else {
+                metrics.hit(TcpLimit::Client);
+                incoming.refuse();
+                continue;
+            };
+            let served = Served {
+                gateway: self.gateway.clone(),
+                client: Client {
+                    addr: peer.ip(),
+                    listener: local,
+                },
+                limits: self.caps.limits,
+                stop: self.caps.stop.clone(),
+            };
+            self.caps.tasks.spawn(async move {
+                let _held = (connection, client);
+                served.connection(incoming, config).await;
+            });
+        }
+        // New connections are refused from now on; open ones finish their streams.
+        self.endpoint.set_server_config(None);
+    }
+
+    /// The QUIC config for the certificate in force (`None`: there is none).
+    fn config(
+        &self,
+        current: &mut Option<(Arc<rustls::ServerConfig>, Arc<quinn::ServerConfig>)>,
+    ) -> Option<Arc<quinn::ServerConfig>> {
+        let tls = (self.gateway).with_policy(|p| {
+            p.config()
+                .encrypted
+                .certificate
+                .as_ref()
+                .map(|c| c.quic.clone())
+        })?;
+        if let Some((made_from, config)) = current
+            && Arc::ptr_eq(made_from, &tls)
+        {
+            return Some(config.clone());
+        }
+        let config = Arc::new(server_config(&tls, self.caps.limits).ok()?);
+        *current = Some((tls, config.clone()));
+        Some(config)
+    }
+}
+
+/// One client's connection and what it may spend.
+#[derive(Clone)]
+struct Served {
+    gateway: Arc<Gateway>,
+    client: Client,
+    limits: TcpLimits,
+    stop: CancellationToken,
+}
+
+impl Served {
+    fn metrics(&self) -> &TcpMetrics {
+        &self.gateway.metrics().quic
+    }
+
+    /// The handshake, then the connection's streams until it idles, spends its budget, is
+    /// closed by the client or the listener stops; then its answers in flight.
+    async fn connection(self, incoming: Incoming, config: Arc<quinn::ServerConfig>) {
+        let connecting = match incoming.accept_with(config) {
+            Ok(connecting) => connecting,
+            Err(err) => {
+                debug!(%err, "quic connection failed");
+                return;
+            }
+        };
+        let connection = match tokio::time::timeout(self.limits.handshake, connecting).await {
+            Ok(Ok(connection)) => {
+                self.metrics().handshake(Handshake::Ok);
+                connection
+            }
+            Ok(Err(err)) => {
+                debug!(%err, "quic handshake failed");
+                self.metrics().handshake(Handshake::Failed);
+                return;
+            }
+            Err(_) => {
+                self.metrics().handshake(Handshake::Timeout);
+                return;
+            }
+        };
+        self.metrics().open.inc();
+        let streams = TaskTracker::new();
+        let mut queries = 0u32;
+        let code = loop {
+            let accepted = tokio::select! {
+                () = self.stop.cancelled() => break DOQ_NO_ERROR,
+                accepted = tokio::time::timeout(self.limits.idle, connection.accept_bi()) => accepted,
+            };
+            let (send, recv) = match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(quinn::ConnectionError::TimedOut)) => {
+                    self.metrics().hit(TcpLimit::Idle);
+                    break DOQ_NO_ERROR;
+                }
+                Ok(Err(_)) => break DOQ_NO_ERROR, // closed by the client
+                Err(_) if streams.is_empty() => {
+                    self.metrics().hit(TcpLimit::Idle);
+                    break DOQ_NO_ERROR;
+                }
+                Err(_) => continue, // answers still in flight: not idle
+            };
+            streams.spawn(self.clone().stream(connection.clone(), send, recv));
+            queries += 1;
+            if queries >= self.limits.queries {
+                self.metrics().hit(TcpLimit::Queries);
+                break DOQ_NO_ERROR;
+            }
+        };
+        streams.close();
+        streams.wait().await;
+        connection.close(VarInt::from_u32(code), b"");
+        self.metrics().open.dec();
+        debug!(client = %self.client.addr, queries, "quic connection closed");
+    }
+
+    /// One stream: its query within the read deadline, its reply within the write deadline.
+    async fn stream(self, connection: Connection, mut send: SendStream, mut recv: RecvStream) {
+        let served = exchange(
+            &self.gateway,
+            self.client,
+            self.limits,
+            &mut recv,
+            &mut send,
+        )
+        .await;
+        let reset = match served {
+            Ok(()) => {
+                // Held until the reply is acknowledged, so that closing the connection after
+                // its last stream cannot cut the reply off.
+                let _ = tokio::time::timeout(self.limits.write, send.stopped()).await;
+                return;
+            }
+            Err(Exchange::Closed) => return,
+            Err(Exchange::NonzeroId) => {
+                // RFC 9250 §4.2.1: a connection error.
+                connection.close(VarInt::from_u32(DOQ_PROTOCOL_ERROR), b"message id not 0");
+                return;
+            }
+            Err(Exchange::Slow) => {
+                self.metrics().hit(TcpLimit::Slow);
+                let _ = recv.stop(VarInt::from_u32(DOQ_NO_ERROR));
+                DOQ_NO_ERROR
+            }
+            Err(Exchange::Write) => {
+                self.metrics().hit(TcpLimit::Write);
+                DOQ_NO_ERROR
+            }
+            Err(Exchange::Dropped) => DOQ_NO_ERROR,
+            Err(Exchange::TooLarge) => DOQ_PROTOCOL_ERROR,
+        };
+        let _ = send.reset(VarInt::from_u32(reset));
+    }
+}
+
+/// Why a stream's exchange ended without a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exchange {
+    /// The stream ended or was reset before a whole query.
+    Closed,
+    /// The query's Message ID is not 0 (RFC 9250 §4.2.1).
+    NonzeroId,
+    /// The query did not arrive within the read deadline.
+    Slow,
+    /// The gateway answers nothing (a response, not a query).
+    Dropped,
+    /// The reply is longer than a length field holds.
+    TooLarge,
+    /// The reply was not taken within the write deadline.
+    Write,
+}
+
+/// One DoQ stream's exchange: the query (two-byte length, message with ID 0) read from `read`
+/// within `limits.read`, answered by the gateway, the reply written to `write` within
+/// `limits.write` and the stream finished. Public for the framing fuzz target.
+pub async fn exchange<R, W>(
+    gateway: &Gateway,
+    client: Client,
+    limits: TcpLimits,
+    read: &mut R,
+    write: &mut W,
+) -> Result<(), Exchange>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let packet = (tokio::time::timeout(limits.read, read_query(read)).await)
+        .map_err(|_| Exchange::Slow)??;
+    let mut reply = Vec::with_capacity(512);
+    match gateway.answer_now(&packet, client, Transport::Quic, &mut reply) {
+        Step::Reply => {}
+        Step::Drop => return Err(Exchange::Dropped),
+        Step::Forward(pending) => gateway.forward(pending, &mut reply).await,
+    }
+    let len = u16::try_from(reply.len()).map_err(|_| Exchange::TooLarge)?;
+    let mut out = Vec::with_capacity(2 + reply.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&reply);
+    let written = async {
+        write.write_all(&out).await?;
+        write.shutdown().await
+    };
+    match tokio::time::timeout(limits.write, written).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Exchange::Closed),
+        Err(_) => Err(Exchange::Write),
+    }
+}
+
+/// One DoQ query from a stream: its two-byte length, then the message, whose ID must be 0.
+async fn read_query<R: AsyncRead + Unpin>(read: &mut R) -> Result<Vec<u8>, Exchange> {
+    let mut len = [0u8; 2];
+    read.read_exact(&mut len)
+        .await
+        .map_err(|_| Exchange::Closed)?;
+    let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    read.read_exact(&mut packet)
+        .await
+        .map_err(|_| Exchange::Closed)?;
+    match packet.get(..2) {
+        Some([0, 0]) | None => Ok(packet),
+        Some(_) => Err(Exchange::NonzeroId),
+    }
+}

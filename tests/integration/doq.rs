@@ -1,0 +1,326 @@
+//! DNS over QUIC (RFC 9250): a real client (dnspython with aioquic) gets its segment's policy
+//! with the Extended DNS Error; idle connections and stalled streams hold nothing past their
+//! deadlines while other clients are answered at once over UDP, DoT and DoQ; a query with a
+//! Message ID other than 0 ends its connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use portvakt::Transport;
+use tokio::process::Command;
+
+use crate::encrypted::{NAME, client_config, dot_connect, dot_query};
+use crate::harness::{
+    FakeUpstream, RunningUpstream, TestGateway, certificate, encode, found, present_or_skip,
+    question,
+};
+
+/// Idle connections, one per address, and streams that send one byte of their query.
+const IDLE: usize = 200;
+const STALLED: usize = 100;
+
+/// Staff (127.0.0.2) block the tiktok list; everyone else in 127/8 blocks nothing.
+fn config(dir: &Path, upstream: &RunningUpstream) -> String {
+    let d = dir.display();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
+         quic_listen = [\"127.0.0.1:0\"]\ntls_cert_file = \"{d}/cert.pem\"\n\
+         tls_key_file = \"{d}/key.pem\"\ntls_name = \"{NAME}\"\n\
+         tcp_idle_timeout_ms = 1500\ntcp_read_timeout_ms = 1000\ntls_handshake_timeout_ms = 1000\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [lists.tiktok]\nfiles = [\"tests/fixtures/tiktok.txt\"]\n\
+         [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"tiktok\"]\n\
+         [[segment]]\nname = \"devices\"\nnetworks = [\"127.0.0.0/8\"]\n\
+         [[upstream]]\nservers = [\"{}\"]\ntimeout_ms = 700\n",
+        upstream.addr
+    )
+}
+
+async fn start(dir: &Path) -> (TestGateway, RunningUpstream) {
+    certificate(dir, NAME);
+    let upstream = FakeUpstream::new()
+        .with_a("www.tiktok.com.", "192.0.2.8")
+        .start()
+        .await;
+    let gateway = TestGateway::start_text(config(dir, &upstream)).await;
+    (gateway, upstream)
+}
+
+/// A QUIC client endpoint on `source` that trusts the test CA and speaks `doq`.
+fn endpoint(source: &str, dir: &Path) -> quinn::Endpoint {
+    let mut endpoint = quinn::Endpoint::client(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut tls = (*client_config(&[dir])).clone();
+    tls.alpn_protocols = vec![b"doq".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+async fn connect(source: &str, dir: &Path, to: SocketAddr) -> quinn::Connection {
+    (endpoint(source, dir).connect(to, NAME).unwrap().await).unwrap()
+}
+
+/// One query on its own stream; the reply (or `None` when the stream or connection ends).
+async fn query(connection: &quinn::Connection, name: &str, id: u16) -> Option<Message> {
+    let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    let mut query = question(name, RecordType::A, true);
+    query.metadata.id = id;
+    let packet = encode(&query);
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&packet);
+    send.write_all(&framed).await.ok()?;
+    send.finish().ok()?;
+    let reply = recv.read_to_end(65_537).await.ok()?;
+    Message::from_vec(reply.get(2..)?).ok()
+}
+
+/// dnspython over DoQ: prints the RCODE, the EDE codes and the addresses of one A query.
+const DNSPYTHON: &str = "import sys, dns.edns, dns.message, dns.query, dns.rcode
+host, port, source, name, ca = sys.argv[1:6]
+q = dns.message.make_query(name, 'A', use_edns=0)
+r = dns.query.quic(q, host, port=int(port), source=source, verify=ca, server_hostname='dns.portvakt.test', timeout=5)
+ede = [str(int(o.code)) for o in r.options if o.otype == dns.edns.EDE]
+addrs = [a.to_text() for rrset in r.answer for a in rrset]
+print(dns.rcode.to_text(r.rcode()), ','.join(ede) or '-', ','.join(addrs) or '-')
+";
+
+fn dnspython_present() -> bool {
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import aioquic, dns.quic"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    present_or_skip(
+        has && found("openssl"),
+        "python3 with dnspython and aioquic, and openssl",
+    )
+}
+
+/// Runs `script` with `args` under python3; its stdout, trimmed (it must exit 0).
+async fn python(script: &str, args: &[String]) -> String {
+    let run = (Command::new("python3").arg("-c").arg(script).args(args))
+        .kill_on_drop(true)
+        .output();
+    let output = (tokio::time::timeout(Duration::from_secs(40), run).await)
+        .expect("python3 finishes")
+        .expect("python3 runs");
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "python3 failed: {out}{err}");
+    out.trim().to_owned()
+}
+
+async fn dnspython(at: SocketAddr, source: &str, name: &str, dir: &Path) -> String {
+    let ca = dir.join("ca.pem").display().to_string();
+    let (ip, port) = (at.ip().to_string(), at.port().to_string());
+    python(
+        DNSPYTHON,
+        &[ip, port, source.to_owned(), name.to_owned(), ca],
+    )
+    .await
+}
+
+fn sum(m: &HashMap<String, f64>, all_of: &[&str]) -> f64 {
+    (m.iter())
+        .filter(|(k, _)| all_of.iter().all(|part| k.contains(part)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnspython_gets_the_segment_policy_over_doq() {
+    if !dnspython_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, _upstream) = start(dir.path()).await;
+    let at = gateway.addrs(Transport::Quic)[0];
+    assert_eq!(
+        dnspython(at, "127.0.0.2", "www.tiktok.com", dir.path()).await,
+        "NXDOMAIN 15 -",
+        "staff: blocked, with EDE 15 (Blocked)"
+    );
+    assert_eq!(
+        dnspython(at, "127.0.0.3", "www.tiktok.com", dir.path()).await,
+        "NOERROR - 192.0.2.8",
+        "a device: answered from the upstream"
+    );
+    let m = gateway.scrape().await;
+    let quic = "transport=\"quic\"";
+    assert_eq!(
+        sum(&m, &["portvakt_queries_total", "staff", "blocked", quic]),
+        1.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        sum(&m, &["portvakt_queries_total", "devices", "allowed", quic]),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, &["portvakt_quic_handshakes_total", "result=\"ok\""]),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_stalled_streams_starve_no_one() {
+    if !present_or_skip(found("openssl"), "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, _upstream) = start(dir.path()).await;
+    let (quic, tls) = (gateway.addrs(Transport::Quic)[0], gateway.tls_addr());
+
+    let mut held = Vec::new();
+    for i in 0..IDLE {
+        let source = format!("127.0.{}.{}", 4 + i / 250, 1 + i % 250);
+        held.push(connect(&source, dir.path(), quic).await);
+    }
+    // One client's streams that send a byte of their query's length and no more, over two
+    // connections (64 streams at most on each).
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let connection = connect("127.0.9.1", dir.path(), quic).await;
+        for _ in 0..STALLED / 2 {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
+            send.write_all(&[0]).await.unwrap();
+            stalled.push((send, recv));
+        }
+        held.push(connection);
+    }
+
+    let staff = gateway.client_from("127.0.0.2");
+    let started = Instant::now();
+    let udp = staff.udp_a("tiktok.com.").await.metadata.response_code;
+    let udp_time = started.elapsed();
+    let started = Instant::now();
+    let mut dot = dot_connect(tls, &client_config(&[dir.path()]))
+        .await
+        .unwrap();
+    let dot_rcode = dot_query(&mut dot, 7, "tiktok.com.").await.unwrap();
+    let dot_time = started.elapsed();
+    let started = Instant::now();
+    let fresh = connect("127.0.0.2", dir.path(), quic).await;
+    let doq = query(&fresh, "tiktok.com.", 0).await.expect("a DoQ reply");
+    let doq_time = started.elapsed();
+    for (transport, rcode, took) in [
+        ("udp", udp, udp_time),
+        ("dot", dot_rcode, dot_time),
+        ("doq", doq.metadata.response_code, doq_time),
+    ] {
+        assert_eq!(rcode, ResponseCode::NXDomain, "{transport}");
+        assert!(
+            took < Duration::from_millis(100),
+            "{transport} took {took:?}"
+        );
+    }
+    assert_eq!(doq.metadata.id, 0, "RFC 9250: the reply keeps Message ID 0");
+    drop((dot, fresh));
+
+    // Every stalled stream and idle connection is ended by its deadline, and counted.
+    let closed = async || gateway.scrape().await.get("portvakt_quic_connections") == Some(&0.0);
+    let waited = tokio::time::timeout(Duration::from_secs(8), async {
+        while !closed().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let waited = waited.await;
+    let m = gateway.scrape().await;
+    assert!(
+        waited.is_ok(),
+        "QUIC connections still open after 8 s: {m:?}"
+    );
+    let hits = |limit: &str| {
+        sum(
+            &m,
+            &["portvakt_quic_limit_hits_total", &format!("\"{limit}\"")],
+        )
+    };
+    assert!(
+        hits("slow") >= STALLED as f64,
+        "stalled streams reset: {}",
+        hits("slow")
+    );
+    assert!(
+        hits("idle") >= IDLE as f64,
+        "idle connections closed: {}",
+        hits("idle")
+    );
+    drop((stalled, held));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_with_a_message_id_ends_its_connection() {
+    if !present_or_skip(found("openssl"), "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, _upstream) = start(dir.path()).await;
+    let connection = connect("127.0.0.3", dir.path(), gateway.addrs(Transport::Quic)[0]).await;
+    assert!(query(&connection, "example.com.", 0).await.is_some());
+    // RFC 9250 §4.2.1: a Message ID other than 0 is a connection error (DOQ_PROTOCOL_ERROR).
+    assert!(query(&connection, "example.com.", 77).await.is_none());
+    let reason = tokio::time::timeout(Duration::from_secs(2), connection.closed())
+        .await
+        .expect("the connection is closed");
+    let code = match reason {
+        quinn::ConnectionError::ApplicationClosed(closed) => closed.error_code,
+        other => panic!("closed otherwise: {other:?}"),
+    };
+    assert_eq!(code, quinn::VarInt::from_u32(0x2));
+}
+
+/// aioquic: starts `n` handshakes from 127.0.7.x and never answers the server's flight, then
+/// asks dnspython over DoQ; prints the RCODE and the seconds the query took.
+const STALLED_HANDSHAKES: &str = "import socket, ssl, sys, time
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+import dns.message, dns.query, dns.rcode
+host, port, n, ca = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+held = []
+for i in range(n):
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=['doq'])
+    cfg.verify_mode = ssl.CERT_NONE
+    c = QuicConnection(configuration=cfg)
+    c.connect((host, port), now=time.time())
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(('127.0.7.%d' % (i + 1), 0))
+    for data, addr in c.datagrams_to_send(now=time.time()):
+        s.sendto(data, addr)
+    held.append((s, c))
+time.sleep(0.2)
+q = dns.message.make_query('www.tiktok.com', 'A')
+t = time.time()
+r = dns.query.quic(q, host, port=port, source='127.0.0.2', verify=ca, server_hostname='dns.portvakt.test', timeout=30)
+print(dns.rcode.to_text(r.rcode()), '%.3f' % (time.time() - t))
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_left_half_done_delay_no_one() {
+    if !dnspython_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, _upstream) = start(dir.path()).await;
+    let at = gateway.addrs(Transport::Quic)[0];
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let (ip, port) = (at.ip().to_string(), at.port().to_string());
+    let out = python(STALLED_HANDSHAKES, &[ip, port, "20".to_owned(), ca]).await;
+    let (rcode, took) = out.split_once(' ').expect("rcode and time");
+    assert_eq!(rcode, "NXDOMAIN");
+    // Each handshake runs apart: none waits for the 20 left half-done (1 s each, in turn,
+    // would be 20 s; a DoQ server that awaits handshakes in its accept loop does that).
+    let took: f64 = took.parse().unwrap();
+    assert!(took < 1.0, "answered after {took} s");
+    // The half-done ones end at the handshake deadline, counted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = gateway.scrape().await;
+    let timeouts = sum(&m, &["portvakt_quic_handshakes_total", "timeout"]);
+    assert!(timeouts >= 20.0, "handshake timeouts: {timeouts}");
+}

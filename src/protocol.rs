@@ -83,6 +83,22 @@ impl Transport {
         }
     }
 
+    /// For an encrypted transport, the ALPN protocols its TLS server offers (`None` for the
+    /// plain ones).
+    pub fn server_alpn(self) -> Option<&'static [&'static [u8]]> {
+        match self {
+            Transport::Udp | Transport::Tcp => None,
+            Transport::Tls => Some(&[b"dot"]),
+            Transport::Https => Some(&[b"h2", b"http/1.1"]),
+            Transport::Quic => Some(&[b"doq"]),
+        }
+    }
+
+    /// Whether its TLS is 1.3 only (inside QUIC, RFC 9001).
+    pub fn tls13_only(self) -> bool {
+        self.over_udp()
+    }
+
     /// Whether DDR advertises its path (`dohpath`, RFC 9461) with it.
     pub fn has_path(self) -> bool {
         self == Transport::Https

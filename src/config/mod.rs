@@ -24,7 +24,7 @@ use error::Source;
 pub use error::{ConfigError, Problem};
 use file::ConfigFile;
 pub use file::{BlockResponse, ListKind, OnFail, ServerAddr};
-pub use tls::{Certificate, EncryptedSettings};
+pub use tls::EncryptedSettings;
 
 /// The annotated example config, also the default when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/portvakt.toml");

@@ -33,13 +33,11 @@ pub struct EncryptedSettings {
     pub certificate: Option<Certificate>,
 }
 
-/// The certificate and key as the TLS servers use them: for DoT (ALPN `dot`), for DoH
-/// (ALPN `h2`, `http/1.1`) and for DoQ (TLS 1.3 only, ALPN `doq`).
+/// The certificate and key as the TLS servers use them: one server config per encrypted
+/// transport, with its ALPN ([`Transport::server_alpn`]).
 #[derive(Clone)]
 pub struct Certificate {
-    pub dot: Arc<rustls::ServerConfig>,
-    pub https: Arc<rustls::ServerConfig>,
-    pub quic: Arc<rustls::ServerConfig>,
+    servers: Vec<(Transport, Arc<rustls::ServerConfig>)>,
     /// The leaf certificate's notAfter, Unix seconds (`None`: not readable as X.509).
     pub not_after_unix: Option<i64>,
 }
@@ -47,6 +45,14 @@ pub struct Certificate {
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Certificate")
+    }
+}
+
+impl Certificate {
+    /// The TLS server config of `transport` (an encrypted one).
+    pub fn server(&self, transport: Transport) -> Arc<rustls::ServerConfig> {
+        let found = self.servers.iter().find(|(t, _)| *t == transport);
+        found.expect("a config per encrypted transport").1.clone()
     }
 }
 
@@ -133,33 +139,27 @@ impl Checks<'_> {
                 return None;
             }
         };
-        let build = |alpn: &[&[u8]]| {
+        let build = |transport: Transport| {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            // QUIC carries TLS 1.3 only (RFC 9001).
-            let versions: &[&rustls::SupportedProtocolVersion] = match alpn {
-                [b"doq"] => &[&rustls::version::TLS13],
-                _ => rustls::DEFAULT_VERSIONS,
+            let versions: &[&rustls::SupportedProtocolVersion] = match transport.tls13_only() {
+                true => &[&rustls::version::TLS13],
+                false => rustls::DEFAULT_VERSIONS,
             };
             let mut config = rustls::ServerConfig::builder_with_provider(provider)
                 .with_protocol_versions(versions)
                 .expect("the provider supports TLS 1.2 and 1.3")
                 .with_no_client_auth()
                 .with_single_cert(chain.clone(), private.clone_key())?;
+            let alpn = transport.server_alpn().unwrap_or_default();
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Ok::<_, rustls::Error>(Arc::new(config))
+            Ok::<_, rustls::Error>((transport, Arc::new(config)))
         };
-        match (
-            build(&[b"dot"]),
-            build(&[b"h2", b"http/1.1"]),
-            build(&[b"doq"]),
-        ) {
-            (Ok(dot), Ok(https), Ok(quic)) => Some(Certificate {
-                dot,
-                https,
-                quic,
+        match Transport::encrypted().map(build).collect() {
+            Ok(servers) => Some(Certificate {
+                servers,
                 not_after_unix: not_after(&chain[0]),
             }),
-            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
+            Err(err) => {
                 let message = format!("tls_cert_file {shown} with its tls_key_file: {err}");
                 self.report(cert, message);
                 None

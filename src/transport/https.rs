@@ -45,7 +45,7 @@ const MAX_STREAMS: u32 = 100;
 
 /// Serves one DoH connection.
 pub(super) async fn serve(conn: Connection, stream: TcpStream) {
-    let Some(stream) = tls::handshake(&conn, stream, |c| c.https.clone()).await else {
+    let Some(stream) = tls::handshake(&conn, stream).await else {
         return;
     };
     let path: Arc<str> = conn

@@ -112,9 +112,12 @@ impl Listeners {
             };
             let bound = if transport == Transport::Quic {
                 let no_certificate = || io::Error::other("no certificate for the QUIC listener");
-                let tls = (encrypted.certificate.as_ref().map(|c| &c.quic))
-                    .ok_or_else(|| bind_error(no_certificate()))?;
-                let endpoint = quic::bind(addr, tls, limits).map_err(bind_error)?;
+                let tls = (encrypted
+                    .certificate
+                    .as_ref()
+                    .map(|c| c.server(Transport::Quic)))
+                .ok_or_else(|| bind_error(no_certificate()))?;
+                let endpoint = quic::bind(addr, &tls, limits).map_err(bind_error)?;
                 let bound = endpoint.local_addr().map_err(bind_error)?;
                 quic_endpoints.push(endpoint);
                 bound

@@ -133,7 +133,7 @@ impl Accept {
                 .encrypted
                 .certificate
                 .as_ref()
-                .map(|c| c.quic.clone())
+                .map(|c| c.server(Transport::Quic))
         })?;
         if let Some((made_from, config)) = current
             && Arc::ptr_eq(made_from, &tls)

@@ -2,34 +2,32 @@
 //! then the framing and connection of TCP. A reload that swaps the certificate applies from
 //! the next handshake; open connections keep theirs.
 
-use std::sync::Arc;
-
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::stream::Connection;
-use crate::config::Certificate;
 use crate::metrics::Handshake;
 
 /// Serves one DoT connection.
 pub(super) async fn serve(conn: Connection, stream: TcpStream) {
-    if let Some(stream) = handshake(&conn, stream, |c| c.dot.clone()).await {
+    if let Some(stream) = handshake(&conn, stream).await {
         let (read, write) = tokio::io::split(stream);
         conn.serve(read, write).await;
     }
 }
 
-/// The server side of a TLS handshake with the running config's certificate (`pick` chooses
-/// the DoT or the DoH server config), counted by result.
+/// The server side of a TLS handshake with the running config's certificate, for the
+/// connection's transport (DoT or DoH: their ALPN differ), counted by result.
 pub(super) async fn handshake(
     conn: &Connection,
     stream: TcpStream,
-    pick: fn(&Certificate) -> Arc<rustls::ServerConfig>,
 ) -> Option<TlsStream<TcpStream>> {
-    let config =
-        (conn.gateway).with_policy(|p| p.config().encrypted.certificate.as_ref().map(pick))?;
+    let config = (conn.gateway).with_policy(|p| {
+        let certificate = p.config().encrypted.certificate.as_ref();
+        certificate.map(|c| c.server(conn.transport))
+    })?;
     let metrics = &conn.gateway.metrics().tcp;
     let accept = TlsAcceptor::from(config).accept(stream);
     match tokio::time::timeout(conn.limits.handshake, accept).await {

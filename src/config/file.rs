@@ -480,21 +480,35 @@ impl TryFrom<String> for ListenAddr {
     }
 }
 
-/// An upstream server: `"9.9.9.9:53"` (the port defaults to 53), or DNS over TLS as
-/// `"tls://9.9.9.9:853#dns.quad9.net"` (port 853 by default; the name after `#` is the one
-/// the certificate must carry, the address itself when there is none).
+/// An upstream server: `"9.9.9.9:53"` (the port defaults to 53), DNS over TLS as
+/// `"tls://9.9.9.9:853#dns.quad9.net"` or DNS over QUIC as `"quic://9.9.9.9:853#dns.quad9.net"`
+/// (port 853 by default; the name after `#` is the one the certificate must carry, the
+/// address itself when there is none).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ServerAddr {
     pub addr: SocketAddr,
-    /// For DNS over TLS: the name to verify the certificate against.
+    /// For DNS over TLS or QUIC: the name to verify the certificate against.
     pub tls: Option<String>,
+    /// DNS over QUIC (RFC 9250) rather than over TLS.
+    pub quic: bool,
+}
+
+impl ServerAddr {
+    /// Its scheme as written: `tls://`, `quic://`, or nothing for plain DNS.
+    pub fn scheme(&self) -> &'static str {
+        match (&self.tls, self.quic) {
+            (None, _) => "",
+            (Some(_), false) => "tls://",
+            (Some(_), true) => "quic://",
+        }
+    }
 }
 
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.tls {
-            Some(name) => write!(f, "tls://{}#{name}", self.addr),
+            Some(name) => write!(f, "{}{}#{name}", self.scheme(), self.addr),
             None => write!(f, "{}", self.addr),
         }
     }
@@ -508,10 +522,12 @@ impl TryFrom<String> for ServerAddr {
                 .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
                 .ok()
         };
-        if let Some(rest) = text.strip_prefix("tls://") {
+        let encrypted = (text.strip_prefix("tls://").map(|rest| (rest, false)))
+            .or_else(|| text.strip_prefix("quic://").map(|rest| (rest, true)));
+        if let Some((rest, quic)) = encrypted {
             let (at, name) = rest.split_once('#').unwrap_or((rest, ""));
             let addr = address(at, 853).ok_or_else(|| {
-                format!("`{text}` is not a TLS server, e.g. `tls://9.9.9.9:853#dns.quad9.net`")
+                format!("`{text}` is not an encrypted server, e.g. `tls://9.9.9.9:853#dns.quad9.net` or `quic://9.9.9.9:853#dns.quad9.net`")
             })?;
             let name = match name {
                 "" => addr.ip().to_string(),
@@ -523,12 +539,17 @@ impl TryFrom<String> for ServerAddr {
             return Ok(ServerAddr {
                 addr,
                 tls: Some(name),
+                quic,
             });
         }
         let addr = address(&text, 53).ok_or_else(|| {
             format!("`{text}` is not a server address, e.g. `9.9.9.9:53` or `tls://9.9.9.9:853#dns.quad9.net`")
         })?;
-        Ok(ServerAddr { addr, tls: None })
+        Ok(ServerAddr {
+            addr,
+            tls: None,
+            quic: false,
+        })
     }
 }
 

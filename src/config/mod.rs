@@ -587,7 +587,7 @@ mod tests {
 
     #[test]
     fn upstream_servers_tries_and_roots() {
-        let text = "[[upstream]]\nservers = [\"9.9.9.9\", \"[2620:fe::fe]:5353\", \"tls://9.9.9.9#dns.quad9.net\", \"tls://[2620:fe::fe]:8853\"]\n";
+        let text = "[[upstream]]\nservers = [\"9.9.9.9\", \"[2620:fe::fe]:5353\", \"tls://9.9.9.9#dns.quad9.net\", \"tls://[2620:fe::fe]:8853\", \"quic://9.9.9.9#dns.quad9.net\"]\n";
         let config = Config::parse("t.toml", text).unwrap();
         let group = &config.upstreams[0];
         let shown: Vec<String> = group.servers.iter().map(ToString::to_string).collect();
@@ -597,7 +597,8 @@ mod tests {
                 "9.9.9.9:53",
                 "[2620:fe::fe]:5353",
                 "tls://9.9.9.9:853#dns.quad9.net",
-                "tls://[2620:fe::fe]:8853#2620:fe::fe"
+                "tls://[2620:fe::fe]:8853#2620:fe::fe",
+                "quic://9.9.9.9:853#dns.quad9.net"
             ]
         );
         assert_eq!(group.timeout, Duration::from_millis(1500));
@@ -659,7 +660,7 @@ mod tests {
             ),
             (
                 "[[upstream]]\nservers = [\"tls://dns.quad9.net\"]\n",
-                "t.toml:2:11: `tls://dns.quad9.net` is not a TLS server, e.g. `tls://9.9.9.9:853#dns.quad9.net`",
+                "t.toml:2:11: `tls://dns.quad9.net` is not an encrypted server, e.g. `tls://9.9.9.9:853#dns.quad9.net` or `quic://9.9.9.9:853#dns.quad9.net`",
             ),
             (
                 "[[upstream]]\nservers = [\"tls://9.9.9.9#bad name\"]\n",

@@ -11,6 +11,7 @@
 //! came: deciding and caching are the gateway's.
 
 mod exchange;
+mod quic;
 mod resolve;
 mod server;
 mod stream;
@@ -256,10 +257,7 @@ fn server(
     tls: Option<&Arc<rustls::ClientConfig>>,
     metrics: &Metrics,
 ) -> Server {
-    let label = match spec.tls {
-        Some(_) => format!("tls://{}", spec.addr),
-        None => spec.addr.to_string(),
-    };
+    let label = format!("{}{}", spec.scheme(), spec.addr);
     let tls_target = spec.tls.as_ref().and_then(|name| {
         let name = rustls::pki_types::ServerName::try_from(name.clone()).ok()?;
         Some(Tls {
@@ -274,7 +272,12 @@ fn server(
     Server {
         addr: spec.addr,
         tls: spec.tls.is_some(),
-        streams: Streams::new(spec.addr, tls_target, metrics.connections.clone()),
+        streams: Streams::new(
+            spec.addr,
+            tls_target,
+            spec.quic,
+            metrics.connections.clone(),
+        ),
         health: Arc::default(),
         metrics,
         label,

@@ -1,4 +1,4 @@
-//! TCP and DNS-over-TLS connections to one server, reused and pipelined (RFC 7766 §6.2.1,
+//! TCP and DNS-over-TLS connections to one server (or its QUIC one, `quic.rs`), reused and pipelined (RFC 7766 §6.2.1,
 //! RFC 7858): one connection at a time, opened on first use; queries are written as they
 //! come, each with an ID unique on the connection, and answers are matched by ID and question
 //! in whatever order they arrive. A connection closes after `IDLE` without queries; a query
@@ -37,6 +37,8 @@ pub(super) struct Tls {
 pub(super) struct Streams {
     server: SocketAddr,
     tls: Option<Tls>,
+    /// DNS over QUIC instead of a TCP or TLS stream.
+    quic: Option<super::quic::Quic>,
     current: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// Counts connections opened.
     opened: IntCounter,
@@ -56,10 +58,15 @@ struct Waiter {
 }
 
 impl Streams {
-    pub fn new(server: SocketAddr, tls: Option<Tls>, opened: IntCounter) -> Streams {
+    pub fn new(server: SocketAddr, tls: Option<Tls>, quic: bool, opened: IntCounter) -> Streams {
+        let quic = (tls.as_ref()).filter(|_| quic).map(|tls| {
+            let name = tls.name.to_str();
+            super::quic::Quic::new(server, &name, &tls.config, opened.clone())
+        });
         Streams {
             server,
             tls,
+            quic,
             current: tokio::sync::Mutex::new(None),
             opened,
         }
@@ -67,6 +74,9 @@ impl Streams {
 
     /// Asks `request` (no length prefix) and returns the answer with the request's ID.
     pub async fn ask(&self, request: &[u8]) -> io::Result<Vec<u8>> {
+        if let Some(quic) = &self.quic {
+            return quic.ask(request).await;
+        }
         let (conn, fresh) = self.connection().await?;
         match conn.ask(request).await {
             // The server closed a connection we reused (idle, or its limit): once more.

@@ -16,8 +16,8 @@ use tokio::process::Command;
 
 use crate::encrypted::{NAME, client_config, dot_connect, dot_query};
 use crate::harness::{
-    FakeUpstream, RunningUpstream, TestGateway, certificate, encode, found, present_or_skip,
-    question,
+    Answered, FakeUpstream, RunningUpstream, TestGateway, certificate, encode, found,
+    present_or_skip, question,
 };
 
 /// Idle connections, one per address, and streams that send one byte of their query.
@@ -323,4 +323,77 @@ async fn handshakes_left_half_done_delay_no_one() {
     let m = gateway.scrape().await;
     let timeouts = sum(&m, &["portvakt_quic_handshakes_total", "timeout"]);
     assert!(timeouts >= 20.0, "handshake timeouts: {timeouts}");
+}
+
+/// A gateway whose upstream is `quic://<at>#<name>`, trusting the test CA in `dir`.
+fn quic_upstream_config(at: SocketAddr, name: &str, dir: &Path) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[segment]]\nname = \"office\"\nnetworks = [\"127.0.0.3/32\"]\n\
+         [[upstream]]\nservers = [\"quic://{at}#{name}\"]\nca_file = \"{}/ca.pem\"\n\
+         timeout_ms = 1500\n",
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_upstream_answers_over_one_verified_connection() {
+    if !present_or_skip(found("openssl"), "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The DoQ server: a second gateway, whose 127/8 clients (the first one) block nothing.
+    let (server, _upstream) = start(dir.path()).await;
+    let at = server.addrs(Transport::Quic)[0];
+    let gateway = TestGateway::start_text(quic_upstream_config(at, NAME, dir.path())).await;
+    let mut asking = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let client = gateway.client_from("127.0.0.3");
+        let name = match i {
+            0 => "www.tiktok.com.".to_owned(),
+            _ => format!("n{i}.quic.example."),
+        };
+        asking.spawn(async move { (client.udp_a(&name).await, name) });
+    }
+    while let Some(asked) = asking.join_next().await {
+        let (answer, name) = asked.unwrap();
+        let want = match name.as_str() {
+            "www.tiktok.com." => ResponseCode::NoError,
+            _ => ResponseCode::NXDomain,
+        };
+        assert_eq!(answer.metadata.response_code, want, "{name}");
+    }
+    let m = gateway.scrape().await;
+    let server_label = format!("server=\"quic://{at}\"");
+    let ok = sum(
+        &m,
+        &[
+            "portvakt_upstream_server_queries_total",
+            &server_label,
+            "\"ok\"",
+        ],
+    );
+    let connections = sum(
+        &m,
+        &["portvakt_upstream_server_connections_total", &server_label],
+    );
+    assert_eq!(ok, 50.0, "every query asked over QUIC: {m:?}");
+    assert_eq!(connections, 1.0, "one connection for all 50");
+    let seen = server.scrape().await;
+    assert_eq!(
+        sum(&seen, &["portvakt_quic_handshakes_total", "\"ok\""]),
+        1.0
+    );
+
+    // A certificate without the configured name: refused, so SERVFAIL.
+    let wrong = TestGateway::start_text(quic_upstream_config(at, "other.test", dir.path())).await;
+    let answer = wrong
+        .client_from("127.0.0.3")
+        .udp_a("www.tiktok.com.")
+        .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert!(answer.addresses().is_empty());
+    // It reached the server, whose handshake the client then broke off.
+    let seen = server.scrape().await;
+    assert!(sum(&seen, &["portvakt_quic_handshakes_total", "\"failed\""]) >= 1.0);
 }

@@ -1,7 +1,7 @@
 //! DoQ stream framing: any bytes as what one QUIC stream carries (a length, a query, too few
 //! bytes, a nonzero Message ID, trailing bytes), served by the exchange the DoQ listener runs
 //! for every stream, from a client of some segment or none. No panic and no hang; a reply is
-//! one whole frame answering the query sent (Message ID 0), and only a query with ID 0 gets one.
+//! one whole frame with a header and Message ID 0, and only a whole query with ID 0 gets one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

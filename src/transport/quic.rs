@@ -1,5 +1,6 @@
 //! DNS over QUIC (RFC 9250): our own accept loop on quinn, under the limits of the stream
-//! listeners (their caps on connections in total and per client are shared). hickory-server's
+//! listeners (their caps on connections in total and per client are shared; the client's is
+//! taken once the handshake has proved its address). hickory-server's
 //! DoQ listener awaits each handshake inside its accept loop and each stream's answer before
 //! it takes the next stream, and caps no connection; here every connection's handshake runs in
 //! its own task under `tls_handshake_timeout_ms`, and a connection's streams are answered
@@ -22,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::tcp::Tcp;
+use crate::client::budget::ClientBudget;
 use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Step, Transport};
 use crate::metrics::{Handshake, TcpLimit, TcpMetrics};
@@ -31,7 +33,17 @@ pub const STREAMS: u32 = 64;
 
 /// RFC 9250 §4.3 error codes.
 const DOQ_NO_ERROR: u32 = 0x0;
+const DOQ_INTERNAL_ERROR: u32 = 0x1;
 const DOQ_PROTOCOL_ERROR: u32 = 0x2;
+const DOQ_EXCESSIVE_LOAD: u32 = 0x4;
+
+/// What one stream may have in flight towards us: a query, its length and a little more.
+const STREAM_WINDOW: u32 = 65_537 + 1024;
+/// What one connection may have in flight towards us, over all its streams: sixteen whole
+/// queries, or many small ones.
+const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
+/// Our replies not yet acknowledged, per connection.
+const SEND_WINDOW: u64 = 1 << 20;
 
 /// Binds a DoQ endpoint on `addr` with `tls` (TLS 1.3, ALPN `doq`).
 pub(super) fn bind(
@@ -42,8 +54,9 @@ pub(super) fn bind(
     Endpoint::server(server_config(tls, limits)?, addr)
 }
 
-/// The QUIC side of `tls`: streams per connection, no unidirectional streams, the idle
-/// timeout, and a client held to the address it started from.
+/// The QUIC side of `tls`: streams per connection, no unidirectional streams, flow-control
+/// windows sized for DNS messages (quinn's defaults let a connection buffer megabytes), the
+/// idle timeout with keep-alives, and a client held to the address it started from.
 fn server_config(
     tls: &Arc<rustls::ServerConfig>,
     limits: TcpLimits,
@@ -53,9 +66,14 @@ fn server_config(
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
-    // Past the listener's own idle deadline, which closes (and counts) an idle connection
-    // first; this one also ends a peer that goes silent mid-handshake or mid-query.
+    transport.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    transport.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    transport.send_window(SEND_WINDOW);
+    // The listener's own idle deadline closes (and counts) a connection without streams; the
+    // transport's, past it, ends a peer that vanished. Keep-alives stop the transport's from
+    // ending a connection whose queries wait on a slow upstream.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle * 2).ok());
+    transport.keep_alive_interval(Some(limits.idle / 2));
     transport.datagram_receive_buffer_size(None);
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
@@ -99,24 +117,19 @@ impl Accept {
                 incoming.refuse();
                 continue;
             };
-            let peer = incoming.remote_address();
-            let Some(client) = self.caps.clients.admit(peer.ip(), true) else {
-                metrics.hit(TcpLimit::Client);
-                incoming.refuse();
-                continue;
-            };
             let served = Served {
                 gateway: self.gateway.clone(),
                 client: Client {
-                    addr: peer.ip(),
+                    addr: incoming.remote_address().ip(),
                     listener: local,
                 },
                 limits: self.caps.limits,
                 stop: self.caps.stop.clone(),
             };
+            let clients = self.caps.clients.clone();
             self.caps.tasks.spawn(async move {
-                let _held = (connection, client);
-                served.connection(incoming, config).await;
+                let _held = connection;
+                served.connection(incoming, config, &clients).await;
             });
         }
         // New connections are refused from now on; open ones finish their streams.
@@ -161,8 +174,15 @@ impl Served {
     }
 
     /// The handshake, then the connection's streams until it idles, spends its budget, is
-    /// closed by the client or the listener stops; then its answers in flight.
-    async fn connection(self, incoming: Incoming, config: Arc<quinn::ServerConfig>) {
+    /// closed by the client or the listener stops; then its answers in flight. The client's
+    /// own cap is taken once the handshake has proved its address: forged Initials cannot
+    /// spend another client's connections.
+    async fn connection(
+        self,
+        incoming: Incoming,
+        config: Arc<quinn::ServerConfig>,
+        clients: &Arc<ClientBudget>,
+    ) {
         let connecting = match incoming.accept_with(config) {
             Ok(connecting) => connecting,
             Err(err) => {
@@ -184,6 +204,14 @@ impl Served {
                 self.metrics().handshake(Handshake::Timeout);
                 return;
             }
+        };
+        let Some(_client) = clients.admit(self.client.addr, true) else {
+            self.metrics().hit(TcpLimit::Client);
+            connection.close(
+                VarInt::from_u32(DOQ_EXCESSIVE_LOAD),
+                b"too many connections",
+            );
+            return;
         };
         self.metrics().open.inc();
         let streams = TaskTracker::new();
@@ -237,7 +265,9 @@ impl Served {
                 let _ = tokio::time::timeout(self.limits.write, send.stopped()).await;
                 return;
             }
-            Err(Exchange::Closed) => return,
+            // The query cut short by the stream's end (RFC 9250 §4.3.3), or the client
+            // gave the stream up.
+            Err(Exchange::Closed) => DOQ_PROTOCOL_ERROR,
             Err(Exchange::NonzeroId) => {
                 // RFC 9250 §4.2.1: a connection error.
                 connection.close(VarInt::from_u32(DOQ_PROTOCOL_ERROR), b"message id not 0");
@@ -252,8 +282,9 @@ impl Served {
                 self.metrics().hit(TcpLimit::Write);
                 DOQ_NO_ERROR
             }
-            Err(Exchange::Dropped) => DOQ_NO_ERROR,
-            Err(Exchange::TooLarge) => DOQ_PROTOCOL_ERROR,
+            // Not a query (a response, or shorter than a header).
+            Err(Exchange::Dropped) => DOQ_PROTOCOL_ERROR,
+            Err(Exchange::TooLarge) => DOQ_INTERNAL_ERROR,
         };
         let _ = send.reset(VarInt::from_u32(reset));
     }
@@ -319,10 +350,16 @@ async fn read_query<R: AsyncRead + Unpin>(read: &mut R) -> Result<Vec<u8>, Excha
     read.read_exact(&mut len)
         .await
         .map_err(|_| Exchange::Closed)?;
-    let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    read.read_exact(&mut packet)
+    // Grown as bytes arrive: a length alone reserves nothing.
+    let len = u16::from_be_bytes(len);
+    let mut packet = Vec::with_capacity(usize::from(len.min(512)));
+    let mut body = read.take(u64::from(len));
+    body.read_to_end(&mut packet)
         .await
         .map_err(|_| Exchange::Closed)?;
+    if packet.len() < usize::from(len) {
+        return Err(Exchange::Closed);
+    }
     match packet.get(..2) {
         Some([0, 0]) | None => Ok(packet),
         Some(_) => Err(Exchange::NonzeroId),

@@ -1,6 +1,7 @@
 //! DNS over QUIC to one upstream server (RFC 9250), on hickory's QUIC client: one connection,
 //! opened on first use and shared by every query (each on a stream of its own), opened again
-//! after a query finds it failed. The certificate is verified against the server's name with
+//! after a query finds it failed (only that one: a failure seen late on an old connection
+//! leaves its successor alone). The certificate is verified against the server's name with
 //! the group's roots, as for `tls://`.
 
 use std::io;
@@ -25,7 +26,8 @@ pub(super) struct Quic {
     name: Arc<str>,
     /// The group's roots; hickory sets the ALPN (`doq`).
     config: rustls::ClientConfig,
-    current: tokio::sync::Mutex<Option<Exchange>>,
+    /// The connection, with its generation (the count of connections opened when it was).
+    current: tokio::sync::Mutex<Option<(u64, Exchange)>>,
     /// Counts connections opened.
     opened: IntCounter,
 }
@@ -47,19 +49,35 @@ impl Quic {
     }
 
     /// Asks `request` (no length prefix) and returns the answer with the request's ID, when
-    /// it answers the request's question.
+    /// it answers the request's question. A query that finds a reused connection failed is
+    /// asked once more on a new one (the server may have closed it as idle).
     pub async fn ask(&self, request: &[u8]) -> io::Result<Vec<u8>> {
-        let message = Message::from_vec(request).map_err(io::Error::other)?;
-        let exchange = self.exchange().await?;
-        let sent = exchange.send(DnsRequest::new(message, DnsRequestOptions::default()));
-        let mut answer = match sent.first_answer().await {
-            Ok(response) => response.into_buffer(),
-            Err(err) => {
-                debug!(server = %self.server, %err, "quic upstream failed; reconnecting next time");
-                self.current.lock().await.take();
-                return Err(io::Error::other(err));
+        let (generation, exchange, fresh) = self.exchange().await?;
+        match self.ask_on(&exchange, request).await {
+            Err(err) if !fresh => {
+                debug!(server = %self.server, %err, "reused quic connection failed; reconnecting");
+                self.forget(generation).await;
+                let (generation, exchange, _) = self.exchange().await?;
+                let answer = self.ask_on(&exchange, request).await;
+                if answer.is_err() {
+                    self.forget(generation).await;
+                }
+                answer
             }
-        };
+            Err(err) => {
+                self.forget(generation).await;
+                Err(err)
+            }
+            answer => answer,
+        }
+    }
+
+    async fn ask_on(&self, exchange: &Exchange, request: &[u8]) -> io::Result<Vec<u8>> {
+        let message = Message::from_vec(request).map_err(io::Error::other)?;
+        let sent = exchange.send(DnsRequest::new(message, DnsRequestOptions::default()));
+        let mut answer = (sent.first_answer().await)
+            .map_err(io::Error::other)?
+            .into_buffer();
         // DoQ carries Message ID 0: the answer takes the request's back.
         if answer.len() < 12 {
             return Err(io::ErrorKind::InvalidData.into());
@@ -71,11 +89,19 @@ impl Quic {
         }
     }
 
-    /// The open connection, or a new one.
-    async fn exchange(&self) -> io::Result<Exchange> {
+    /// Drops connection `generation`, unless a newer one has replaced it already.
+    async fn forget(&self, generation: u64) {
         let mut current = self.current.lock().await;
-        if let Some(exchange) = current.as_ref() {
-            return Ok(exchange.clone());
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// The open connection (its generation), or a new one (`true`).
+    async fn exchange(&self) -> io::Result<(u64, Exchange, bool)> {
+        let mut current = self.current.lock().await;
+        if let Some((generation, exchange)) = current.as_ref() {
+            return Ok((*generation, exchange.clone(), false));
         }
         let connect = QuicClientStream::builder()
             .crypto_config(self.config.clone())
@@ -84,7 +110,8 @@ impl Quic {
         let (exchange, background) = Exchange::from_stream(stream);
         tokio::spawn(background);
         self.opened.inc();
-        *current = Some(exchange.clone());
-        Ok(exchange)
+        let generation = self.opened.get();
+        *current = Some((generation, exchange.clone()));
+        Ok((generation, exchange, true))
     }
 }

@@ -214,6 +214,7 @@ async fn idle_connections_and_stalled_streams_starve_no_one() {
         ("dot", dot_rcode, dot_time),
         ("doq", doq.metadata.response_code, doq_time),
     ] {
+        eprintln!("{transport}: {took:?}");
         assert_eq!(rcode, ResponseCode::NXDomain, "{transport}");
         assert!(
             took < Duration::from_millis(100),
@@ -276,8 +277,8 @@ async fn a_query_with_a_message_id_ends_its_connection() {
     assert_eq!(code, quinn::VarInt::from_u32(0x2));
 }
 
-/// aioquic: starts `n` handshakes from 127.0.7.x and never answers the server's flight, then
-/// asks dnspython over DoQ; prints the RCODE and the seconds the query took.
+/// aioquic: starts `n` handshakes from 127.0.7.1 and never answers the server's flight, then
+/// asks dnspython over DoQ from the same address; prints the RCODE and the seconds it took.
 const STALLED_HANDSHAKES: &str = "import socket, ssl, sys, time
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -290,14 +291,14 @@ for i in range(n):
     c = QuicConnection(configuration=cfg)
     c.connect((host, port), now=time.time())
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(('127.0.7.%d' % (i + 1), 0))
+    s.bind(('127.0.7.1', 0))
     for data, addr in c.datagrams_to_send(now=time.time()):
         s.sendto(data, addr)
     held.append((s, c))
 time.sleep(0.2)
 q = dns.message.make_query('www.tiktok.com', 'A')
 t = time.time()
-r = dns.query.quic(q, host, port=port, source='127.0.0.2', verify=ca, server_hostname='dns.portvakt.test', timeout=30)
+r = dns.query.quic(q, host, port=port, source='127.0.7.1', verify=ca, server_hostname='dns.portvakt.test', timeout=30)
 print(dns.rcode.to_text(r.rcode()), '%.3f' % (time.time() - t))
 ";
 
@@ -311,18 +312,20 @@ async fn handshakes_left_half_done_delay_no_one() {
     let at = gateway.addrs(Transport::Quic)[0];
     let ca = dir.path().join("ca.pem").display().to_string();
     let (ip, port) = (at.ip().to_string(), at.port().to_string());
-    let out = python(STALLED_HANDSHAKES, &[ip, port, "20".to_owned(), ca]).await;
+    // More than the client's cap (32): a handshake not done has not proved its address, so
+    // it may not spend the client's connections (nor, through them, its TCP and DoT ones).
+    let out = python(STALLED_HANDSHAKES, &[ip, port, "40".to_owned(), ca]).await;
     let (rcode, took) = out.split_once(' ').expect("rcode and time");
-    assert_eq!(rcode, "NXDOMAIN");
-    // Each handshake runs apart: none waits for the 20 left half-done (1 s each, in turn,
-    // would be 20 s; a DoQ server that awaits handshakes in its accept loop does that).
+    assert_eq!(rcode, "NOERROR", "127.0.7.1 is a device: answered");
+    // Each handshake runs apart: none waits for the 40 left half-done (1 s each, in turn,
+    // would be 40 s; a DoQ server that awaits handshakes in its accept loop does that).
     let took: f64 = took.parse().unwrap();
-    assert!(took < 1.0, "answered after {took} s");
+    assert!(took < 5.0, "answered after {took} s");
     // The half-done ones end at the handshake deadline, counted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let m = gateway.scrape().await;
     let timeouts = sum(&m, &["portvakt_quic_handshakes_total", "timeout"]);
-    assert!(timeouts >= 20.0, "handshake timeouts: {timeouts}");
+    assert!(timeouts >= 40.0, "handshake timeouts: {timeouts}");
 }
 
 /// A gateway whose upstream is `quic://<at>#<name>`, trusting the test CA in `dir`.
@@ -331,7 +334,7 @@ fn quic_upstream_config(at: SocketAddr, name: &str, dir: &Path) -> String {
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[segment]]\nname = \"office\"\nnetworks = [\"127.0.0.3/32\"]\n\
          [[upstream]]\nservers = [\"quic://{at}#{name}\"]\nca_file = \"{}/ca.pem\"\n\
-         timeout_ms = 1500\n",
+         timeout_ms = 3000\ntry_timeout_ms = 3000\n",
         dir.display()
     )
 }
@@ -394,6 +397,16 @@ async fn a_quic_upstream_answers_over_one_verified_connection() {
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     assert!(answer.addresses().is_empty());
     // It reached the server, whose handshake the client then broke off.
-    let seen = server.scrape().await;
-    assert!(sum(&seen, &["portvakt_quic_handshakes_total", "\"failed\""]) >= 1.0);
+    let failed = async || {
+        sum(
+            &server.scrape().await,
+            &["portvakt_quic_handshakes_total", "\"failed\""],
+        )
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(3), async {
+        while failed().await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(seen.await.is_ok(), "no failed handshake on the server");
 }

@@ -24,7 +24,7 @@
 //!                                                 one try per server (exchange.rs): UDP from a fresh
 //!                                                 random port (the first try's socket watched by
 //!                                                 udp.rs's loop, which sees no upstream type), TCP/TLS
-//!                                                 reused (stream.rs), QUIC (quic.rs) ─► settle ─► cache.rs ─► reply
+//!                                                 reused (stream.rs), DoQ/DoH (hickory.rs) ─► settle ─► cache.rs ─► reply
 //!                   gateway/ finish: every reply fitted to the transport and counted (metrics.rs)
 //! side: config/ (file.rs, checks.rs, error.rs, tls.rs) ─► lists/ (remote.rs; hosts via upstream/resolve.rs)
 //!       ─► policy/compile.rs (probe.rs: the self-test) ─► reload/ (SIGHUP, watch.rs, refresh.rs,

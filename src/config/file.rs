@@ -481,35 +481,52 @@ impl TryFrom<String> for ListenAddr {
 }
 
 /// An upstream server: `"9.9.9.9:53"` (the port defaults to 53), DNS over TLS as
-/// `"tls://9.9.9.9:853#dns.quad9.net"` or DNS over QUIC as `"quic://9.9.9.9:853#dns.quad9.net"`
-/// (port 853 by default; the name after `#` is the one the certificate must carry, the
-/// address itself when there is none).
+/// `"tls://9.9.9.9:853#dns.quad9.net"`, DNS over QUIC as `"quic://9.9.9.9:853#dns.quad9.net"`
+/// (port 853 by default), or DNS over HTTPS as `"https://9.9.9.9/dns-query#dns.quad9.net"`
+/// (port 443; the path `/dns-query` when none is given). The name after `#` is the one the
+/// certificate must carry, the address itself when there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ServerAddr {
     pub addr: SocketAddr,
-    /// For DNS over TLS or QUIC: the name to verify the certificate against.
+    /// For an encrypted server: the name to verify the certificate against.
     pub tls: Option<String>,
-    /// DNS over QUIC (RFC 9250) rather than over TLS.
-    pub quic: bool,
+    /// How it is spoken to.
+    pub scheme: Scheme,
+}
+
+/// The protocol of an upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain DNS: UDP, and TCP for truncated answers.
+    Plain,
+    /// DNS over TLS (RFC 7858).
+    Tls,
+    /// DNS over QUIC (RFC 9250).
+    Quic,
+    /// DNS over HTTPS (RFC 8484), on this path.
+    Https(String),
 }
 
 impl ServerAddr {
-    /// Its scheme as written: `tls://`, `quic://`, or nothing for plain DNS.
+    /// Its scheme as written: `tls://`, `quic://`, `https://`, or nothing for plain DNS.
     pub fn scheme(&self) -> &'static str {
-        match (&self.tls, self.quic) {
-            (None, _) => "",
-            (Some(_), false) => "tls://",
-            (Some(_), true) => "quic://",
+        match self.scheme {
+            Scheme::Plain => "",
+            Scheme::Tls => "tls://",
+            Scheme::Quic => "quic://",
+            Scheme::Https(_) => "https://",
         }
     }
 }
 
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.tls {
-            Some(name) => write!(f, "{}{}#{name}", self.scheme(), self.addr),
-            None => write!(f, "{}", self.addr),
+        let (scheme, addr) = (self.scheme(), self.addr);
+        match (&self.tls, &self.scheme) {
+            (Some(name), Scheme::Https(path)) => write!(f, "{scheme}{addr}{path}#{name}"),
+            (Some(name), _) => write!(f, "{scheme}{addr}#{name}"),
+            (None, _) => write!(f, "{addr}"),
         }
     }
 }
@@ -520,14 +537,27 @@ impl TryFrom<String> for ServerAddr {
         let address = |text: &str, port: u16| {
             (text.parse::<SocketAddr>())
                 .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
+                .or_else(|_| {
+                    let bracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+                    bracketed
+                        .ok_or(())
+                        .and_then(|ip| ip.parse::<IpAddr>().map_err(|_| ()))
+                        .map(|ip| SocketAddr::new(ip, port))
+                })
                 .ok()
         };
-        let encrypted = (text.strip_prefix("tls://").map(|rest| (rest, false)))
-            .or_else(|| text.strip_prefix("quic://").map(|rest| (rest, true)));
-        if let Some((rest, quic)) = encrypted {
+        let encrypted = [("tls://", 853), ("quic://", 853), ("https://", 443)]
+            .into_iter()
+            .find_map(|(prefix, port)| text.strip_prefix(prefix).map(|rest| (prefix, port, rest)));
+        if let Some((prefix, port, rest)) = encrypted {
             let (at, name) = rest.split_once('#').unwrap_or((rest, ""));
-            let addr = address(at, 853).ok_or_else(|| {
-                format!("`{text}` is not an encrypted server, e.g. `tls://9.9.9.9:853#dns.quad9.net` or `quic://9.9.9.9:853#dns.quad9.net`")
+            let (at, path) = match (prefix, at.find('/')) {
+                ("https://", Some(slash)) => (&at[..slash], Some(&at[slash..])),
+                ("https://", None) => (at, Some("/dns-query")),
+                _ => (at, None),
+            };
+            let addr = address(at, port).ok_or_else(|| {
+                format!("`{text}` is not an encrypted server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net`, `quic://9.9.9.9:853#dns.quad9.net` or `https://9.9.9.9/dns-query#dns.quad9.net`")
             })?;
             let name = match name {
                 "" => addr.ip().to_string(),
@@ -536,10 +566,15 @@ impl TryFrom<String> for ServerAddr {
                     .to_str()
                     .into_owned(),
             };
+            let scheme = match (prefix, path) {
+                ("quic://", _) => Scheme::Quic,
+                (_, Some(path)) => Scheme::Https(path.to_owned()),
+                _ => Scheme::Tls,
+            };
             return Ok(ServerAddr {
                 addr,
                 tls: Some(name),
-                quic,
+                scheme,
             });
         }
         let addr = address(&text, 53).ok_or_else(|| {
@@ -548,7 +583,7 @@ impl TryFrom<String> for ServerAddr {
         Ok(ServerAddr {
             addr,
             tls: None,
-            quic: false,
+            scheme: Scheme::Plain,
         })
     }
 }

@@ -23,7 +23,7 @@ use checks::Checks;
 use error::Source;
 pub use error::{ConfigError, Problem};
 use file::ConfigFile;
-pub use file::{BlockResponse, ListKind, OnFail, ServerAddr};
+pub use file::{BlockResponse, ListKind, OnFail, Scheme, ServerAddr};
 pub use tls::EncryptedSettings;
 
 /// The annotated example config, also the default when no `--config` is given.
@@ -587,7 +587,7 @@ mod tests {
 
     #[test]
     fn upstream_servers_tries_and_roots() {
-        let text = "[[upstream]]\nservers = [\"9.9.9.9\", \"[2620:fe::fe]:5353\", \"tls://9.9.9.9#dns.quad9.net\", \"tls://[2620:fe::fe]:8853\", \"quic://9.9.9.9#dns.quad9.net\"]\n";
+        let text = "[[upstream]]\nservers = [\"9.9.9.9\", \"[2620:fe::fe]:5353\", \"tls://9.9.9.9#dns.quad9.net\", \"tls://[2620:fe::fe]:8853\", \"quic://9.9.9.9#dns.quad9.net\", \"https://9.9.9.9#dns.quad9.net\", \"https://[2620:fe::fe]:8443/q#dns.quad9.net\"]\n";
         let config = Config::parse("t.toml", text).unwrap();
         let group = &config.upstreams[0];
         let shown: Vec<String> = group.servers.iter().map(ToString::to_string).collect();
@@ -598,7 +598,9 @@ mod tests {
                 "[2620:fe::fe]:5353",
                 "tls://9.9.9.9:853#dns.quad9.net",
                 "tls://[2620:fe::fe]:8853#2620:fe::fe",
-                "quic://9.9.9.9:853#dns.quad9.net"
+                "quic://9.9.9.9:853#dns.quad9.net",
+                "https://9.9.9.9:443/dns-query#dns.quad9.net",
+                "https://[2620:fe::fe]:8443/q#dns.quad9.net"
             ]
         );
         assert_eq!(group.timeout, Duration::from_millis(1500));
@@ -660,7 +662,7 @@ mod tests {
             ),
             (
                 "[[upstream]]\nservers = [\"tls://dns.quad9.net\"]\n",
-                "t.toml:2:11: `tls://dns.quad9.net` is not an encrypted server, e.g. `tls://9.9.9.9:853#dns.quad9.net` or `quic://9.9.9.9:853#dns.quad9.net`",
+                "t.toml:2:11: `tls://dns.quad9.net` is not an encrypted server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net`, `quic://9.9.9.9:853#dns.quad9.net` or `https://9.9.9.9/dns-query#dns.quad9.net`",
             ),
             (
                 "[[upstream]]\nservers = [\"tls://9.9.9.9#bad name\"]\n",

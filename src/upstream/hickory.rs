@@ -1,7 +1,7 @@
-//! DNS over QUIC to one upstream server (RFC 9250), on hickory's QUIC client: one connection,
-//! opened on first use and shared by every query (each on a stream of its own), opened again
-//! after a query finds it failed (only that one: a failure seen late on an old connection
-//! leaves its successor alone). The certificate is verified against the server's name with
+//! DNS over QUIC (RFC 9250) and over HTTPS (RFC 8484, HTTP/2) to one upstream server, on
+//! hickory's clients: one connection, opened on first use and shared by every query (each on
+//! a stream of its own), opened again after a query finds it failed (only that one: a failure
+//! seen late on an old connection leaves its successor alone). The certificate is verified against the server's name with
 //! the group's roots, as for `tls://`.
 
 use std::io;
@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message};
+use hickory_resolver::net::h2::HttpsClientStream;
 use hickory_resolver::net::quic::QuicClientStream;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
@@ -19,12 +20,20 @@ use super::answers;
 
 type Exchange = DnsExchange<TokioRuntimeProvider>;
 
-/// The QUIC connection to one server.
-pub(super) struct Quic {
+/// How the server is spoken to.
+pub(super) enum Link {
+    Quic,
+    /// DoH on this path.
+    Https(Arc<str>),
+}
+
+/// The DoQ or DoH connection to one server.
+pub(super) struct Hickory {
     server: SocketAddr,
+    link: Link,
     /// The name the certificate must carry.
     name: Arc<str>,
-    /// The group's roots; hickory sets the ALPN (`doq`).
+    /// The group's roots; hickory sets the ALPN (`doq`, `h2`).
     config: rustls::ClientConfig,
     /// The connection, with its generation (the count of connections opened when it was).
     current: tokio::sync::Mutex<Option<(u64, Exchange)>>,
@@ -32,15 +41,17 @@ pub(super) struct Quic {
     opened: IntCounter,
 }
 
-impl Quic {
+impl Hickory {
     pub fn new(
         server: SocketAddr,
+        link: Link,
         name: &str,
         config: &rustls::ClientConfig,
         opened: IntCounter,
-    ) -> Quic {
-        Quic {
+    ) -> Hickory {
+        Hickory {
             server,
+            link,
             name: name.into(),
             config: config.clone(),
             current: tokio::sync::Mutex::new(None),
@@ -55,7 +66,7 @@ impl Quic {
         let (generation, exchange, fresh) = self.exchange().await?;
         match self.ask_on(&exchange, request).await {
             Err(err) if !fresh => {
-                debug!(server = %self.server, %err, "reused quic connection failed; reconnecting");
+                debug!(server = %self.server, %err, "reused connection failed; reconnecting");
                 self.forget(generation).await;
                 let (generation, exchange, _) = self.exchange().await?;
                 let answer = self.ask_on(&exchange, request).await;
@@ -78,7 +89,7 @@ impl Quic {
         let mut answer = (sent.first_answer().await)
             .map_err(io::Error::other)?
             .into_buffer();
-        // DoQ carries Message ID 0: the answer takes the request's back.
+        // DoQ and DoH carry Message ID 0: the answer takes the request's back.
         if answer.len() < 12 {
             return Err(io::ErrorKind::InvalidData.into());
         }
@@ -103,12 +114,28 @@ impl Quic {
         if let Some((generation, exchange)) = current.as_ref() {
             return Ok((*generation, exchange.clone(), false));
         }
-        let connect = QuicClientStream::builder()
-            .crypto_config(self.config.clone())
-            .build(self.server, self.name.clone());
-        let stream = connect.await.map_err(io::Error::other)?;
-        let (exchange, background) = Exchange::from_stream(stream);
-        tokio::spawn(background);
+        let exchange = match &self.link {
+            Link::Quic => {
+                let connect = QuicClientStream::builder()
+                    .crypto_config(self.config.clone())
+                    .build(self.server, self.name.clone());
+                let (exchange, background) =
+                    Exchange::from_stream(connect.await.map_err(io::Error::other)?);
+                tokio::spawn(background);
+                exchange
+            }
+            Link::Https(path) => {
+                let builder = HttpsClientStream::builder(
+                    Arc::new(self.config.clone()),
+                    TokioRuntimeProvider::new(),
+                );
+                let connect = builder.build(self.server, self.name.clone(), path.clone());
+                let (exchange, background) =
+                    Exchange::from_stream(connect.await.map_err(io::Error::other)?);
+                tokio::spawn(background);
+                exchange
+            }
+        };
         self.opened.inc();
         let generation = self.opened.get();
         *current = Some((generation, exchange.clone()));

@@ -11,7 +11,7 @@
 //! came: deciding and caching are the gateway's.
 
 mod exchange;
-mod quic;
+mod hickory;
 mod resolve;
 mod server;
 mod stream;
@@ -27,7 +27,7 @@ use rustc_hash::FxBuildHasher;
 use tracing::{debug, info, warn};
 
 use crate::client::budget;
-use crate::config::{ServerAddr, UpstreamConfig};
+use crate::config::{Scheme, ServerAddr, UpstreamConfig};
 use crate::metrics::{Metrics, UpstreamMetrics, UpstreamResult};
 use crate::name;
 use crate::wire::{self, HEADER_LEN, OUR_UDP_PAYLOAD, Query, TYPE_OPT};
@@ -275,7 +275,11 @@ fn server(
         streams: Streams::new(
             spec.addr,
             tls_target,
-            spec.quic,
+            match &spec.scheme {
+                Scheme::Quic => Some(hickory::Link::Quic),
+                Scheme::Https(path) => Some(hickory::Link::Https(path.as_str().into())),
+                Scheme::Plain | Scheme::Tls => None,
+            },
             metrics.connections.clone(),
         ),
         health: Arc::default(),

@@ -1,4 +1,4 @@
-//! TCP and DNS-over-TLS connections to one server (or its QUIC one, `quic.rs`), reused and pipelined (RFC 7766 §6.2.1,
+//! TCP and DNS-over-TLS connections to one server (or its DoQ or DoH one, `hickory.rs`), reused and pipelined (RFC 7766 §6.2.1,
 //! RFC 7858): one connection at a time, opened on first use; queries are written as they
 //! come, each with an ID unique on the connection, and answers are matched by ID and question
 //! in whatever order they arrive. A connection closes after `IDLE` without queries; a query
@@ -37,8 +37,8 @@ pub(super) struct Tls {
 pub(super) struct Streams {
     server: SocketAddr,
     tls: Option<Tls>,
-    /// DNS over QUIC instead of a TCP or TLS stream.
-    quic: Option<super::quic::Quic>,
+    /// DNS over QUIC or HTTPS instead of a TCP or TLS stream.
+    hickory: Option<super::hickory::Hickory>,
     current: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// Counts connections opened.
     opened: IntCounter,
@@ -58,15 +58,20 @@ struct Waiter {
 }
 
 impl Streams {
-    pub fn new(server: SocketAddr, tls: Option<Tls>, quic: bool, opened: IntCounter) -> Streams {
-        let quic = (tls.as_ref()).filter(|_| quic).map(|tls| {
+    pub fn new(
+        server: SocketAddr,
+        tls: Option<Tls>,
+        link: Option<super::hickory::Link>,
+        opened: IntCounter,
+    ) -> Streams {
+        let hickory = tls.as_ref().zip(link).map(|(tls, link)| {
             let name = tls.name.to_str();
-            super::quic::Quic::new(server, &name, &tls.config, opened.clone())
+            super::hickory::Hickory::new(server, link, &name, &tls.config, opened.clone())
         });
         Streams {
             server,
             tls,
-            quic,
+            hickory,
             current: tokio::sync::Mutex::new(None),
             opened,
         }
@@ -74,8 +79,8 @@ impl Streams {
 
     /// Asks `request` (no length prefix) and returns the answer with the request's ID.
     pub async fn ask(&self, request: &[u8]) -> io::Result<Vec<u8>> {
-        if let Some(quic) = &self.quic {
-            return quic.ask(request).await;
+        if let Some(hickory) = &self.hickory {
+            return hickory.ask(request).await;
         }
         let (conn, fresh) = self.connection().await?;
         match conn.ask(request).await {

@@ -29,7 +29,8 @@ fn config(dir: &Path, upstream: &RunningUpstream) -> String {
     let d = dir.display();
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
-         quic_listen = [\"127.0.0.1:0\"]\ntls_cert_file = \"{d}/cert.pem\"\n\
+         quic_listen = [\"127.0.0.1:0\"]\nhttps_listen = [\"127.0.0.1:0\"]\n\
+         tls_cert_file = \"{d}/cert.pem\"\n\
          tls_key_file = \"{d}/key.pem\"\ntls_name = \"{NAME}\"\n\
          tcp_idle_timeout_ms = 1500\ntcp_read_timeout_ms = 1000\ntls_handshake_timeout_ms = 1000\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
@@ -328,33 +329,37 @@ async fn handshakes_left_half_done_delay_no_one() {
     assert!(timeouts >= 40.0, "handshake timeouts: {timeouts}");
 }
 
-/// A gateway whose upstream is `quic://<at>#<name>`, trusting the test CA in `dir`.
-fn quic_upstream_config(at: SocketAddr, name: &str, dir: &Path) -> String {
+/// A gateway whose one upstream server is `server` (`quic://…`, `https://…`), trusting the
+/// test CA in `dir`.
+fn upstream_config(server: &str, dir: &Path) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[segment]]\nname = \"office\"\nnetworks = [\"127.0.0.3/32\"]\n\
-         [[upstream]]\nservers = [\"quic://{at}#{name}\"]\nca_file = \"{}/ca.pem\"\n\
+         [[upstream]]\nservers = [\"{server}\"]\nca_file = \"{}/ca.pem\"\n\
          timeout_ms = 3000\ntry_timeout_ms = 3000\n",
         dir.display()
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quic_upstream_answers_over_one_verified_connection() {
-    if !present_or_skip(found("openssl"), "openssl") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // The DoQ server: a second gateway, whose 127/8 clients (the first one) block nothing.
-    let (server, _upstream) = start(dir.path()).await;
-    let at = server.addrs(Transport::Quic)[0];
-    let gateway = TestGateway::start_text(quic_upstream_config(at, NAME, dir.path())).await;
+/// 50 names at once through a gateway whose upstream is the second gateway `server` over
+/// `scheme`: all answered as the server answers them, over one connection, and a `#name` the
+/// certificate lacks gives SERVFAIL. `handshakes`: the server's family of handshake counts.
+async fn asks_over_one_verified_connection(
+    server: &TestGateway,
+    dir: &Path,
+    at: SocketAddr,
+    scheme: &str,
+    path: &str,
+    handshakes: &str,
+) {
+    let spec = |name: &str| format!("{scheme}{at}{path}#{name}");
+    let gateway = TestGateway::start_text(upstream_config(&spec(NAME), dir)).await;
     let mut asking = tokio::task::JoinSet::new();
     for i in 0..50 {
         let client = gateway.client_from("127.0.0.3");
         let name = match i {
             0 => "www.tiktok.com.".to_owned(),
-            _ => format!("n{i}.quic.example."),
+            _ => format!("n{i}.upstream.example."),
         };
         asking.spawn(async move { (client.udp_a(&name).await, name) });
     }
@@ -364,10 +369,10 @@ async fn a_quic_upstream_answers_over_one_verified_connection() {
             "www.tiktok.com." => ResponseCode::NoError,
             _ => ResponseCode::NXDomain,
         };
-        assert_eq!(answer.metadata.response_code, want, "{name}");
+        assert_eq!(answer.metadata.response_code, want, "{scheme} {name}");
     }
     let m = gateway.scrape().await;
-    let server_label = format!("server=\"quic://{at}\"");
+    let server_label = format!("server=\"{scheme}{at}\"");
     let ok = sum(
         &m,
         &[
@@ -380,33 +385,51 @@ async fn a_quic_upstream_answers_over_one_verified_connection() {
         &m,
         &["portvakt_upstream_server_connections_total", &server_label],
     );
-    assert_eq!(ok, 50.0, "every query asked over QUIC: {m:?}");
-    assert_eq!(connections, 1.0, "one connection for all 50");
+    assert_eq!(ok, 50.0, "every query asked over {scheme}: {m:?}");
+    assert_eq!(connections, 1.0, "one connection for all 50 over {scheme}");
     let seen = server.scrape().await;
-    assert_eq!(
-        sum(&seen, &["portvakt_quic_handshakes_total", "\"ok\""]),
-        1.0
-    );
+    assert_eq!(sum(&seen, &[handshakes, "\"ok\""]), 1.0, "{scheme}");
 
     // A certificate without the configured name: refused, so SERVFAIL.
-    let wrong = TestGateway::start_text(quic_upstream_config(at, "other.test", dir.path())).await;
+    let wrong = TestGateway::start_text(upstream_config(&spec("other.test"), dir)).await;
     let answer = wrong
         .client_from("127.0.0.3")
         .udp_a("www.tiktok.com.")
         .await;
-    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        answer.metadata.response_code,
+        ResponseCode::ServFail,
+        "{scheme}"
+    );
     assert!(answer.addresses().is_empty());
     // It reached the server, whose handshake the client then broke off.
-    let failed = async || {
-        sum(
-            &server.scrape().await,
-            &["portvakt_quic_handshakes_total", "\"failed\""],
-        )
-    };
+    let failed = async || sum(&server.scrape().await, &[handshakes, "\"failed\""]);
     let seen = tokio::time::timeout(Duration::from_secs(3), async {
         while failed().await < 1.0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    assert!(seen.await.is_ok(), "no failed handshake on the server");
+    assert!(
+        seen.await.is_ok(),
+        "no failed {scheme} handshake on the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_and_https_upstreams_answer_over_one_verified_connection() {
+    if !present_or_skip(found("openssl"), "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The server: a second gateway, whose 127/8 clients (the first one) block nothing.
+    let (server, _upstream) = start(dir.path()).await;
+    let quic = server.addrs(Transport::Quic)[0];
+    let quic_handshakes = "portvakt_quic_handshakes_total";
+    asks_over_one_verified_connection(&server, dir.path(), quic, "quic://", "", quic_handshakes)
+        .await;
+    let https = server.addrs(Transport::Https)[0];
+    let tls_handshakes = "portvakt_tls_handshakes_total";
+    let path = "/dns-query";
+    asks_over_one_verified_connection(&server, dir.path(), https, "https://", path, tls_handshakes)
+        .await;
 }

@@ -100,21 +100,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_doh_and_doq_records_carry_alpn_port_hints_and_path() {
+    fn dot_doh_doq_and_doh3_records_carry_alpn_port_hints_and_path() {
         let settings = EncryptedSettings {
             listen: vec![
                 (Transport::Tls, "192.0.2.53:853".parse().unwrap()),
                 (Transport::Https, "192.0.2.53:443".parse().unwrap()),
                 (Transport::Https, "[::]:443".parse().unwrap()),
                 (Transport::Quic, "192.0.2.53:853".parse().unwrap()),
+                (Transport::H3, "192.0.2.53:443".parse().unwrap()),
             ],
             https_path: "/dns-query".to_owned(),
             name: Some("dns.kommune.test".to_owned()),
             ..EncryptedSettings::default()
         };
         let ad = Advertisement::new(&settings).expect("an advertisement");
-        assert_eq!(ad.records.len(), 3);
-        let (dot, doh, doq) = (&ad.records[0], &ad.records[1], &ad.records[2]);
+        assert_eq!(ad.records.len(), 4);
+        let (dot, doh, doq, doh3) = (
+            &ad.records[0],
+            &ad.records[1],
+            &ad.records[2],
+            &ad.records[3],
+        );
         assert_eq!(&dot[..2], &[0, 1], "priority 1");
         let target = b"\x03dns\x07kommune\x04test\x00";
         assert_eq!(&dot[2..2 + target.len()], target, "an uncompressed target");
@@ -127,6 +133,10 @@ mod tests {
         assert!(has(doq, b"\x00\x01\x00\x04\x03doq"), "alpn=doq");
         assert!(has(doq, &[0, 3, 0, 2, 3, 0x55]), "port=853");
         assert!(!has(doq, b"/dns-query"), "no dohpath");
+        assert_eq!(&doh3[..2], &[0, 4], "priority 4");
+        assert!(has(doh3, b"\x00\x01\x00\x03\x02h3"), "alpn=h3");
+        assert!(has(doh3, &[0, 3, 0, 2, 1, 0xbb]), "port=443");
+        assert!(has(doh3, b"\x00\x07\x00\x10/dns-query{?dns}"), "dohpath");
         assert!(
             !has(doh, &[0, 6, 0, 16]),
             "no ipv6hint from the unspecified address"

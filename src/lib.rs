@@ -7,10 +7,11 @@
 //! socket ─► transport/ ─► gateway/: answer_now(packet, client) ─► reply bytes ─► transport/ ─► socket
 //!   (protocol.rs: each transport one value: label, listen key, datagram or stream, DDR's ALPN)
 //!   udp.rs, tcp.rs  client/segment.rs  listener or source address ─► SegmentId (none ─► REFUSED)
-//!   (stream.rs, tls.rs: DoT, https.rs: DoH, quic.rs: DoQ)
+//!   (stream.rs, tls.rs: DoT, doh.rs: DoH's core, https.rs: DoH on HTTP/1.1 and 2,
+//!   quic.rs: DoQ and the QUIC side of DoH3, h3.rs: DoH on HTTP/3)
 //!                   client/proxy.rs    a load balancer's PROXY v2 header ─► the client it names
 //!                   client/ratelimit.rs, client/budget.rs  a client's rate and what it holds
-//!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH/DoQ endpoints (advertise_encrypted)
+//!                   ddr.rs      _dns.resolver.arpa ─► our own DoT/DoH/DoQ/DoH3 endpoints (advertise_encrypted)
 //!                   wire.rs     header + question parsed in place (malformed ─► FORMERR/NOTIMP/drop);
 //!                               name.rs: names in wire format
 //!                   policy/     judge.rs: (segment, qname) ─► Judgement (DDR, bypass.rs names, lists:

@@ -251,7 +251,7 @@ pub struct Metrics {
     /// Handles that do not depend on the policy.
     pub query: QueryMetrics,
     pub tcp: TcpMetrics,
-    /// DoQ connections: the same limits, counted apart.
+    /// DoQ and DoH3 connections: the same limits, counted apart.
     pub quic: TcpMetrics,
     pub cache_entries: IntGauge,
     /// Answers the cache dropped to stay within `max_entries` and `max_bytes`.
@@ -448,8 +448,8 @@ impl Metrics {
         let quic = TcpMetrics::register(
             &registry,
             "quic",
-            "QUIC connections (DoQ)",
-            "QUIC handshakes (TLS 1.3 inside QUIC) of DoQ connections",
+            "QUIC connections (DoQ and DoH3)",
+            "QUIC handshakes (TLS 1.3 inside QUIC) of DoQ and DoH3 connections",
         );
         let list_updates = counter(
             "portvakt_list_updates_total",

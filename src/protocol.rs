@@ -16,15 +16,18 @@ pub enum Transport {
     Https,
     /// DNS over QUIC (RFC 9250).
     Quic,
+    /// DNS over HTTPS on HTTP/3 (RFC 8484 over RFC 9114).
+    H3,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 5] = [
+    pub const ALL: [Transport; 6] = [
         Transport::Udp,
         Transport::Tcp,
         Transport::Tls,
         Transport::Https,
         Transport::Quic,
+        Transport::H3,
     ];
 
     /// The value of the `transport` label, and the name in the status.
@@ -35,6 +38,7 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Https => "https",
             Transport::Quic => "quic",
+            Transport::H3 => "h3",
         }
     }
 
@@ -46,6 +50,7 @@ impl Transport {
             Transport::Tls => "TLS",
             Transport::Https => "HTTPS",
             Transport::Quic => "QUIC",
+            Transport::H3 => "HTTP/3",
         }
     }
 
@@ -56,6 +61,7 @@ impl Transport {
             Transport::Tls => "tls_listen",
             Transport::Https => "https_listen",
             Transport::Quic => "quic_listen",
+            Transport::H3 => "h3_listen",
         }
     }
 
@@ -69,7 +75,7 @@ impl Transport {
     /// Whether its listeners are UDP sockets (else TCP): a UDP and a TCP listener may share
     /// an address.
     pub fn over_udp(self) -> bool {
-        matches!(self, Transport::Udp | Transport::Quic)
+        matches!(self, Transport::Udp | Transport::Quic | Transport::H3)
     }
 
     /// For an encrypted transport, the ALPN that DDR advertises (RFC 9461); `None` for the
@@ -80,6 +86,7 @@ impl Transport {
             Transport::Tls => Some("dot"),
             Transport::Https => Some("h2"),
             Transport::Quic => Some("doq"),
+            Transport::H3 => Some("h3"),
         }
     }
 
@@ -91,6 +98,7 @@ impl Transport {
             Transport::Tls => Some(&[b"dot"]),
             Transport::Https => Some(&[b"h2", b"http/1.1"]),
             Transport::Quic => Some(&[b"doq"]),
+            Transport::H3 => Some(&[b"h3"]),
         }
     }
 
@@ -101,7 +109,7 @@ impl Transport {
 
     /// Whether DDR advertises its path (`dohpath`, RFC 9461) with it.
     pub fn has_path(self) -> bool {
-        self == Transport::Https
+        matches!(self, Transport::Https | Transport::H3)
     }
 
     /// The encrypted transports, in the order DDR advertises them.
@@ -122,7 +130,12 @@ mod tests {
         let encrypted: Vec<Transport> = Transport::encrypted().collect();
         assert_eq!(
             encrypted,
-            [Transport::Tls, Transport::Https, Transport::Quic]
+            [
+                Transport::Tls,
+                Transport::Https,
+                Transport::Quic,
+                Transport::H3
+            ]
         );
         // The metrics index by `transport as usize`: `ALL` is in declaration order.
         for (i, t) in Transport::ALL.into_iter().enumerate() {

@@ -163,6 +163,9 @@ pub struct ServerSection {
     /// Addresses to serve DNS over QUIC on (RFC 9250; UDP port 853 by convention).
     #[serde(default)]
     pub quic_listen: Vec<Spanned<ListenAddr>>,
+    /// Addresses to serve DNS over HTTPS on HTTP/3 on (UDP port 443 by convention).
+    #[serde(default)]
+    pub h3_listen: Vec<Spanned<ListenAddr>>,
     /// The DoH path (default `/dns-query`).
     pub https_path: Option<Spanned<String>>,
     /// The certificate chain (PEM) the TLS and HTTPS listeners present.
@@ -194,6 +197,7 @@ impl Default for ServerSection {
             tls_listen: Vec::new(),
             https_listen: Vec::new(),
             quic_listen: Vec::new(),
+            h3_listen: Vec::new(),
             https_path: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -462,6 +466,7 @@ impl ServerSection {
             Transport::Tls => &self.tls_listen,
             Transport::Https => &self.https_listen,
             Transport::Quic => &self.quic_listen,
+            Transport::H3 => &self.h3_listen,
         }
     }
 }

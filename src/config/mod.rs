@@ -650,7 +650,7 @@ mod tests {
             ),
             (
                 "[server]\nlisten_on = 1\n",
-                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tcp_read_timeout_ms`, `tcp_write_timeout_ms`, `https_request_timeout_ms`, `tls_handshake_timeout_ms`, `tls_listen`, `https_listen`, `quic_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`, `proxy_protocol_from`",
+                "t.toml:2:1: unknown field `listen_on`, expected one of `listen`, `unknown_clients`, `watch`, `state_dir`, `tcp_connections`, `tcp_connections_per_client`, `tcp_idle_timeout_ms`, `tcp_queries_per_connection`, `tcp_read_timeout_ms`, `tcp_write_timeout_ms`, `https_request_timeout_ms`, `tls_handshake_timeout_ms`, `tls_listen`, `https_listen`, `quic_listen`, `h3_listen`, `https_path`, `tls_cert_file`, `tls_key_file`, `tls_name`, `proxy_protocol_from`",
             ),
             (
                 "[block]\nresponse = \"drop\"\n",

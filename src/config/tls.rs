@@ -1,4 +1,4 @@
-//! `[server] tls_*`, `https_*` and `quic_listen`: the encrypted listeners' addresses and the certificate they
+//! `[server] tls_*`, `https_*`, `quic_listen` and `h3_listen`: the encrypted listeners' addresses and the certificate they
 //! present. The certificate and key are read and checked with the rest of the config, so a bad
 //! pair fails the reload like a bad list and the running one stays.
 
@@ -103,7 +103,7 @@ impl Checks<'_> {
             (Some(_), Some(cert), Some(key)) => settings.certificate = self.certificate(cert, key),
             (Some(at), _, _) => self.report(
                 at,
-                "tls_listen, https_listen and quic_listen need tls_cert_file and tls_key_file",
+                "tls_listen, https_listen, quic_listen and h3_listen need tls_cert_file and tls_key_file",
             ),
         }
         settings

@@ -1,9 +1,12 @@
 //! The transports: binds UDP and TCP on every listen address, and the encrypted listeners,
 //! and feeds the gateway core. UDP is our own receive loop (`udp.rs`), TCP our own accept loop
-//! and connections with their limits (`tcp.rs`; DoT and DoH on top), DoQ our own accept loop
-//! on quinn under the same limits (`quic.rs`). All stop when the shutdown token they were
-//! given is cancelled.
+//! and connections with their limits (`tcp.rs`; DoT and DoH on top), DoQ and DoH3 our own
+//! accept loop on quinn under the same limits (`quic.rs`; `h3.rs` on top). DoH over every HTTP
+//! version shares one core (`doh.rs`). All stop when the shutdown token they were given is
+//! cancelled.
 
+mod doh;
+mod h3;
 mod https;
 pub mod quic;
 mod stream;
@@ -99,7 +102,7 @@ impl Listeners {
             };
             bound_all.push((sockets, bound, listener));
         }
-        // DoT and DoH listen on TCP, DoQ on UDP.
+        // DoT and DoH listen on TCP, DoQ and DoH3 on UDP.
         let limits = gateway.with_policy(|p| p.config().tcp);
         let mut encrypted_listeners = Vec::new();
         let mut quic_endpoints = Vec::new();
@@ -110,16 +113,13 @@ impl Listeners {
                 addr,
                 source,
             };
-            let bound = if transport == Transport::Quic {
+            let bound = if transport.over_udp() {
                 let no_certificate = || io::Error::other("no certificate for the QUIC listener");
-                let tls = (encrypted
-                    .certificate
-                    .as_ref()
-                    .map(|c| c.server(Transport::Quic)))
-                .ok_or_else(|| bind_error(no_certificate()))?;
-                let endpoint = quic::bind(addr, &tls, limits).map_err(bind_error)?;
+                let tls = (encrypted.certificate.as_ref().map(|c| c.server(transport)))
+                    .ok_or_else(|| bind_error(no_certificate()))?;
+                let endpoint = quic::bind(addr, &tls, limits, transport).map_err(bind_error)?;
                 let bound = endpoint.local_addr().map_err(bind_error)?;
-                quic_endpoints.push(endpoint);
+                quic_endpoints.push((endpoint, transport));
                 bound
             } else {
                 let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
@@ -148,12 +148,13 @@ impl Listeners {
         for (listener, stream) in encrypted_listeners {
             tcp.serve(listener, stream, gateway.clone());
         }
-        // DoQ connections count against the same caps.
-        for endpoint in quic_endpoints {
+        // DoQ and DoH3 connections count against the same caps.
+        for (endpoint, kind) in quic_endpoints {
             let accept = quic::Accept {
                 endpoint,
                 caps: tcp.clone(),
                 gateway: gateway.clone(),
+                kind,
             };
             tcp.tasks.spawn(accept.run());
         }

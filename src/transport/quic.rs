@@ -1,4 +1,5 @@
-//! DNS over QUIC (RFC 9250): our own accept loop on quinn, under the limits of the stream
+//! DNS over QUIC (RFC 9250), and the QUIC side of DoH3 (`h3.rs`): our own accept loop on
+//! quinn, under the limits of the stream
 //! listeners (their caps on connections in total and per client are shared; the client's is
 //! taken once the handshake has proved its address). hickory-server's
 //! DoQ listener awaits each handshake inside its accept loop and each stream's answer before
@@ -16,26 +17,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use super::stream::Connection;
 use super::tcp::Tcp;
 use crate::client::budget::ClientBudget;
 use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Step, Transport};
-use crate::metrics::{Handshake, TcpLimit, TcpMetrics};
+use crate::metrics::{Handshake, TcpLimit};
 
-/// Streams one connection may have open at once (the QUIC transport parameter).
+/// Streams one DoQ connection may have open at once (the QUIC transport parameter).
 pub const STREAMS: u32 = 64;
+/// Request streams one DoH3 connection may have open at once (RFC 9114 §6.1: at least 100).
+const H3_STREAMS: u32 = 100;
+/// A DoH3 client's unidirectional streams: control and QPACK's two, and room for GREASE.
+const H3_UNI_STREAMS: u32 = 8;
 
 /// RFC 9250 §4.3 error codes.
 const DOQ_NO_ERROR: u32 = 0x0;
 const DOQ_INTERNAL_ERROR: u32 = 0x1;
 const DOQ_PROTOCOL_ERROR: u32 = 0x2;
 const DOQ_EXCESSIVE_LOAD: u32 = 0x4;
+/// RFC 9114 §8.1.
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// What one stream may have in flight towards us: a query, its length and a little more.
 const STREAM_WINDOW: u32 = 65_537 + 1024;
@@ -45,27 +52,34 @@ const CONNECTION_WINDOW: u32 = 16 * STREAM_WINDOW;
 /// Our replies not yet acknowledged, per connection.
 const SEND_WINDOW: u64 = 1 << 20;
 
-/// Binds a DoQ endpoint on `addr` with `tls` (TLS 1.3, ALPN `doq`).
+/// Binds a QUIC endpoint for `kind` (DoQ or DoH3) on `addr` with `tls` (TLS 1.3).
 pub(super) fn bind(
     addr: SocketAddr,
     tls: &Arc<rustls::ServerConfig>,
     limits: TcpLimits,
+    kind: Transport,
 ) -> std::io::Result<Endpoint> {
-    Endpoint::server(server_config(tls, limits)?, addr)
+    Endpoint::server(server_config(tls, limits, kind)?, addr)
 }
 
-/// The QUIC side of `tls`: streams per connection, no unidirectional streams, flow-control
+/// The QUIC side of `tls`: streams per connection (unidirectional ones only for HTTP/3's
+/// control and QPACK streams), flow-control
 /// windows sized for DNS messages (quinn's defaults let a connection buffer megabytes), the
 /// idle timeout with keep-alives, and a client held to the address it started from.
 fn server_config(
     tls: &Arc<rustls::ServerConfig>,
     limits: TcpLimits,
+    kind: Transport,
 ) -> std::io::Result<quinn::ServerConfig> {
     let crypto = QuicServerConfig::try_from(tls.clone())
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS));
-    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let (bidi, uni) = match kind {
+        Transport::H3 => (H3_STREAMS, H3_UNI_STREAMS),
+        _ => (STREAMS, 0),
+    };
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(bidi));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(uni));
     transport.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     transport.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     transport.send_window(SEND_WINDOW);
@@ -82,11 +96,13 @@ fn server_config(
     Ok(config)
 }
 
-/// One DoQ listener's accept loop, with the caps it shares with the stream listeners.
+/// One DoQ or DoH3 listener's accept loop, with the caps it shares with the stream listeners.
 pub(super) struct Accept {
     pub(super) endpoint: Endpoint,
     pub(super) caps: Tcp,
     pub(super) gateway: Arc<Gateway>,
+    /// `Quic` or `H3`.
+    pub(super) kind: Transport,
 }
 
 impl Accept {
@@ -117,19 +133,20 @@ impl Accept {
                 incoming.refuse();
                 continue;
             };
-            let served = Served {
+            let served = Connection {
                 gateway: self.gateway.clone(),
                 client: Client {
                     addr: incoming.remote_address().ip(),
                     listener: local,
                 },
+                transport: self.kind,
                 limits: self.caps.limits,
                 stop: self.caps.stop.clone(),
             };
             let clients = self.caps.clients.clone();
             self.caps.tasks.spawn(async move {
                 let _held = connection;
-                served.connection(incoming, config, &clients).await;
+                connection_of(served, incoming, config, &clients).await;
             });
         }
         // New connections are refused from now on; open ones finish their streams.
@@ -146,74 +163,72 @@ impl Accept {
                 .encrypted
                 .certificate
                 .as_ref()
-                .map(|c| c.server(Transport::Quic))
+                .map(|c| c.server(self.kind))
         })?;
         if let Some((made_from, config)) = current
             && Arc::ptr_eq(made_from, &tls)
         {
             return Some(config.clone());
         }
-        let config = Arc::new(server_config(&tls, self.caps.limits).ok()?);
+        let config = Arc::new(server_config(&tls, self.caps.limits, self.kind).ok()?);
         *current = Some((tls, config.clone()));
         Some(config)
     }
 }
 
-/// One client's connection and what it may spend.
-#[derive(Clone)]
-struct Served {
-    gateway: Arc<Gateway>,
-    client: Client,
-    limits: TcpLimits,
-    stop: CancellationToken,
+/// The handshake, then the connection's streams (DoQ's or DoH3's) until it idles, spends its
+/// budget, is closed by the client or the listener stops; then its answers in flight. The
+/// client's own cap is taken once the handshake has proved its address: forged Initials
+/// cannot spend another client's connections.
+async fn connection_of(
+    conn: Connection,
+    incoming: Incoming,
+    config: Arc<quinn::ServerConfig>,
+    clients: &Arc<ClientBudget>,
+) {
+    let metrics = conn.limit_metrics();
+    let connecting = match incoming.accept_with(config) {
+        Ok(connecting) => connecting,
+        Err(err) => {
+            debug!(%err, "quic connection failed");
+            return;
+        }
+    };
+    let connection = match tokio::time::timeout(conn.limits.handshake, connecting).await {
+        Ok(Ok(connection)) => {
+            metrics.handshake(Handshake::Ok);
+            connection
+        }
+        Ok(Err(err)) => {
+            debug!(%err, "quic handshake failed");
+            metrics.handshake(Handshake::Failed);
+            return;
+        }
+        Err(_) => {
+            metrics.handshake(Handshake::Timeout);
+            return;
+        }
+    };
+    let Some(_client) = clients.admit(conn.client.addr, true) else {
+        metrics.hit(TcpLimit::Client);
+        let code = match conn.transport {
+            Transport::H3 => H3_EXCESSIVE_LOAD,
+            _ => DOQ_EXCESSIVE_LOAD,
+        };
+        connection.close(VarInt::from_u32(code), b"too many connections");
+        return;
+    };
+    metrics.open.inc();
+    match conn.transport {
+        Transport::H3 => super::h3::serve(conn.clone(), connection).await,
+        _ => conn.doq(connection).await,
+    }
+    metrics.open.dec();
 }
 
-impl Served {
-    fn metrics(&self) -> &TcpMetrics {
-        &self.gateway.metrics().quic
-    }
-
-    /// The handshake, then the connection's streams until it idles, spends its budget, is
-    /// closed by the client or the listener stops; then its answers in flight. The client's
-    /// own cap is taken once the handshake has proved its address: forged Initials cannot
-    /// spend another client's connections.
-    async fn connection(
-        self,
-        incoming: Incoming,
-        config: Arc<quinn::ServerConfig>,
-        clients: &Arc<ClientBudget>,
-    ) {
-        let connecting = match incoming.accept_with(config) {
-            Ok(connecting) => connecting,
-            Err(err) => {
-                debug!(%err, "quic connection failed");
-                return;
-            }
-        };
-        let connection = match tokio::time::timeout(self.limits.handshake, connecting).await {
-            Ok(Ok(connection)) => {
-                self.metrics().handshake(Handshake::Ok);
-                connection
-            }
-            Ok(Err(err)) => {
-                debug!(%err, "quic handshake failed");
-                self.metrics().handshake(Handshake::Failed);
-                return;
-            }
-            Err(_) => {
-                self.metrics().handshake(Handshake::Timeout);
-                return;
-            }
-        };
-        let Some(_client) = clients.admit(self.client.addr, true) else {
-            self.metrics().hit(TcpLimit::Client);
-            connection.close(
-                VarInt::from_u32(DOQ_EXCESSIVE_LOAD),
-                b"too many connections",
-            );
-            return;
-        };
-        self.metrics().open.inc();
+impl Connection {
+    /// A DoQ connection's streams, each one query, answered concurrently.
+    async fn doq(&self, connection: quinn::Connection) {
         let streams = TaskTracker::new();
         let mut queries = 0u32;
         let code = loop {
@@ -224,12 +239,12 @@ impl Served {
             let (send, recv) = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(quinn::ConnectionError::TimedOut)) => {
-                    self.metrics().hit(TcpLimit::Idle);
+                    self.limit_metrics().hit(TcpLimit::Idle);
                     break DOQ_NO_ERROR;
                 }
                 Ok(Err(_)) => break DOQ_NO_ERROR, // closed by the client
                 Err(_) if streams.is_empty() => {
-                    self.metrics().hit(TcpLimit::Idle);
+                    self.limit_metrics().hit(TcpLimit::Idle);
                     break DOQ_NO_ERROR;
                 }
                 Err(_) => continue, // answers still in flight: not idle
@@ -237,19 +252,23 @@ impl Served {
             streams.spawn(self.clone().stream(connection.clone(), send, recv));
             queries += 1;
             if queries >= self.limits.queries {
-                self.metrics().hit(TcpLimit::Queries);
+                self.limit_metrics().hit(TcpLimit::Queries);
                 break DOQ_NO_ERROR;
             }
         };
         streams.close();
         streams.wait().await;
         connection.close(VarInt::from_u32(code), b"");
-        self.metrics().open.dec();
         debug!(client = %self.client.addr, queries, "quic connection closed");
     }
 
     /// One stream: its query within the read deadline, its reply within the write deadline.
-    async fn stream(self, connection: Connection, mut send: SendStream, mut recv: RecvStream) {
+    async fn stream(
+        self,
+        connection: quinn::Connection,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let served = exchange(
             &self.gateway,
             self.client,
@@ -274,12 +293,12 @@ impl Served {
                 return;
             }
             Err(Exchange::Slow) => {
-                self.metrics().hit(TcpLimit::Slow);
+                self.limit_metrics().hit(TcpLimit::Slow);
                 let _ = recv.stop(VarInt::from_u32(DOQ_NO_ERROR));
                 DOQ_NO_ERROR
             }
             Err(Exchange::Write) => {
-                self.metrics().hit(TcpLimit::Write);
+                self.limit_metrics().hit(TcpLimit::Write);
                 DOQ_NO_ERROR
             }
             // Not a query (a response, or shorter than a header).

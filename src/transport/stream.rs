@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::config::TcpLimits;
 use crate::gateway::{Client, Gateway, Step, Transport};
-use crate::metrics::TcpLimit;
+use crate::metrics::{TcpLimit, TcpMetrics};
 
 /// Misses of one connection waiting for the upstream at once; the next waits for one of them.
 const IN_FLIGHT: usize = 16;
@@ -30,6 +30,16 @@ pub(super) struct Connection {
 }
 
 impl Connection {
+    /// The counters of its limits: QUIC's for DoQ and DoH3, else TCP's.
+    pub(super) fn limit_metrics(&self) -> &TcpMetrics {
+        let metrics = self.gateway.metrics();
+        if self.transport.over_udp() {
+            &metrics.quic
+        } else {
+            &metrics.tcp
+        }
+    }
+
     /// Reads queries until the client closes, the connection idles or reads too slowly, its
     /// query budget is spent or the listeners stop; then waits for the answers in flight.
     pub(super) async fn serve<R, W>(&self, read: R, mut write: W)

@@ -150,7 +150,7 @@ impl Accept {
                         Transport::Tls => super::tls::serve(conn.clone(), stream).await,
                         Transport::Https => super::https::serve(conn.clone(), stream).await,
                         // DNS over TCP (a TCP listener serves no datagrams and no QUIC).
-                        Transport::Tcp | Transport::Udp | Transport::Quic => {
+                        Transport::Tcp | Transport::Udp | Transport::Quic | Transport::H3 => {
                             let (read, write) = stream.into_split();
                             conn.serve(read, write).await;
                         }

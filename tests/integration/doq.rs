@@ -1,7 +1,7 @@
-//! DNS over QUIC (RFC 9250): a real client (dnspython with aioquic) gets its segment's policy
-//! with the Extended DNS Error; idle connections and stalled streams hold nothing past their
-//! deadlines while other clients are answered at once over UDP, DoT and DoQ; a query with a
-//! Message ID other than 0 ends its connection.
+//! DNS over QUIC (RFC 9250) and DoH over HTTP/3: a real client (dnspython with aioquic) gets
+//! its segment's policy with the Extended DNS Error over both; idle connections and stalled
+//! streams hold nothing past their deadlines while other clients are answered at once over
+//! UDP, DoT and DoQ; a query with a Message ID other than 0 ends its connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +30,7 @@ fn config(dir: &Path, upstream: &RunningUpstream) -> String {
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\n\
          quic_listen = [\"127.0.0.1:0\"]\nhttps_listen = [\"127.0.0.1:0\"]\n\
+         h3_listen = [\"127.0.0.1:0\"]\nhttps_request_timeout_ms = 1000\n\
          tls_cert_file = \"{d}/cert.pem\"\n\
          tls_key_file = \"{d}/key.pem\"\ntls_name = \"{NAME}\"\n\
          tcp_idle_timeout_ms = 1500\ntcp_read_timeout_ms = 1000\ntls_handshake_timeout_ms = 1000\n\
@@ -52,18 +53,22 @@ async fn start(dir: &Path) -> (TestGateway, RunningUpstream) {
     (gateway, upstream)
 }
 
-/// A QUIC client endpoint on `source` that trusts the test CA and speaks `doq`.
-fn endpoint(source: &str, dir: &Path) -> quinn::Endpoint {
+/// A QUIC client endpoint on `source` that trusts the test CA and speaks `alpn`.
+fn endpoint(source: &str, dir: &Path, alpn: &[u8]) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client(format!("{source}:0").parse().unwrap()).unwrap();
     let mut tls = (*client_config(&[dir])).clone();
-    tls.alpn_protocols = vec![b"doq".to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     endpoint
 }
 
 async fn connect(source: &str, dir: &Path, to: SocketAddr) -> quinn::Connection {
-    (endpoint(source, dir).connect(to, NAME).unwrap().await).unwrap()
+    connect_alpn(source, dir, to, b"doq").await
+}
+
+async fn connect_alpn(source: &str, dir: &Path, to: SocketAddr, alpn: &[u8]) -> quinn::Connection {
+    (endpoint(source, dir, alpn).connect(to, NAME).unwrap().await).unwrap()
 }
 
 /// One query on its own stream; the reply (or `None` when the stream or connection ends).
@@ -80,11 +85,15 @@ async fn query(connection: &quinn::Connection, name: &str, id: u16) -> Option<Me
     Message::from_vec(reply.get(2..)?).ok()
 }
 
-/// dnspython over DoQ: prints the RCODE, the EDE codes and the addresses of one A query.
+/// dnspython over DoQ (`quic`) or DoH3 (`h3`): prints the RCODE, the EDE codes and the
+/// addresses of one A query.
 const DNSPYTHON: &str = "import sys, dns.edns, dns.message, dns.query, dns.rcode
-host, port, source, name, ca = sys.argv[1:6]
+mode, host, port, source, name, ca = sys.argv[1:7]
 q = dns.message.make_query(name, 'A', use_edns=0)
-r = dns.query.quic(q, host, port=int(port), source=source, verify=ca, server_hostname='dns.portvakt.test', timeout=5)
+if mode == 'h3':
+    r = dns.query.https(q, host, port=int(port), source=source, verify=ca, http_version=dns.query.HTTPVersion.H3, timeout=5)
+else:
+    r = dns.query.quic(q, host, port=int(port), source=source, verify=ca, server_hostname='dns.portvakt.test', timeout=5)
 ede = [str(int(o.code)) for o in r.options if o.otype == dns.edns.EDE]
 addrs = [a.to_text() for rrset in r.answer for a in rrset]
 print(dns.rcode.to_text(r.rcode()), ','.join(ede) or '-', ','.join(addrs) or '-')
@@ -117,14 +126,19 @@ async fn python(script: &str, args: &[String]) -> String {
     out.trim().to_owned()
 }
 
-async fn dnspython(at: SocketAddr, source: &str, name: &str, dir: &Path) -> String {
+/// One query with dnspython over `transport` (`Quic` or `H3`) at `at`.
+async fn dnspython(
+    transport: Transport,
+    at: SocketAddr,
+    source: &str,
+    name: &str,
+    dir: &Path,
+) -> String {
     let ca = dir.join("ca.pem").display().to_string();
     let (ip, port) = (at.ip().to_string(), at.port().to_string());
-    python(
-        DNSPYTHON,
-        &[ip, port, source.to_owned(), name.to_owned(), ca],
-    )
-    .await
+    let mode = transport.as_str().to_owned();
+    let args = [mode, ip, port, source.to_owned(), name.to_owned(), ca];
+    python(DNSPYTHON, &args).await
 }
 
 fn sum(m: &HashMap<String, f64>, all_of: &[&str]) -> f64 {
@@ -135,38 +149,80 @@ fn sum(m: &HashMap<String, f64>, all_of: &[&str]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dnspython_gets_the_segment_policy_over_doq() {
+async fn dnspython_gets_the_segment_policy_over_doq_and_doh3() {
     if !dnspython_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (gateway, _upstream) = start(dir.path()).await;
-    let at = gateway.addrs(Transport::Quic)[0];
-    assert_eq!(
-        dnspython(at, "127.0.0.2", "www.tiktok.com", dir.path()).await,
-        "NXDOMAIN 15 -",
-        "staff: blocked, with EDE 15 (Blocked)"
-    );
-    assert_eq!(
-        dnspython(at, "127.0.0.3", "www.tiktok.com", dir.path()).await,
-        "NOERROR - 192.0.2.8",
-        "a device: answered from the upstream"
-    );
+    for transport in [Transport::Quic, Transport::H3] {
+        let at = gateway.addrs(transport)[0];
+        let ask = |source| dnspython(transport, at, source, "www.tiktok.com", dir.path());
+        assert_eq!(
+            ask("127.0.0.2").await,
+            "NXDOMAIN 15 -",
+            "staff over {transport:?}: blocked, with EDE 15 (Blocked)"
+        );
+        assert_eq!(
+            ask("127.0.0.3").await,
+            "NOERROR - 192.0.2.8",
+            "a device over {transport:?}: answered from the upstream"
+        );
+        let m = gateway.scrape().await;
+        let label = format!("transport=\"{}\"", transport.as_str());
+        for (segment, decision) in [("staff", "blocked"), ("devices", "allowed")] {
+            let counted = sum(&m, &["portvakt_queries_total", segment, decision, &label]);
+            assert_eq!(counted, 1.0, "{segment} {decision} {label}: {m:?}");
+        }
+    }
     let m = gateway.scrape().await;
-    let quic = "transport=\"quic\"";
-    assert_eq!(
-        sum(&m, &["portvakt_queries_total", "staff", "blocked", quic]),
-        1.0,
-        "{m:?}"
-    );
-    assert_eq!(
-        sum(&m, &["portvakt_queries_total", "devices", "allowed", quic]),
-        1.0
-    );
     assert_eq!(
         sum(&m, &["portvakt_quic_handshakes_total", "result=\"ok\""]),
-        2.0
+        4.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh3_idle_connections_and_stalled_requests_are_ended_and_counted() {
+    if !dnspython_present() {
+        return;
+    }
+    const HELD: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (gateway, _upstream) = start(dir.path()).await;
+    let h3 = gateway.addrs(Transport::H3)[0];
+    let mut held = Vec::new();
+    let mut stalled = Vec::new();
+    for i in 0..HELD {
+        let source = format!("127.0.4.{}", 1 + i);
+        held.push(connect_alpn(&source, dir.path(), h3, b"h3").await);
+        // A request stream that sends a byte of its HEADERS frame and no more.
+        let connection = connect_alpn(&source, dir.path(), h3, b"h3").await;
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        send.write_all(&[1]).await.unwrap();
+        stalled.push((send, recv, connection));
+    }
+    assert_eq!(
+        dnspython(Transport::H3, h3, "127.0.0.2", "www.tiktok.com", dir.path()).await,
+        "NXDOMAIN 15 -",
+        "staff is answered while others hold connections"
+    );
+    let closed = async || gateway.scrape().await.get("portvakt_quic_connections") == Some(&0.0);
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !closed().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let waited = waited.await;
+    let m = gateway.scrape().await;
+    assert!(waited.is_ok(), "DoH3 connections still open: {m:?}");
+    let hits = |limit: &str| {
+        let label = format!("\"{limit}\"");
+        sum(&m, &["portvakt_quic_limit_hits_total", &label])
+    };
+    assert!(hits("request") >= HELD as f64, "stalled requests: {m:?}");
+    assert!(hits("idle") >= 2.0 * HELD as f64, "idle connections: {m:?}");
+    drop((stalled, held));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

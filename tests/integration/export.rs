@@ -184,6 +184,8 @@ fn every_encrypted_listener_is_admitted_and_a_wildcard_is_warned_about() {
 listen = ["0.0.0.0:53"]
 tls_listen = ["10.0.0.53:853"]
 https_listen = ["[fd00::53]:443"]
+quic_listen = ["10.0.0.54:853"]
+h3_listen = ["[fd00::54]:443"]
 tls_cert_file = "{0}/cert.pem"
 tls_key_file = "{0}/key.pem"
 [lists.telegram-ip]
@@ -217,6 +219,19 @@ servers = ["127.0.0.1:53"]
     assert!(
         set("v6").contains("fd00::53"),
         "the DoH listener: {ruleset}"
+    );
+    assert!(
+        set("v4").contains("10.0.0.54"),
+        "the DoQ listener: {ruleset}"
+    );
+    assert!(
+        set("v6").contains("fd00::54"),
+        "the DoH3 listener: {ruleset}"
+    );
+    // DoQ elsewhere is UDP 853; DoH3 to a known resolver meets the IP lists on any port.
+    assert!(
+        ruleset.contains("udp dport 853 counter reject"),
+        "{ruleset}"
     );
     assert!(
         stderr.contains("portvakt listens on 0.0.0.0:53"),

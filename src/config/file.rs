@@ -488,7 +488,8 @@ impl TryFrom<String> for ListenAddr {
 /// An upstream server: `"9.9.9.9:53"` (the port defaults to 53), DNS over TLS as
 /// `"tls://9.9.9.9:853#dns.quad9.net"`, DNS over QUIC as `"quic://9.9.9.9:853#dns.quad9.net"`
 /// (port 853 by default), or DNS over HTTPS as `"https://9.9.9.9/dns-query#dns.quad9.net"`
-/// (port 443; the path `/dns-query` when none is given). The name after `#` is the one the
+/// (HTTP/2) or `"h3://9.9.9.9/dns-query#dns.quad9.net"` (HTTP/3), port 443 and the path
+/// `/dns-query` when none is given. The name after `#` is the one the
 /// certificate must carry, the address itself when there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -509,18 +510,21 @@ pub enum Scheme {
     Tls,
     /// DNS over QUIC (RFC 9250).
     Quic,
-    /// DNS over HTTPS (RFC 8484), on this path.
+    /// DNS over HTTPS (RFC 8484) on HTTP/2, on this path.
     Https(String),
+    /// DNS over HTTPS on HTTP/3, on this path.
+    H3(String),
 }
 
 impl ServerAddr {
-    /// Its scheme as written: `tls://`, `quic://`, `https://`, or nothing for plain DNS.
+    /// Its scheme as written: `tls://`, `quic://`, `https://`, `h3://`, or nothing for plain DNS.
     pub fn scheme(&self) -> &'static str {
         match self.scheme {
             Scheme::Plain => "",
             Scheme::Tls => "tls://",
             Scheme::Quic => "quic://",
             Scheme::Https(_) => "https://",
+            Scheme::H3(_) => "h3://",
         }
     }
 }
@@ -529,7 +533,9 @@ impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (scheme, addr) = (self.scheme(), self.addr);
         match (&self.tls, &self.scheme) {
-            (Some(name), Scheme::Https(path)) => write!(f, "{scheme}{addr}{path}#{name}"),
+            (Some(name), Scheme::Https(path) | Scheme::H3(path)) => {
+                write!(f, "{scheme}{addr}{path}#{name}")
+            }
             (Some(name), _) => write!(f, "{scheme}{addr}#{name}"),
             (None, _) => write!(f, "{addr}"),
         }
@@ -551,14 +557,19 @@ impl TryFrom<String> for ServerAddr {
                 })
                 .ok()
         };
-        let encrypted = [("tls://", 853), ("quic://", 853), ("https://", 443)]
+        let encrypted = [
+            ("tls://", 853),
+            ("quic://", 853),
+            ("https://", 443),
+            ("h3://", 443),
+        ]
             .into_iter()
             .find_map(|(prefix, port)| text.strip_prefix(prefix).map(|rest| (prefix, port, rest)));
         if let Some((prefix, port, rest)) = encrypted {
             let (at, name) = rest.split_once('#').unwrap_or((rest, ""));
             let (at, path) = match (prefix, at.find('/')) {
-                ("https://", Some(slash)) => (&at[..slash], Some(&at[slash..])),
-                ("https://", None) => (at, Some("/dns-query")),
+                ("https://" | "h3://", Some(slash)) => (&at[..slash], Some(&at[slash..])),
+                ("https://" | "h3://", None) => (at, Some("/dns-query")),
                 _ => (at, None),
             };
             let addr = address(at, port).ok_or_else(|| {
@@ -573,6 +584,7 @@ impl TryFrom<String> for ServerAddr {
             };
             let scheme = match (prefix, path) {
                 ("quic://", _) => Scheme::Quic,
+                ("h3://", Some(path)) => Scheme::H3(path.to_owned()),
                 (_, Some(path)) => Scheme::Https(path.to_owned()),
                 _ => Scheme::Tls,
             };

@@ -1,4 +1,4 @@
-//! DNS over QUIC (RFC 9250) and over HTTPS (RFC 8484, HTTP/2) to one upstream server, on
+//! DNS over QUIC (RFC 9250) and over HTTPS (RFC 8484, HTTP/2 or HTTP/3) to one upstream server, on
 //! hickory's clients: one connection, opened on first use and shared by every query (each on
 //! a stream of its own), opened again after a query finds it failed (only that one: a failure
 //! seen late on an old connection leaves its successor alone). The certificate is verified against the server's name with
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message};
 use hickory_resolver::net::h2::HttpsClientStream;
+use hickory_resolver::net::h3::H3ClientStream;
 use hickory_resolver::net::quic::QuicClientStream;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
@@ -23,8 +24,10 @@ type Exchange = DnsExchange<TokioRuntimeProvider>;
 /// How the server is spoken to.
 pub(super) enum Link {
     Quic,
-    /// DoH on this path.
+    /// DoH on HTTP/2, on this path.
     Https(Arc<str>),
+    /// DoH on HTTP/3, on this path.
+    H3(Arc<str>),
 }
 
 /// The DoQ or DoH connection to one server.
@@ -33,7 +36,7 @@ pub(super) struct Hickory {
     link: Link,
     /// The name the certificate must carry.
     name: Arc<str>,
-    /// The group's roots; hickory sets the ALPN (`doq`, `h2`).
+    /// The group's roots; hickory sets the ALPN (`doq`, `h2`, `h3`).
     config: rustls::ClientConfig,
     /// The connection, with its generation (the count of connections opened when it was).
     current: tokio::sync::Mutex<Option<(u64, Exchange)>>,
@@ -114,26 +117,19 @@ impl Hickory {
         if let Some((generation, exchange)) = current.as_ref() {
             return Ok((*generation, exchange.clone(), false));
         }
+        let (server, name, config) = (self.server, self.name.clone(), self.config.clone());
         let exchange = match &self.link {
             Link::Quic => {
-                let connect = QuicClientStream::builder()
-                    .crypto_config(self.config.clone())
-                    .build(self.server, self.name.clone());
-                let (exchange, background) =
-                    Exchange::from_stream(connect.await.map_err(io::Error::other)?);
-                tokio::spawn(background);
-                exchange
+                let connect = QuicClientStream::builder().crypto_config(config);
+                started(connect.build(server, name).await)?
             }
             Link::Https(path) => {
-                let builder = HttpsClientStream::builder(
-                    Arc::new(self.config.clone()),
-                    TokioRuntimeProvider::new(),
-                );
-                let connect = builder.build(self.server, self.name.clone(), path.clone());
-                let (exchange, background) =
-                    Exchange::from_stream(connect.await.map_err(io::Error::other)?);
-                tokio::spawn(background);
-                exchange
+                let builder = HttpsClientStream::builder(Arc::new(config), TokioRuntimeProvider::new());
+                started(builder.build(server, name, path.clone()).await)?
+            }
+            Link::H3(path) => {
+                let connect = H3ClientStream::builder().crypto_config(config);
+                started(connect.build(server, name, path.clone()).await)?
             }
         };
         self.opened.inc();
@@ -141,4 +137,15 @@ impl Hickory {
         *current = Some((generation, exchange.clone()));
         Ok((generation, exchange, true))
     }
+}
+
+/// The exchange over a connected stream, its background task spawned.
+fn started<S, E>(connected: Result<S, E>) -> io::Result<Exchange>
+where
+    S: hickory_resolver::net::xfer::DnsRequestSender,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let (exchange, background) = Exchange::from_stream(connected.map_err(io::Error::other)?);
+    tokio::spawn(background);
+    Ok(exchange)
 }

@@ -278,6 +278,7 @@ fn server(
             match &spec.scheme {
                 Scheme::Quic => Some(hickory::Link::Quic),
                 Scheme::Https(path) => Some(hickory::Link::Https(path.as_str().into())),
+                Scheme::H3(path) => Some(hickory::Link::H3(path.as_str().into())),
                 Scheme::Plain | Scheme::Tls => None,
             },
             metrics.connections.clone(),

@@ -385,7 +385,7 @@ async fn handshakes_left_half_done_delay_no_one() {
     assert!(timeouts >= 40.0, "handshake timeouts: {timeouts}");
 }
 
-/// A gateway whose one upstream server is `server` (`quic://…`, `https://…`), trusting the
+/// A gateway whose one upstream server is `server` (`quic://…`, `https://…`, `h3://…`), trusting the
 /// test CA in `dir`.
 fn upstream_config(server: &str, dir: &Path) -> String {
     format!(
@@ -409,6 +409,10 @@ async fn asks_over_one_verified_connection(
     handshakes: &str,
 ) {
     let spec = |name: &str| format!("{scheme}{at}{path}#{name}");
+    let before = server.scrape().await;
+    let handshaken = |m: &HashMap<String, f64>, result: &str| {
+        sum(m, &[handshakes, result]) - sum(&before, &[handshakes, result])
+    };
     let gateway = TestGateway::start_text(upstream_config(&spec(NAME), dir)).await;
     let mut asking = tokio::task::JoinSet::new();
     for i in 0..50 {
@@ -444,7 +448,7 @@ async fn asks_over_one_verified_connection(
     assert_eq!(ok, 50.0, "every query asked over {scheme}: {m:?}");
     assert_eq!(connections, 1.0, "one connection for all 50 over {scheme}");
     let seen = server.scrape().await;
-    assert_eq!(sum(&seen, &[handshakes, "\"ok\""]), 1.0, "{scheme}");
+    assert_eq!(handshaken(&seen, "\"ok\""), 1.0, "{scheme}");
 
     // A certificate without the configured name: refused, so SERVFAIL.
     let wrong = TestGateway::start_text(upstream_config(&spec("other.test"), dir)).await;
@@ -459,7 +463,7 @@ async fn asks_over_one_verified_connection(
     );
     assert!(answer.addresses().is_empty());
     // It reached the server, whose handshake the client then broke off.
-    let failed = async || sum(&server.scrape().await, &[handshakes, "\"failed\""]);
+    let failed = async || handshaken(&server.scrape().await, "\"failed\"");
     let seen = tokio::time::timeout(Duration::from_secs(3), async {
         while failed().await < 1.0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -472,7 +476,7 @@ async fn asks_over_one_verified_connection(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_and_https_upstreams_answer_over_one_verified_connection() {
+async fn quic_https_and_h3_upstreams_answer_over_one_verified_connection() {
     if !present_or_skip(found("openssl"), "openssl") {
         return;
     }
@@ -487,5 +491,8 @@ async fn quic_and_https_upstreams_answer_over_one_verified_connection() {
     let tls_handshakes = "portvakt_tls_handshakes_total";
     let path = "/dns-query";
     asks_over_one_verified_connection(&server, dir.path(), https, "https://", path, tls_handshakes)
+        .await;
+    let h3 = server.addrs(Transport::H3)[0];
+    asks_over_one_verified_connection(&server, dir.path(), h3, "h3://", path, quic_handshakes)
         .await;
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # benches/encrypted.sh: the cost of serving DNS over TLS (RFC 7858) and DNS over HTTPS (RFC 8484),
-# portvakt against dnsdist and Unbound, in a private network namespace (loopback only).
+# portvakt against dnsdist and Unbound, in a private network namespace (loopback only); and portvakt's
+# DNS over QUIC (RFC 9250) and DoH over HTTP/3 (modes doq, doh3: the installed dnsdist 1.7.3 and
+# Unbound 1.17.1 serve neither, so those rows are portvakt's alone, beside its own DoT and DoH).
 #
 # Every peer runs the harness's policy (../shared/bench/configs/*.tmpl, rendered as run-peer.sh does:
 # 127.0.0.2 gets NXDOMAIN for the 54 blocked domains, everything else is forwarded to NSD on
@@ -11,6 +13,8 @@
 #
 # For each round, peer, mode (dot, doh) and workload (blocked: blocked.txt; cached: cached.txt after
 # two warm-up passes over the same transport), both from 127.0.0.2:
+#   (doq, doh3: benches/quic_load.rs instead of dnsperf and h2load, the same knobs; its handshake runs
+#   open a QUIC connection, with TLS 1.3 inside, per query; probes with dnspython and aioquic)
 #   efficiency  dnsperf -m dot -c CLIENTS -q OUTSTANDING -Q EFF_QPS -l EFF_DURATION, for DoH h2load -c CLIENTS
 #               -m OUTSTANDING/CLIENTS --rps EFF_QPS/CLIENTS -D EFF_DURATION (GET, one URI per name; see
 #               h2_eff for why not dnsperf): one connection per client, reused for the whole run -> server
@@ -36,7 +40,7 @@
 # other peer, on stdout and in $RESULTS. A peer that does not start, or whose DoT/DoH listener does not
 # answer, is skipped with the reason (the rest still runs).
 #
-# Knobs (env, defaults): PEERS="portvakt dnsdist unbound" REF=dnsdist MODES="dot doh"
+# Knobs (env, defaults): PEERS="portvakt dnsdist unbound" REF=dnsdist MODES="dot doh doq doh3"
 #   WORKLOADS="blocked cached" ROUNDS=2 PIN=0 (1: peer and NSD on CPU 0, dnsperf on CPU 1)
 #   THREADS (2, 1 if PIN=1: unbound num-threads, dnsdist UDP listeners and TCP workers)
 #   CLIENTS=10 OUTSTANDING=200 EFF_QPS=20000 EFF_DURATION=8
@@ -49,7 +53,8 @@
 #   QUIET_WAIT=10 (s to wait for a quiet machine before each run) FOREIGN_MAX=10 (% of the machine used by
 #   other processes above which a run counts as contended; medians use clean rounds when there are any)
 #   STARTUP_TIMEOUT=60 MAX_S=3600 (no new measurement starts after this many seconds) KEEP_RUN=0
-#   PORTVAKT_BIN=target/release/portvakt BENCH=../shared/bench BENCH_WORK=/tmp/portvakt-bench
+#   PORTVAKT_BIN=target/release/portvakt QUIC_LOAD (the newest target/release/deps/quic_load-*; build it
+#   with `cargo bench --bench quic_load --no-run`) BENCH=../shared/bench BENCH_WORK=/tmp/portvakt-bench
 #   PORTVAKT_BIN_B (the peer portvakt-b: a second build, for an interleaved A/B of two portvakts)
 #   BENCH_NETNS=auto|0|1 RESULTS=$BENCH_WORK/results/encrypted-<time>.txt
 # Needs root (unshare --net; inside the namespace the TIME_WAIT table is switched off and the ephemeral
@@ -81,7 +86,7 @@ if [[ -n "${BENCH_IN_NETNS:-}" ]]; then
 fi
 
 PEERS=${PEERS:-"portvakt dnsdist unbound"} REF=${REF:-dnsdist}
-MODES=${MODES:-"dot doh"} WORKLOADS=${WORKLOADS:-"blocked cached"}
+MODES=${MODES:-"dot doh doq doh3"} WORKLOADS=${WORKLOADS:-"blocked cached"}
 ROUNDS=${ROUNDS:-2} PIN=${PIN:-0}
 THREADS=${THREADS:-$([[ $PIN == 1 ]] && echo 1 || echo 2)}
 CLIENTS=${CLIENTS:-10} OUTSTANDING=${OUTSTANDING:-200}
@@ -97,7 +102,12 @@ PORTVAKT_BIN=${PORTVAKT_BIN:-$ROOT/target/release/portvakt}
 CERT_NAME=dns.portvakt.test
 
 for p in $PEERS; do case "$p" in portvakt|portvakt-b|dnsdist|unbound) ;; *) die "unknown peer $p (portvakt, portvakt-b, dnsdist, unbound)" ;; esac; done
-for m in $MODES; do case "$m" in dot|doh) ;; *) die "unknown mode $m (dot, doh)" ;; esac; done
+for m in $MODES; do case "$m" in dot|doh|doq|doh3) ;; *) die "unknown mode $m (dot, doh, doq, doh3)" ;; esac; done
+QUIC_LOAD=${QUIC_LOAD:-$(ls -t "$ROOT"/target/release/deps/quic_load-* 2>/dev/null | grep -v '\.d$' | head -1 || true)}
+if [[ " $MODES " == *" doq "* || " $MODES " == *" doh3 "* ]]; then
+  [[ -x "$QUIC_LOAD" ]] || die "modes doq and doh3 need benches/quic_load.rs built: cargo bench --bench quic_load --no-run (or set QUIC_LOAD)"
+  python3 -c 'import aioquic, dns.quic' 2>/dev/null || die "modes doq and doh3 need python3 with dnspython and aioquic (pip install dnspython aioquic)"
+fi
 for w in $WORKLOADS; do case "$w" in blocked|cached) ;; *) die "unknown workload $w (blocked, cached)" ;; esac; done
 case "$DOH_METHOD" in GET|POST) ;; *) die "DOH_METHOD must be GET or POST" ;; esac
 case "$CERT_KEY" in ec|rsa) ;; *) die "CERT_KEY must be ec or rsa" ;; esac
@@ -189,6 +199,7 @@ peer_cmd() { # peer -> CMD array
 enc_dig() {
   local mode=$1 src=$2 name=$3 out t; shift 3
   assert_loopback "$src"
+  if [[ $mode == doq || $mode == doh3 ]]; then quic_dig "$mode" "$src" "$name" "$@"; return; fi
   case "$mode" in
     dot) t=(+tls -p "$DOT_PORT") ;;
     doh) if [[ $DOH_METHOD == GET ]]; then t=(+https-get="$DOH_PATH" -p "$DOH_PORT"); else t=(+https-post="$DOH_PATH" -p "$DOH_PORT"); fi ;;
@@ -196,6 +207,27 @@ enc_dig() {
   out=$(timeout 5 dig +time=2 +tries=1 "${t[@]}" "$@" -b "$src" @127.0.0.1 "$name" A 2>&1 || true)
   grep -q 'status:' <<<"$out" || { echo TIMEOUT; return; }
   sed -n 's/.*status: \([A-Z]*\),.*/\1/p' <<<"$out" | head -1
+}
+# quic_dig MODE SRC NAME [+tls-ca=CA] [+tls-hostname=NAME]: as enc_dig, over DoQ or DoH3 with dnspython
+quic_dig() {
+  local mode=$1 src=$2 name=$3 ca="" host="" a; shift 3
+  for a in "$@"; do case "$a" in +tls-ca=*) ca=${a#+tls-ca=} ;; +tls-hostname=*) host=${a#+tls-hostname=} ;; esac; done
+  timeout 8 python3 - "$mode" "$src" "$name" "$ca" "$host" "$([[ $mode == doq ]] && echo "$DOT_PORT" || echo "$DOH_PORT")" "$DOH_PATH" 2>/dev/null <<'PY' || echo TIMEOUT
+import sys, dns.message, dns.query, dns.rcode
+mode, src, name, ca, host, port, path = sys.argv[1:8]
+q = dns.message.make_query(name, "A")
+verify = ca if ca else False
+try:
+    if mode == "doq":
+        r = dns.query.quic(q, "127.0.0.1", port=int(port), source=src, verify=verify, server_hostname=host or None, timeout=3)
+    elif host:
+        r = dns.query.https(q, f"https://{host}:{port}{path}", bootstrap_address="127.0.0.1", source=src, verify=verify, http_version=dns.query.HTTPVersion.H3, timeout=3)
+    else:
+        r = dns.query.https(q, "127.0.0.1", port=int(port), path=path, source=src, verify=verify, http_version=dns.query.HTTPVersion.H3, timeout=3)
+    print(dns.rcode.to_text(r.rcode()))
+except Exception:
+    print("TIMEOUT")
+PY
 }
 enc_wait() { # mode timeout_s pid: until the listener answers anything
   local deadline=$(( SECONDS + $2 ))
@@ -332,12 +364,40 @@ hs_run() {
   H_CPU=$(us_per "$A_GW" "$H_DONE")
 }
 
+# ---- DoQ and DoH3 with quic_load ----
+ql_args() { # mode workload -> QL array
+  local port=$DOT_PORT
+  [[ $1 == doh3 ]] && port=$DOH_PORT
+  QL=("$QUIC_LOAD" "mode=$1" "server=127.0.0.1:$port" "source=$SRC_INTERNAL" "ca=$RUN/ca.pem" "name=$CERT_NAME" "queries=$D/queries/$2.txt")
+}
+ql_field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" "$2" | head -1; }
+# ql_hs OUT ARGS...: as hs_run, a new QUIC connection per query
+ql_hs() {
+  local out=$1 sent; shift
+  acct "$out" $(( HS_DURATION + 30 )) "${QL[@]}" fresh=1 "duration=$HS_DURATION" "$@"
+  H_DONE=$(ql_field completed "$out") H_QPS=$(ql_field qps "$out") sent=$(ql_field sent "$out")
+  [[ -n "$H_DONE" ]] || { detail "$(tail -5 "$out")"; H_DONE=0 H_QPS=NA; }
+  H_LOST=$(awk -v s="$sent" -v n="$H_DONE" 'BEGIN{ if (s > 0) printf "%.2f", 100 * (s - n) / s; else print "NA" }')
+  H_CONN=NA H_QMS=NA H_CPU=$(us_per "$A_GW" "$H_DONE")
+}
+
 # measure PEER MODE WORKLOAD ROUND: warm-up, efficiency run, handshake run -> one line in $RECORDS
 measure() {
   local peer=$1 mode=$2 wl=$3 round=$4 i quiet ed="" eq="" el="" ecpu erel foreign hd hq hl hcpu hnet hconn hqms mq mcpu ml msrv mdp
   dp_args "$mode" "$wl"
   # warm-up: two passes over the same transport (dnsdist's packet cache keys on the transport too)
-  if [[ $mode == doh && $DOH_CLIENT == h2load ]]; then
+  if [[ $mode == doq || $mode == doh3 ]]; then
+    ql_args "$mode" "$wl"
+    if [[ $wl == cached ]]; then
+      for i in 1 2; do timeout 60 "${DP_PIN[@]}" "${QL[@]}" clients=1 outstanding=10 qps=20000 duration=2 > "$RUN/warm.out" 2>&1 || true; done
+      detail "== $peer $mode $wl round $round warm-up (quic_load): $(cat "$RUN/warm.out")"
+    fi
+    quiet=$(wait_quiet "$QUIET_WAIT")
+    acct "$RUN/eff.out" $(( EFF_DURATION + 30 )) "${QL[@]}" "clients=$CLIENTS" "outstanding=$OUTSTANDING" "qps=$EFF_QPS" "duration=$EFF_DURATION"
+    ed=$(ql_field completed "$RUN/eff.out"); eq=$(ql_field qps "$RUN/eff.out")
+    el=$(awk -v s="$(ql_field sent "$RUN/eff.out")" -v n="$ed" 'BEGIN{ if (s > 0) printf "%.2f", 100 * (s - n) / s }')
+    E_CLIENT=quic_load E_CHECK=ok
+  elif [[ $mode == doh && $DOH_CLIENT == h2load ]]; then
     if [[ $wl == cached ]]; then
       h2_uris "$wl"
       with_src timeout 60 "${DP_PIN[@]}" h2load -c 1 -m 10 -n $(( 2 * $(wc -l < "$RUN/uris-$wl.txt") )) -N 5s "${H2[@]}" > "$RUN/warm.out" 2>&1 || true
@@ -362,12 +422,14 @@ measure() {
   erel=$(awk -v j="$A_GW" -v d="$A_DP" 'BEGIN{ if (d>0) printf "%.3f", j/d; else print "NA" }')
   foreign=$A_FOREIGN
   { echo "== $peer $mode $wl round $round efficiency @${EFF_QPS}qps with $E_CLIENT (pre-run busy ${quiet}%): completed=$ed achieved=${eq}qps lost=${el}% server $(pct_core "$A_GW")% + NSD $(pct_core "$A_UP")% of a core, $E_CLIENT $(pct_core "$A_DP")%, foreign ${A_FOREIGN}% of machine -> ${ecpu} us/query (${erel} x the client's CPU)"
-    if [[ $E_CLIENT == h2load ]]; then echo "  source check (internal client sees the block): $E_CHECK"; grep -E '^(finished|requests|status codes|time for)' "$RUN/eff.out"; else stats "$RUN/eff.out"; fi; } >> "$DETAIL"
+    if [[ $E_CLIENT == h2load ]]; then echo "  source check (internal client sees the block): $E_CHECK"; grep -E '^(finished|requests|status codes|time for)' "$RUN/eff.out"
+    elif [[ $E_CLIENT == quic_load ]]; then cat "$RUN/eff.out"; else stats "$RUN/eff.out"; fi; } >> "$DETAIL"
   [[ $E_CHECK == ok ]] || { log "$peer $mode $wl: the h2load source check failed ($E_CHECK): its answers were not the internal client's; result dropped"; ecpu=NA eq=NA el=NA erel=NA; }
   hd=NA hq=NA hl=NA hcpu=NA hnet=NA hconn=NA hqms=NA mq=NA mcpu=NA ml=NA msrv=NA mdp=NA
   if [[ $HS == 1 ]]; then
     # (a) fixed rate: CPU per connection at a load every peer sustains
-    hs_run "$RUN/hs.out" -Q "$HS_QPS" -c "$HS_CLIENTS" -q "$HS_CLIENTS"
+    if [[ $E_CLIENT == quic_load ]]; then ql_hs "$RUN/hs.out" "qps=$HS_QPS" "outstanding=$HS_CLIENTS" clients=1
+    else hs_run "$RUN/hs.out" -Q "$HS_QPS" -c "$HS_CLIENTS" -q "$HS_CLIENTS"; fi
     hd=$H_DONE hq=$H_QPS hl=$H_LOST hcpu=$H_CPU hconn=$H_CONN hqms=$H_QMS
     hnet=$(awk -v a="$hcpu" -v b="$ecpu" 'BEGIN{ if (a == "NA" || b == "NA") print "NA"; else printf "%.2f", a-b }')
     { echo "== $peer $mode $wl round $round handshakes @${HS_QPS}/s (1 query per connection, $HS_CLIENTS clients): connections=$hd ${hq}/s lost=${hl}% connect ${hconn} ms, query ${hqms} ms, server $(pct_core "$A_GW")% + NSD $(pct_core "$A_UP")% of a core, dnsperf $(pct_core "$A_DP")%, foreign ${A_FOREIGN}% -> ${hcpu} us/connection, ${hnet} us/handshake"
@@ -375,7 +437,8 @@ measure() {
     foreign=$(awk -v a="$foreign" -v b="$A_FOREIGN" 'BEGIN{print (b>a) ? b : a}')
     # (b) as fast as it goes: connections per second, and who ran out of CPU (server or dnsperf)
     if [[ $HS_MAX == 1 ]]; then
-      hs_run "$RUN/hsmax.out" -c "$HS_MAX_CLIENTS" -q "$HS_MAX_CLIENTS"
+      if [[ $E_CLIENT == quic_load ]]; then ql_hs "$RUN/hsmax.out" qps=1000000 "outstanding=$HS_MAX_CLIENTS" clients=1
+      else hs_run "$RUN/hsmax.out" -c "$HS_MAX_CLIENTS" -q "$HS_MAX_CLIENTS"; fi
       mq=$H_QPS mcpu=$H_CPU ml=$H_LOST msrv=$(pct_core "$A_GW") mdp=$(pct_core "$A_DP")
       { echo "== $peer $mode $wl round $round handshakes unlimited ($HS_MAX_CLIENTS clients): connections=$H_DONE ${mq}/s lost=${ml}% connect ${H_CONN} ms, query ${H_QMS} ms, server ${msrv}% + NSD $(pct_core "$A_UP")% of a core, dnsperf ${mdp}%, foreign ${A_FOREIGN}% -> ${mcpu} us/connection"
         stats "$RUN/hsmax.out"; } >> "$DETAIL"
@@ -407,7 +470,13 @@ run_peer() {
     skip "$peer" "$round" "did not start: $why"
     stop_pid "$GW_PID"; GW_PID=""; return
   fi
-  for m in $MODES; do
+  # dnsdist 1.7.3 and Unbound 1.17.1 serve no DoQ and no DoH3
+  local modes="" m0
+  for m0 in $MODES; do
+    if [[ ($m0 == doq || $m0 == doh3) && $peer != portvakt* ]]; then continue; fi
+    modes+="$m0 "
+  done
+  for m in $modes; do
     if ! enc_wait "$m" 20 "$GW_PID"; then
       skip "$peer" "$round" "its $m listener (127.0.0.1:$([[ $m == dot ]] && echo "$DOT_PORT" || echo "$DOH_PORT")) does not answer"
       status=skip; break
@@ -416,7 +485,7 @@ run_peer() {
   if [[ $status == ok ]]; then
     sleep 1
     RSS_IDLE=$(rss_kb "$GW_PID")
-    for m in $MODES; do
+    for m in $modes; do
       pol=$(enc_policy "$m"); cert=$(enc_cert "$m")
       echo "peer=$peer mode=$m round=$round policy=$pol cert=$cert" >> "$RUN/checks"
       [[ $pol == ok && $cert == ok ]] || log "$peer $m: policy=$pol cert=$cert (measuring anyway; see $DETAIL)"

@@ -580,7 +580,7 @@ impl<'a> Checks<'a> {
                 let addr = listener.get_ref().0;
                 if !bound.contains(&addr) || addr.ip().is_unspecified() {
                     let message = format!(
-                        "listener {addr} is not a specific address of server.listen, tls_listen or https_listen"
+                        "listener {addr} is not a specific address of server.listen, tls_listen, https_listen, quic_listen or h3_listen"
                     );
                     self.report(listener, message);
                 }
@@ -593,7 +593,7 @@ impl<'a> Checks<'a> {
                 && (encrypted.certificate.is_none() || encrypted.name.is_none())
             {
                 let message = format!(
-                    "segment \"{name}\" has advertise_encrypted, which needs tls_listen or https_listen with a certificate, and tls_name"
+                    "segment \"{name}\" has advertise_encrypted, which needs an encrypted listener (tls_listen, https_listen, quic_listen or h3_listen) with a certificate, and tls_name"
                 );
                 self.report(&segment.name, message);
             }
@@ -724,7 +724,45 @@ impl<'a> Checks<'a> {
                 ca_file: g.ca_file.as_ref().map(|f| f.get_ref().clone()),
             });
         }
+        self.check_bootstrap(groups, &out);
         out.sort_by_key(|u| !u.zones.is_empty());
         out
+    }
+
+    /// A server given by host name is found through the group its host falls in (the longest
+    /// zone, else the default), by that group's servers given by address: never through the
+    /// host's resolver, and never through itself.
+    fn check_bootstrap(
+        &mut self,
+        groups: &[Spanned<file::UpstreamSection>],
+        out: &[UpstreamConfig],
+    ) {
+        let by_address = |g: &UpstreamConfig| g.servers.iter().any(|s| s.host.is_none());
+        for (group, config) in groups.iter().zip(out) {
+            for server in config.servers.iter() {
+                let Some(host) = &server.host else { continue };
+                let Ok(name) = crate::name::from_text(host) else {
+                    continue;
+                };
+                let through = (crate::name::suffixes(&name))
+                    .find_map(|(_, suffix)| {
+                        out.iter()
+                            .find(|g| g.zones.iter().any(|z| z[..] == *suffix))
+                    })
+                    .or_else(|| out.iter().find(|g| g.zones.is_empty()));
+                if let Some(through) = through
+                    && !by_address(through)
+                {
+                    let via = (through.zones.first())
+                        .map_or_else(|| "default".to_owned(), |z| crate::name::to_text(z));
+                    self.report(
+                        &group.get_ref().servers,
+                        format!(
+                            "`{server}`: {host} is looked up through upstream group {via}, which has no server given by address; add one (e.g. \"9.9.9.9\") so that portvakt never asks the host's resolver"
+                        ),
+                    );
+                }
+            }
+        }
     }
 }

@@ -490,11 +490,17 @@ impl TryFrom<String> for ListenAddr {
 /// (port 853 by default), or DNS over HTTPS as `"https://9.9.9.9/dns-query#dns.quad9.net"`
 /// (HTTP/2) or `"h3://9.9.9.9/dns-query#dns.quad9.net"` (HTTP/3), port 443 and the path
 /// `/dns-query` when none is given. The name after `#` is the one the
-/// certificate must carry, the address itself when there is none.
+/// certificate must carry, the address itself when there is none. DoH, DoH3 and DoQ servers
+/// may be given by host name instead (`"https://dns.quad9.net/dns-query"`), which their
+/// certificate must carry unless `#` names another.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ServerAddr {
+    /// The address; for a server given by host name, the unspecified address and the port.
     pub addr: SocketAddr,
+    /// The host name it was given by, looked up through the upstream groups' servers given by
+    /// address when a connection opens.
+    pub host: Option<String>,
     /// For an encrypted server: the name to verify the certificate against.
     pub tls: Option<String>,
     /// How it is spoken to.
@@ -517,6 +523,14 @@ pub enum Scheme {
 }
 
 impl ServerAddr {
+    /// `ip:port`, or `host:port` for a server given by host name.
+    pub fn endpoint(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host}:{}", self.addr.port()),
+            None => self.addr.to_string(),
+        }
+    }
+
     /// Its scheme as written: `tls://`, `quic://`, `https://`, `h3://`, or nothing for plain DNS.
     pub fn scheme(&self) -> &'static str {
         match self.scheme {
@@ -531,7 +545,7 @@ impl ServerAddr {
 
 impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (scheme, addr) = (self.scheme(), self.addr);
+        let (scheme, addr) = (self.scheme(), self.endpoint());
         match (&self.tls, &self.scheme) {
             (Some(name), Scheme::Https(path) | Scheme::H3(path)) => {
                 write!(f, "{scheme}{addr}{path}#{name}")
@@ -563,8 +577,8 @@ impl TryFrom<String> for ServerAddr {
             ("https://", 443),
             ("h3://", 443),
         ]
-            .into_iter()
-            .find_map(|(prefix, port)| text.strip_prefix(prefix).map(|rest| (prefix, port, rest)));
+        .into_iter()
+        .find_map(|(prefix, port)| text.strip_prefix(prefix).map(|rest| (prefix, port, rest)));
         if let Some((prefix, port, rest)) = encrypted {
             let (at, name) = rest.split_once('#').unwrap_or((rest, ""));
             let (at, path) = match (prefix, at.find('/')) {
@@ -572,11 +586,22 @@ impl TryFrom<String> for ServerAddr {
                 ("https://" | "h3://", None) => (at, Some("/dns-query")),
                 _ => (at, None),
             };
-            let addr = address(at, port).ok_or_else(|| {
-                format!("`{text}` is not an encrypted server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net`, `quic://9.9.9.9:853#dns.quad9.net` or `https://9.9.9.9/dns-query#dns.quad9.net`")
-            })?;
+            let (addr, host) = match (address(at, port), prefix) {
+                (Some(addr), _) => (addr, None),
+                (None, "https://" | "h3://" | "quic://") => {
+                    let host = host_and_port(at, port).ok_or_else(|| {
+                        format!("`{text}` is not an encrypted server, e.g. `https://dns.quad9.net/dns-query`, `quic://9.9.9.9:853#dns.quad9.net` or `h3://9.9.9.9/dns-query#dns.quad9.net`")
+                    })?;
+                    (SocketAddr::from(([0, 0, 0, 0], host.1)), Some(host.0))
+                }
+                (None, _) => {
+                    return Err(format!(
+                        "`{text}` is not a DoT server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net` (https://, h3:// and quic:// servers may be given by host name)"
+                    ));
+                }
+            };
             let name = match name {
-                "" => addr.ip().to_string(),
+                "" => host.clone().unwrap_or_else(|| addr.ip().to_string()),
                 name => rustls::pki_types::ServerName::try_from(name.to_owned())
                     .map_err(|_| format!("`{name}` in `{text}` is not a server name"))?
                     .to_str()
@@ -590,6 +615,7 @@ impl TryFrom<String> for ServerAddr {
             };
             return Ok(ServerAddr {
                 addr,
+                host,
                 tls: Some(name),
                 scheme,
             });
@@ -599,10 +625,26 @@ impl TryFrom<String> for ServerAddr {
         })?;
         Ok(ServerAddr {
             addr,
+            host: None,
             tls: None,
             scheme: Scheme::Plain,
         })
     }
+}
+
+/// `host` or `host:port` (a domain name of two labels or more, lowercased), with `port` when
+/// none is given.
+fn host_and_port(text: &str, port: u16) -> Option<(String, u16)> {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, given)) => (host, given.parse().ok()?),
+        None => (text, port),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = host.contains('.')
+        && crate::name::from_text(&host).is_ok()
+        && host.parse::<IpAddr>().is_err()
+        && rustls::pki_types::ServerName::try_from(host.clone()).is_ok();
+    valid.then_some((host, port))
 }
 
 /// A zone of a conditional upstream group, as a lowercase wire name.

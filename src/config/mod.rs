@@ -607,6 +607,37 @@ mod tests {
         assert_eq!(group.try_timeout, DEFAULT_TRY_TIMEOUT);
         assert!(group.ca.is_none(), "the system's roots");
 
+        // By host name: DoH, DoH3 and DoQ, found through a group's servers given by address.
+        let named = "[[upstream]]\nservers = [\"https://dns.quad9.net/dns-query\", \"h3://DNS.Quad9.net:8443\", \"9.9.9.9\"]\n";
+        let config = Config::parse("t.toml", named).unwrap();
+        let shown: Vec<String> = (config.upstreams[0].servers.iter())
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "https://dns.quad9.net:443/dns-query#dns.quad9.net",
+                "h3://dns.quad9.net:8443/dns-query#dns.quad9.net",
+                "9.9.9.9:53"
+            ]
+        );
+        let alone = "[[upstream]]\nservers = [\"https://dns.quad9.net/dns-query\"]\n";
+        let err = Config::parse("t.toml", alone).unwrap_err().to_string();
+        assert!(
+            err.contains("t.toml:2:") && err.contains("no server given by address"),
+            "{err}"
+        );
+        // A zone's group with a server by address finds the host of the default group's server.
+        let zoned = "[[upstream]]\nservers = [\"https://dns.quad9.net/dns-query\"]\n[[upstream]]\nzones = [\"quad9.net\"]\nservers = [\"9.9.9.9\"]\n";
+        assert!(Config::parse("t.toml", zoned).is_ok());
+        let err = Config::parse(
+            "t.toml",
+            "[[upstream]]\nservers = [\"tls://dns.quad9.net\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a DoT server by address"), "{err}");
+
         let short = "[[upstream]]\nservers = [\"9.9.9.9\"]\ntimeout_ms = 300\n";
         let config = Config::parse("t.toml", short).unwrap();
         assert_eq!(
@@ -662,7 +693,7 @@ mod tests {
             ),
             (
                 "[[upstream]]\nservers = [\"tls://dns.quad9.net\"]\n",
-                "t.toml:2:11: `tls://dns.quad9.net` is not an encrypted server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net`, `quic://9.9.9.9:853#dns.quad9.net` or `https://9.9.9.9/dns-query#dns.quad9.net`",
+                "t.toml:2:11: `tls://dns.quad9.net` is not a DoT server by address, e.g. `tls://9.9.9.9:853#dns.quad9.net` (https://, h3:// and quic:// servers may be given by host name)",
             ),
             (
                 "[[upstream]]\nservers = [\"tls://9.9.9.9#bad name\"]\n",

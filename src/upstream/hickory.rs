@@ -2,7 +2,8 @@
 //! hickory's clients: one connection, opened on first use and shared by every query (each on
 //! a stream of its own), opened again after a query finds it failed (only that one: a failure
 //! seen late on an old connection leaves its successor alone). The certificate is verified against the server's name with
-//! the group's roots, as for `tls://`.
+//! the group's roots, as for `tls://`. A server given by host name is looked up each time a
+//! connection opens, through the groups' servers given by address (`resolve.rs`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use hickory_resolver::net::xfer::{DnsExchange, DnsHandle, FirstAnswer};
 use prometheus::IntCounter;
 use tracing::debug;
 
-use super::answers;
+use super::{Upstreams, answers};
 
 type Exchange = DnsExchange<TokioRuntimeProvider>;
 
@@ -30,9 +31,14 @@ pub(super) enum Link {
     H3(Arc<str>),
 }
 
+/// A server's host name, and the upstreams (servers given by address) that find it.
+pub(super) type Host = (Arc<str>, Arc<Upstreams>);
+
 /// The DoQ or DoH connection to one server.
 pub(super) struct Hickory {
+    /// Its address; for a server given by host name, the port.
     server: SocketAddr,
+    host: Option<Host>,
     link: Link,
     /// The name the certificate must carry.
     name: Arc<str>,
@@ -54,12 +60,19 @@ impl Hickory {
     ) -> Hickory {
         Hickory {
             server,
+            host: None,
             link,
             name: name.into(),
             config: config.clone(),
             current: tokio::sync::Mutex::new(None),
             opened,
         }
+    }
+
+    /// Looked up by `host` when it connects.
+    pub fn found_by(mut self, host: Option<Host>) -> Hickory {
+        self.host = host;
+        self
     }
 
     /// Asks `request` (no length prefix) and returns the answer with the request's ID, when
@@ -117,14 +130,22 @@ impl Hickory {
         if let Some((generation, exchange)) = current.as_ref() {
             return Ok((*generation, exchange.clone(), false));
         }
-        let (server, name, config) = (self.server, self.name.clone(), self.config.clone());
+        let server = match &self.host {
+            None => self.server,
+            Some((host, upstreams)) => {
+                let found = upstreams.resolve(host).await?;
+                SocketAddr::new(found[0], self.server.port())
+            }
+        };
+        let (name, config) = (self.name.clone(), self.config.clone());
         let exchange = match &self.link {
             Link::Quic => {
                 let connect = QuicClientStream::builder().crypto_config(config);
                 started(connect.build(server, name).await)?
             }
             Link::Https(path) => {
-                let builder = HttpsClientStream::builder(Arc::new(config), TokioRuntimeProvider::new());
+                let builder =
+                    HttpsClientStream::builder(Arc::new(config), TokioRuntimeProvider::new());
                 started(builder.build(server, name, path.clone()).await)?
             }
             Link::H3(path) => {

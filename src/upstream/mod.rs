@@ -185,6 +185,25 @@ impl Upstreams {
 
     /// `configs` has the default group first (as `Config` orders them).
     pub fn new(configs: &[UpstreamConfig], metrics: &Metrics) -> Upstreams {
+        // Servers given by host name are found through the groups' servers given by address
+        // (the config checks that the group a host falls in has one).
+        let named = configs
+            .iter()
+            .any(|c| c.servers.iter().any(|s| s.host.is_some()));
+        let bootstrap = named.then(|| {
+            let by_address: Vec<UpstreamConfig> = (configs.iter())
+                .map(|c| UpstreamConfig {
+                    servers: c
+                        .servers
+                        .iter()
+                        .filter(|s| s.host.is_none())
+                        .cloned()
+                        .collect(),
+                    ..c.clone()
+                })
+                .collect();
+            Arc::new(Upstreams::new(&by_address, metrics))
+        });
         let mut groups = Vec::with_capacity(configs.len());
         let mut zones = HashMap::default();
         for (i, config) in configs.iter().enumerate() {
@@ -198,7 +217,11 @@ impl Upstreams {
             let tls = (config.servers.iter().any(|s| s.tls.is_some()))
                 .then(|| tls_config(config.ca.clone()));
             let servers = (config.servers.iter())
-                .map(|spec| Arc::new(server(&name, spec, tls.as_ref(), metrics)))
+                .map(|spec| {
+                    let bootstrap = spec.host.as_ref().zip(bootstrap.as_ref());
+                    let found = bootstrap.map(|(host, by)| (host.as_str().into(), by.clone()));
+                    Arc::new(server(&name, spec, tls.as_ref(), metrics, found))
+                })
                 .collect();
             groups.push(Group {
                 metrics: metrics.upstream(&name),
@@ -256,8 +279,9 @@ fn server(
     spec: &ServerAddr,
     tls: Option<&Arc<rustls::ClientConfig>>,
     metrics: &Metrics,
+    host: Option<hickory::Host>,
 ) -> Server {
-    let label = format!("{}{}", spec.scheme(), spec.addr);
+    let label = format!("{}{}", spec.scheme(), spec.endpoint());
     let tls_target = spec.tls.as_ref().and_then(|name| {
         let name = rustls::pki_types::ServerName::try_from(name.clone()).ok()?;
         Some(Tls {
@@ -281,6 +305,7 @@ fn server(
                 Scheme::H3(path) => Some(hickory::Link::H3(path.as_str().into())),
                 Scheme::Plain | Scheme::Tls => None,
             },
+            host,
             metrics.connections.clone(),
         ),
         health: Arc::default(),

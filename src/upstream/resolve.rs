@@ -1,6 +1,7 @@
-//! Host names of list URLs resolved through portvakt's own upstream groups (conditional
-//! zones included), not the host's resolver: on the resolver host, resolv.conf may point at
-//! portvakt itself, which is not answering yet while it downloads its lists at start.
+//! Host names of list URLs and of upstream servers given by name, resolved through
+//! portvakt's own upstream groups (conditional zones included), not the host's resolver: on
+//! the resolver host, resolv.conf may point at portvakt itself, which is not answering yet
+//! while it downloads its lists at start.
 
 use std::io;
 use std::net::IpAddr;

@@ -215,7 +215,7 @@ mod tests {
                 Arc::new(Server {
                     addr,
                     label: addr.to_string(),
-                    streams: Streams::new(addr, None, None, metrics.connections.clone()),
+                    streams: Streams::new(addr, None, None, None, metrics.connections.clone()),
                     tls: false,
                     health: Arc::default(),
                     metrics,

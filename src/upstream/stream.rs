@@ -62,11 +62,14 @@ impl Streams {
         server: SocketAddr,
         tls: Option<Tls>,
         link: Option<super::hickory::Link>,
+        host: Option<super::hickory::Host>,
         opened: IntCounter,
     ) -> Streams {
         let hickory = tls.as_ref().zip(link).map(|(tls, link)| {
             let name = tls.name.to_str();
-            super::hickory::Hickory::new(server, link, &name, &tls.config, opened.clone())
+            let hickory =
+                super::hickory::Hickory::new(server, link, &name, &tls.config, opened.clone());
+            hickory.found_by(host)
         });
         Streams {
             server,

@@ -188,7 +188,7 @@ pub async fn serve_stream<R, W>(
     limits: TcpLimits,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let connection = Connection {
         gateway,
@@ -197,5 +197,5 @@ pub async fn serve_stream<R, W>(
         limits,
         stop: CancellationToken::new(),
     };
-    connection.serve(read, write).await;
+    connection.serve(tokio::io::join(read, write)).await;
 }

@@ -2,12 +2,14 @@
 //! length): TCP's, and DoT's inside TLS. A connection is closed when it is idle, when a query
 //! arrives too slowly, when its client does not read its replies, or after its query budget. Queries on a connection are answered
 //! concurrently (pipelining: those that need no upstream at once, at most `IN_FLIGHT` misses at
-//! once), each reply written as it is ready, in whatever order.
+//! once), the replies written as they are ready, in whatever order.
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -17,6 +19,8 @@ use crate::metrics::{TcpLimit, TcpMetrics};
 
 /// Misses of one connection waiting for the upstream at once; the next waits for one of them.
 const IN_FLIGHT: usize = 16;
+/// Bytes a read takes at once (pipelined queries arrive together).
+const READ_CHUNK: usize = 8192;
 
 /// One stream's queries: a TCP or TLS connection's, or (through [`serve_stream`]) any byte
 /// stream's; for HTTPS, what its requests are answered with.
@@ -41,102 +45,146 @@ impl Connection {
     }
 
     /// Reads queries until the client closes, the connection idles or reads too slowly, its
-    /// query budget is spent or the listeners stop; then waits for the answers in flight.
-    pub(super) async fn serve<R, W>(&self, read: R, mut write: W)
+    /// query budget is spent or the listeners stop; then waits for the answers in flight. One
+    /// task reads, answers and writes: every whole query a read brought is answered, and the
+    /// replies ready then go out in one write (one TLS record for DoT); misses answer through a
+    /// channel into the same loop.
+    pub(super) async fn serve<S>(&self, mut stream: S)
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Pipelined queries arrive in one read, not two reads each.
-        let mut read = tokio::io::BufReader::with_capacity(8192, read);
-        let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-        let (write_limit, metrics) = (self.limits.write, self.gateway.metrics().clone());
-        let writer = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(4096);
-            while let Some(reply) = outgoing.recv().await {
-                // Every reply ready now goes out in one write.
-                batch.clear();
-                let mut next = Some(reply);
-                while let Some(reply) = next {
-                    batch.extend_from_slice(&(reply.len() as u16).to_be_bytes());
-                    batch.extend_from_slice(&reply);
-                    next = outgoing.try_recv().ok();
-                }
-                // A client that does not read would hold the connection (and, through the full
-                // channel, its reader) forever: it gets `write_limit` per write.
-                match tokio::time::timeout(write_limit, write.write_all(&batch)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        metrics.tcp.hit(TcpLimit::Write);
-                        return; // dropping `write` closes it; a shutdown could wait too
-                    }
-                }
-            }
-            let _ = tokio::time::timeout(write_limit, write.shutdown()).await;
-        });
+        let metrics = self.limit_metrics();
+        let mut input = BytesMut::with_capacity(READ_CHUNK);
+        let mut out = Vec::with_capacity(READ_CHUNK);
+        let (missed, mut misses) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
         let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-        let metrics = &self.gateway.metrics().tcp;
         let mut queries = 0u32;
+        // When the query now partly read began to arrive (the read deadline runs from there).
+        let mut partial_since: Option<Instant> = None;
         // Made once, not per query (each would join and leave the token's waiter list).
         let stopped = self.stop.cancelled();
         tokio::pin!(stopped);
         loop {
-            let mut len = [0u8; 2];
-            let first = tokio::select! {
-                () = &mut stopped => break,
-                read = tokio::time::timeout(self.limits.idle, read.read_exact(&mut len)) => read,
-            };
-            match first {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break, // closed by the client
-                Err(_) => {
-                    metrics.hit(TcpLimit::Idle);
-                    break;
-                }
-            }
-            let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            match tokio::time::timeout(self.limits.read, read.read_exact(&mut packet)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    metrics.hit(TcpLimit::Slow);
-                    break;
-                }
-            }
-            // Blocked, refused and cached answers are written here; only misses wait apart.
-            let mut out = Vec::with_capacity(512);
-            match self
-                .gateway
-                .answer_now(&packet, self.client, self.transport, &mut out)
-            {
-                Step::Reply => {
-                    if replies.send(out).await.is_err() {
-                        break;
+            // Every whole query read so far; blocked, refused and cached answers at once.
+            let mut spent = false;
+            while let Some(len) = whole_frame(&input) {
+                let frame = input.split_to(2 + len);
+                let mut reply = Vec::with_capacity(512);
+                let packet = &frame[2..];
+                match (self.gateway).answer_now(packet, self.client, self.transport, &mut reply) {
+                    Step::Reply => push_framed(&mut out, &reply),
+                    Step::Drop => {}
+                    Step::Forward(pending) => {
+                        // At most IN_FLIGHT misses at once. Waiting for one to end, the replies
+                        // ready go out and those of misses are taken (a miss holds its permit
+                        // until its reply is in the channel).
+                        let permit = match in_flight.clone().try_acquire_owned() {
+                            Ok(permit) => permit,
+                            Err(_) => loop {
+                                if !out.is_empty() && !self.write(&mut stream, &mut out).await {
+                                    return;
+                                }
+                                tokio::select! {
+                                    permit = in_flight.clone().acquire_owned() => {
+                                        break permit.expect("the semaphore is never closed");
+                                    }
+                                    Some(reply) = misses.recv() => push_framed(&mut out, &reply),
+                                }
+                            },
+                        };
+                        let (gateway, missed) = (self.gateway.clone(), missed.clone());
+                        tokio::spawn(async move {
+                            gateway.forward(pending, &mut reply).await;
+                            let _ = missed.send(reply).await;
+                            drop(permit);
+                        });
                     }
                 }
-                Step::Drop => {}
-                Step::Forward(pending) => {
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let (gateway, replies) = (self.gateway.clone(), replies.clone());
-                    tokio::spawn(async move {
-                        gateway.forward(pending, &mut out).await;
-                        let _ = replies.send(out).await;
-                        drop(permit);
-                    });
+                queries += 1;
+                if queries >= self.limits.queries {
+                    metrics.hit(TcpLimit::Queries);
+                    spent = true;
+                    break;
                 }
             }
-            queries += 1;
-            if queries >= self.limits.queries {
-                metrics.hit(TcpLimit::Queries);
+            while let Ok(reply) = misses.try_recv() {
+                push_framed(&mut out, &reply);
+            }
+            if !out.is_empty() && !self.write(&mut stream, &mut out).await {
+                return;
+            }
+            if spent {
                 break;
             }
+            partial_since = match (input.is_empty(), partial_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, since) => since,
+            };
+            let deadline = match partial_since {
+                None => Instant::now() + self.limits.idle,
+                Some(since) => since + self.limits.read,
+            };
+            if input.capacity() - input.len() < READ_CHUNK / 4 {
+                input.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                () = &mut stopped => break,
+                Some(reply) = misses.recv() => push_framed(&mut out, &reply),
+                read = tokio::time::timeout_at(deadline, stream.read_buf(&mut input)) => match read {
+                    Ok(Ok(0)) | Ok(Err(_)) => break, // closed by the client
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        let limit = if partial_since.is_some() { TcpLimit::Slow } else { TcpLimit::Idle };
+                        metrics.hit(limit);
+                        break;
+                    }
+                },
+            }
         }
-        // The answers in flight still go out; the writer ends with the last of them.
-        drop(replies);
-        let _ = writer.await;
+        // The answers in flight still go out, each as it comes.
+        drop(missed);
+        while let Some(reply) = misses.recv().await {
+            push_framed(&mut out, &reply);
+            if !self.write(&mut stream, &mut out).await {
+                return;
+            }
+        }
+        if !out.is_empty() && !self.write(&mut stream, &mut out).await {
+            return;
+        }
+        let _ = tokio::time::timeout(self.limits.write, stream.shutdown()).await;
         debug!(client = %self.client.addr, queries, "stream connection closed");
     }
+
+    /// Writes `out` within the write deadline and empties it; `false` when the connection is
+    /// lost (a client that does not read its replies loses it at the deadline, counted).
+    async fn write<S: AsyncWrite + Unpin>(&self, stream: &mut S, out: &mut Vec<u8>) -> bool {
+        let written = async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        };
+        let result = tokio::time::timeout(self.limits.write, written).await;
+        out.clear();
+        match result {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.limit_metrics().hit(TcpLimit::Write);
+                false
+            }
+        }
+    }
+}
+
+/// The length of the first query in `input` when all of it has arrived.
+fn whole_frame(input: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*input.first()?, *input.get(1)?]));
+    (input.len() >= 2 + len).then_some(len)
+}
+
+/// Appends `reply` after its two-byte length.
+fn push_framed(out: &mut Vec<u8>, reply: &[u8]) {
+    out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
+    out.extend_from_slice(reply);
 }

@@ -151,8 +151,7 @@ impl Accept {
                         Transport::Https => super::https::serve(conn.clone(), stream).await,
                         // DNS over TCP (a TCP listener serves no datagrams and no QUIC).
                         Transport::Tcp | Transport::Udp | Transport::Quic | Transport::H3 => {
-                            let (read, write) = stream.into_split();
-                            conn.serve(read, write).await;
+                            conn.serve(stream).await;
                         }
                     }
                 }

@@ -13,8 +13,7 @@ use crate::metrics::Handshake;
 /// Serves one DoT connection.
 pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     if let Some(stream) = handshake(&conn, stream).await {
-        let (read, write) = tokio::io::split(stream);
-        conn.serve(read, write).await;
+        conn.serve(stream).await;
     }
 }
 

@@ -66,8 +66,9 @@ impl Connection {
         tokio::pin!(stopped);
         loop {
             // Every whole query read so far; blocked, refused and cached answers at once.
-            let mut spent = false;
+            let (mut spent, mut answered) = (false, false);
             while let Some(len) = whole_frame(&input) {
+                answered = true;
                 let frame = input.split_to(2 + len);
                 let mut reply = Vec::with_capacity(512);
                 let packet = &frame[2..];
@@ -116,9 +117,12 @@ impl Connection {
             if spent {
                 break;
             }
+            // The read deadline runs from when the query left over began: now, if a whole
+            // one came before it.
             partial_since = match (input.is_empty(), partial_since) {
                 (true, _) => None,
                 (false, None) => Some(Instant::now()),
+                (false, _) if answered => Some(Instant::now()),
                 (false, since) => since,
             };
             let deadline = match partial_since {

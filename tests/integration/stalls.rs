@@ -218,3 +218,56 @@ async fn doh_get(addr: SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>
         .unwrap_or("")
         .to_owned()
 }
+
+/// A client that pipelines without pause, its queries split across writes so that a read
+/// always ends inside one: only a query that itself comes too slowly is cut, so this client
+/// keeps its connection far past the read deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_pipeline_whose_reads_end_mid_query_is_not_slow() {
+    let upstream = FakeUpstream::new().start().await;
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntcp_read_timeout_ms = 300\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [lists.tiktok]\nfiles = [\"tests/fixtures/tiktok.txt\"]\n\
+         [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.2/32\"]\nblock = [\"tiktok\"]\n\
+         [[upstream]]\nservers = [\"{}\"]\n",
+        upstream.addr
+    );
+    let gateway = TestGateway::start_text(config).await;
+    let stream = connect_from("127.0.0.2".to_owned(), gateway.addr()).await;
+    let (mut read, mut write) = stream.into_split();
+    let packet = encode(&question("www.tiktok.com.", RecordType::A, false));
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&packet);
+    const QUERIES: usize = 60;
+    let cut = framed.len() / 2;
+    // Each write: the second half of one query and the first half of the next, every 20 ms
+    // (1.2 s in all, four read deadlines).
+    let writer = tokio::spawn(async move {
+        write.write_all(&framed[..cut]).await.unwrap();
+        for _ in 1..QUERIES {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut chunk = framed[cut..].to_vec();
+            chunk.extend_from_slice(&framed[..cut]);
+            write.write_all(&chunk).await.unwrap();
+        }
+        write.write_all(&framed[cut..]).await.unwrap();
+        write
+    });
+    let mut answered = 0;
+    let mut len = [0u8; 2];
+    while answered < QUERIES {
+        let next = tokio::time::timeout(Duration::from_secs(3), read.read_exact(&mut len)).await;
+        let Ok(Ok(_)) = next else { break };
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        read.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[3] & 0x0f, 3, "NXDOMAIN for staff");
+        answered += 1;
+    }
+    let _write = writer.await.unwrap();
+    assert_eq!(answered, QUERIES, "every query answered on one connection");
+    let m = gateway.scrape().await;
+    let slow = m
+        .get("portvakt_tcp_limit_hits_total{limit=\"slow\"}")
+        .copied();
+    assert_eq!(slow.unwrap_or(0.0), 0.0, "no query was slow: {m:?}");
+}

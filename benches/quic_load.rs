@@ -22,6 +22,39 @@ use rustls::pki_types::pem::PemObject;
 /// A query unanswered after this long is lost.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What every worker shares: the queries, the next one's index, the counts, the end.
+struct Load {
+    queries: Arc<Vec<Vec<u8>>>,
+    counts: Arc<Counts>,
+    next: AtomicUsize,
+    end: Instant,
+}
+
+impl Load {
+    /// One worker: a query every `period` until the end, each asked by `ask` within
+    /// [`TIMEOUT`] and counted.
+    async fn paced<F, A>(self: Arc<Self>, period: Duration, mut ask: F)
+    where
+        F: FnMut(Vec<u8>) -> A,
+        A: std::future::Future<Output = Option<()>>,
+    {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            if Instant::now() >= self.end {
+                break;
+            }
+            let at = self.next.fetch_add(1, Ordering::Relaxed) % self.queries.len();
+            self.counts.sent.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(TIMEOUT, ask(self.queries[at].clone())).await {
+                Ok(Some(())) => self.counts.completed.fetch_add(1, Ordering::Relaxed),
+                _ => self.counts.lost.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     sent: AtomicU64,
@@ -72,7 +105,6 @@ fn main() {
         .build()
         .unwrap();
     let counts = Arc::new(Counts::default());
-    let next = Arc::new(AtomicUsize::new(0));
     let started = runtime.block_on(async {
         let mut endpoint = quinn::Endpoint::client(source).unwrap();
         endpoint.set_default_client_config(client);
@@ -86,83 +118,63 @@ fn main() {
         }
         let started = Instant::now();
         let end = started + duration;
+        let load = Arc::new(Load {
+            queries: queries.clone(),
+            counts: counts.clone(),
+            next: AtomicUsize::new(0),
+            end,
+        });
         if fresh {
             let period = Duration::from_secs_f64(outstanding.max(1) as f64 / qps as f64);
             for _ in 0..outstanding.max(1) {
                 let (endpoint, name) = (endpoint.clone(), name.clone());
-                let (queries, counts, next) = (queries.clone(), counts.clone(), next.clone());
-                tasks.spawn(async move {
-                    let mut ticks = tokio::time::interval(period);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                    loop {
-                        ticks.tick().await;
-                        if Instant::now() >= end {
-                            break;
-                        }
-                        let query = &queries[next.fetch_add(1, Ordering::Relaxed) % queries.len()];
-                        counts.sent.fetch_add(1, Ordering::Relaxed);
-                        let asked = tokio::time::timeout(TIMEOUT, async {
-                            let connection = endpoint.connect(server, &name).ok()?.await.ok()?;
-                            let answered = match h3 {
-                                true => {
-                                    let (mut driver, send) =
-                                        h3::client::new(h3_quinn::Connection::new(connection.clone()))
-                                            .await
-                                            .ok()?;
-                                    let authority = format!("{name}:{}", server.port());
-                                    let asked = ask_h3(send, &authority, query);
-                                    tokio::select! {
-                                        asked = asked => asked,
-                                        _ = std::future::poll_fn(|cx| driver.poll_close(cx)) => None,
-                                    }
+                tasks.spawn(load.clone().paced(period, move |query| {
+                    let (endpoint, name) = (endpoint.clone(), name.clone());
+                    async move {
+                        let connection = endpoint.connect(server, &name).ok()?.await.ok()?;
+                        let answered = match h3 {
+                            true => {
+                                let quic = h3_quinn::Connection::new(connection.clone());
+                                let (mut driver, send) = h3::client::new(quic).await.ok()?;
+                                let authority = format!("{name}:{}", server.port());
+                                tokio::select! {
+                                    asked = ask_h3(send, &authority, &query) => asked,
+                                    _ = std::future::poll_fn(|cx| driver.poll_close(cx)) => None,
                                 }
-                                false => ask_doq(&connection, query).await,
-                            };
-                            connection.close(0u32.into(), b"");
-                            answered
-                        });
-                        match asked.await {
-                            Ok(Some(())) => counts.completed.fetch_add(1, Ordering::Relaxed),
-                            _ => counts.lost.fetch_add(1, Ordering::Relaxed),
+                            }
+                            false => ask_doq(&connection, &query).await,
                         };
+                        connection.close(0u32.into(), b"");
+                        answered
                     }
-                });
+                }));
             }
         }
         for connection in connections {
             let h3 = if h3 {
-                let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
-                    .await
-                    .expect("HTTP/3 set up");
+                let (mut driver, send) =
+                    h3::client::new(h3_quinn::Connection::new(connection.clone()))
+                        .await
+                        .expect("HTTP/3 set up");
                 tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
                 Some(send)
             } else {
                 None
             };
+            let authority = format!("{name}:{}", server.port());
             for _ in 0..workers {
-                let (connection, h3) = (connection.clone(), h3.clone());
-                let (queries, counts, next) = (queries.clone(), counts.clone(), next.clone());
-                let authority = format!("{name}:{}", server.port());
-                tasks.spawn(async move {
-                    let mut ticks = tokio::time::interval(period);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                    loop {
-                        ticks.tick().await;
-                        if Instant::now() >= end {
-                            break;
+                let (connection, h3, authority) =
+                    (connection.clone(), h3.clone(), authority.clone());
+                tasks.spawn(load.clone().paced(period, move |query| {
+                    let (connection, h3, authority) =
+                        (connection.clone(), h3.clone(), authority.clone());
+                    async move {
+                        match h3 {
+                            Some(send) => ask_h3(send, &authority, &query).await,
+                            None => ask_doq(&connection, &query).await,
                         }
-                        let query = &queries[next.fetch_add(1, Ordering::Relaxed) % queries.len()];
-                        counts.sent.fetch_add(1, Ordering::Relaxed);
-                        let asked = match &h3 {
-                            Some(send) => tokio::time::timeout(TIMEOUT, ask_h3(send.clone(), &authority, query)).await,
-                            None => tokio::time::timeout(TIMEOUT, ask_doq(&connection, query)).await,
-                        };
-                        match asked {
-                            Ok(Some(())) => counts.completed.fetch_add(1, Ordering::Relaxed),
-                            _ => counts.lost.fetch_add(1, Ordering::Relaxed),
-                        };
                     }
-                });
+                }));
             }
         }
         while tasks.join_next().await.is_some() {}

@@ -315,7 +315,7 @@ async fn doh_answers_http1_and_http2_and_rejects_bad_requests() {
             "-o".into(),
             format!("{}/reply.bin", dir.path().display()),
             "-w".into(),
-            "%{http_code} %{http_version} %{content_type}".into(),
+            "%{http_code} %{http_version} %{content_type} %header{content-length}".into(),
         ];
         args.extend(extra);
         args.push(url(rest));
@@ -337,12 +337,12 @@ async fn doh_answers_http1_and_http2_and_rejects_bad_requests() {
             let (ok, out) = run("curl", &request(version, extra, rest)).await;
             let shown = if version == "--http1.1" { "1.1" } else { "2" };
             assert!(ok, "curl {version} {rest}: {out}");
+            let reply = std::fs::read(dir.path().join("reply.bin")).unwrap();
             assert_eq!(
                 out,
-                format!("200 {shown} application/dns-message"),
-                "{version} {rest}"
+                format!("200 {shown} application/dns-message {}", reply.len()),
+                "{version} {rest}: status, version, type and content-length"
             );
-            let reply = std::fs::read(dir.path().join("reply.bin")).unwrap();
             let reply = hickory_proto::op::Message::from_vec(&reply).expect("a DNS reply");
             assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
         }

@@ -86,7 +86,10 @@ pub(super) async fn serve(conn: Connection, stream: TcpStream) {
     let (stopped, spent) = (stop.cancelled(), activity.spent.notified());
     tokio::pin!(stopped, spent);
     loop {
+        // In this order: new streams, then every stream that can answer, then hyper's
+        // connection, so that the replies of one read go out in one write.
         tokio::select! {
+            biased;
             Some(stream) = spawned.recv() => streams.push(stream),
             Some(()) = streams.next(), if !streams.is_empty() => {}
             result = served.as_mut() => {

@@ -164,46 +164,61 @@ impl Handler {
     }
 }
 
-/// TTLs whose `max-age` value, and reply lengths whose `content-length` value, come from a
-/// table made once per process (about 50 KB and 20 KB).
-const TABLED_AGES: u32 = 3600;
+const HOUR: u32 = 3600;
+const DAY: u32 = 86_400;
+/// Reply lengths whose `content-length` value comes from a table.
 const TABLED_LENGTHS: u32 = 4096;
 
-/// `max-age=<ttl>`: from the table (a clone of a static value: no allocation, no count), or
-/// for longer TTLs written on the stack and copied.
+/// `max-age=<ttl>`, from a table made once per process (about 60 KB): every second up to an
+/// hour, then every minute up to a day, a TTL between two minutes given the one below (a
+/// client may ask again up to 59 s early, never late). Longer TTLs are written and copied.
 fn max_age(ttl: u32) -> HeaderValue {
     static AGES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    decimal(&AGES, "max-age=", TABLED_AGES, ttl)
+    if ttl > DAY {
+        return written("max-age=", ttl.into());
+    }
+    let ages = AGES.get_or_init(|| {
+        let minutes = (HOUR + 60..=DAY).step_by(60);
+        statics("max-age=", (0..=HOUR).chain(minutes))
+    });
+    let at = if ttl <= HOUR {
+        ttl
+    } else {
+        HOUR + (ttl - HOUR) / 60
+    };
+    ages[at as usize].clone()
 }
 
-/// A reply's `content-length` (hyper would otherwise allocate one for every reply).
+/// A reply's `content-length`, from a table up to [`TABLED_LENGTHS`] (hyper would otherwise
+/// format and allocate one for every reply).
 fn content_length(len: usize) -> HeaderValue {
     static LENGTHS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    let len = u32::try_from(len).unwrap_or(u32::MAX);
-    decimal(&LENGTHS, "", TABLED_LENGTHS, len)
+    if len > TABLED_LENGTHS as usize {
+        return written("", len as u64);
+    }
+    LENGTHS.get_or_init(|| statics("", 0..=TABLED_LENGTHS))[len].clone()
 }
 
-/// `<prefix><n>`: from `table` (made on first use with every `n` up to `tabled`), else written
-/// on the stack and copied.
-fn decimal(table: &OnceLock<Vec<HeaderValue>>, prefix: &str, tabled: u32, n: u32) -> HeaderValue {
+/// `<prefix><n>` for each `n`, as static values (their text leaked once): a clone allocates
+/// nothing and counts nothing.
+fn statics(prefix: &str, numbers: impl Iterator<Item = u32>) -> Vec<HeaderValue> {
+    let texts: Vec<String> = numbers.map(|n| format!("{prefix}{n}")).collect();
+    let all: &'static str = Box::leak(texts.concat().into_boxed_str());
+    let mut at = 0;
+    (texts.iter())
+        .map(|t| {
+            at += t.len();
+            HeaderValue::from_static(&all[at - t.len()..at])
+        })
+        .collect()
+}
+
+/// `<prefix><n>`, written on the stack and copied.
+fn written(prefix: &str, n: u64) -> HeaderValue {
     use std::io::Write as _;
-    if n <= tabled {
-        let values = table.get_or_init(|| {
-            let texts: Vec<String> = (0..=tabled).map(|n| format!("{prefix}{n}")).collect();
-            let all: &'static str = Box::leak(texts.concat().into_boxed_str());
-            let mut at = 0;
-            (texts.iter())
-                .map(|t| {
-                    at += t.len();
-                    HeaderValue::from_static(&all[at - t.len()..at])
-                })
-                .collect()
-        });
-        return values[n as usize].clone();
-    }
-    let mut text = [0u8; 24];
+    let mut text = [0u8; 32];
     let mut cursor = std::io::Cursor::new(&mut text[..]);
-    write!(cursor, "{prefix}{n}").expect("24 bytes hold the prefix and a u32");
+    write!(cursor, "{prefix}{n}").expect("32 bytes hold the prefix and a u64");
     let len = cursor.position() as usize;
     HeaderValue::from_bytes(&text[..len]).expect("ASCII is a header value")
 }
@@ -246,9 +261,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_age_is_the_ttl_from_the_table_and_beyond_it() {
-        for ttl in [0, 1, 299, TABLED_AGES, TABLED_AGES + 1, u32::MAX] {
-            assert_eq!(max_age(ttl), format!("max-age={ttl}").as_str());
+    fn max_age_is_the_ttl_to_the_second_up_to_an_hour_then_to_the_minute_below() {
+        let age = |ttl| {
+            let value = max_age(ttl);
+            let text = value.to_str().unwrap().strip_prefix("max-age=").unwrap();
+            text.parse::<u32>().unwrap()
+        };
+        for ttl in [0, 1, 299, HOUR, DAY + 1, u32::MAX] {
+            assert_eq!(age(ttl), ttl);
+        }
+        for ttl in [
+            HOUR + 1,
+            HOUR + 59,
+            HOUR + 60,
+            HOUR + 61,
+            7199,
+            7200,
+            DAY - 1,
+            DAY,
+        ] {
+            assert_eq!(age(ttl), ttl - (ttl - HOUR) % 60, "{ttl}");
         }
     }
 

@@ -453,6 +453,66 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
     assert!(status.success(), "{status}");
 }
 
+/// SIGTERM with a DoQ connection open: the listener closes it with DOQ_NO_ERROR, the client
+/// hears that at once (not after its idle timeout), and the process exits 0 within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_quic_connections_where_the_client_hears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::harness::certificate(dir.path(), crate::encrypted::NAME);
+    let upstream = FakeUpstream::new().start().await;
+    let (dns, quic, admin) = (free_port(), free_port(), free_port());
+    let d = dir.path().display();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{dns}\"]\nquic_listen = [\"127.0.0.1:{quic}\"]\n\
+         tls_cert_file = \"{d}/cert.pem\"\ntls_key_file = \"{d}/key.pem\"\n\
+         tls_name = \"{}\"\nwatch = false\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [[segment]]\nname = \"staff\"\nnetworks = [\"127.0.0.0/8\"]\n\
+         [[upstream]]\nservers = [\"{}\"]\n",
+        crate::encrypted::NAME,
+        upstream.addr
+    );
+    let config = dir.path().join("portvakt.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = serve(&config);
+    let dns = format!("127.0.0.1:{dns}");
+    for _ in 0..50 {
+        if rcode_of(&dns, "up.example.").await.is_some() {
+            break;
+        }
+    }
+    assert_answered_by(&child, &format!("127.0.0.1:{admin}")).await;
+    let to = format!("127.0.0.1:{quic}").parse().unwrap();
+    let connection = crate::doq::connect("127.0.0.2", dir.path(), to).await;
+    let reply = crate::doq::query(&connection, "www.example.", 0).await;
+    assert!(reply.is_some(), "answered over DoQ before SIGTERM");
+
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(3), connection.closed()).await;
+    match closed.expect("the connection was closed within 3 s of SIGTERM") {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0), "DOQ_NO_ERROR");
+        }
+        other => panic!("expected the server's close, got {other}"),
+    }
+    let mut exited = None;
+    for _ in 0..60 {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("exited within 3 s of SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
 /// `portvakt catalogue <command>` with `args`: (exit code, stdout, stderr).
 fn catalogue<S: AsRef<std::ffi::OsStr>>(command: &str, args: &[S]) -> (i32, String, String) {
     let out = Command::new(BIN)

@@ -63,7 +63,7 @@ fn endpoint(source: &str, dir: &Path, alpn: &[u8]) -> quinn::Endpoint {
     endpoint
 }
 
-async fn connect(source: &str, dir: &Path, to: SocketAddr) -> quinn::Connection {
+pub(crate) async fn connect(source: &str, dir: &Path, to: SocketAddr) -> quinn::Connection {
     connect_alpn(source, dir, to, b"doq").await
 }
 
@@ -72,7 +72,7 @@ async fn connect_alpn(source: &str, dir: &Path, to: SocketAddr, alpn: &[u8]) -> 
 }
 
 /// One query on its own stream; the reply (or `None` when the stream or connection ends).
-async fn query(connection: &quinn::Connection, name: &str, id: u16) -> Option<Message> {
+pub(crate) async fn query(connection: &quinn::Connection, name: &str, id: u16) -> Option<Message> {
     let (mut send, mut recv) = connection.open_bi().await.ok()?;
     let mut query = question(name, RecordType::A, true);
     query.metadata.id = id;

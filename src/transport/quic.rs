@@ -149,8 +149,11 @@ impl Accept {
                 connection_of(served, incoming, config, &clients).await;
             });
         }
-        // New connections are refused from now on; open ones finish their streams.
+        // New connections are refused from now on; open ones finish their streams and are
+        // closed by their tasks. Their close frames leave before the endpoint goes (within
+        // the shutdown grace that bounds this task).
         self.endpoint.set_server_config(None);
+        self.endpoint.wait_idle().await;
     }
 
     /// The QUIC config for the certificate in force (`None`: there is none).

@@ -149,15 +149,14 @@ async fn read_body(stream: &mut H3Stream) -> Result<Bytes, BodyError> {
     Ok(body.freeze())
 }
 
-/// The head (with the content-length h3 does not add), the body, the end of the stream.
+/// The head (with the content-length h3 does not add, unless the answer has it), the body,
+/// the end of the stream.
 async fn send(
     stream: &mut H3Stream,
     response: Response<Bytes>,
 ) -> Result<(), h3::error::StreamError> {
     let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (parts.headers.entry(CONTENT_LENGTH)).or_insert_with(|| HeaderValue::from(body.len()));
     stream
         .send_response(Response::from_parts(parts, ()))
         .await?;

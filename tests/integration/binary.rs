@@ -16,6 +16,35 @@ const BIN: &str = env!("CARGO_BIN_EXE_portvakt");
 /// Kills the child when the test ends, whatever happens.
 struct Child(std::process::Child);
 
+impl Child {
+    /// Waits (50 tries) until `dns` answers, then checks that this child is what answers.
+    async fn serving(&self, dns: &str, admin: &str) {
+        for _ in 0..50 {
+            if rcode_of(dns, "up.example.").await.is_some() {
+                break;
+            }
+        }
+        assert_answered_by(self, admin).await;
+    }
+
+    fn terminate(&self) {
+        let pid = self.0.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(kill.unwrap().success());
+    }
+
+    /// The exit status, which must come within 3 s.
+    async fn exit_within_3s(&mut self) -> std::process::ExitStatus {
+        for _ in 0..60 {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not exited within 3 s of SIGTERM");
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -408,12 +437,7 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
     );
     std::fs::write(&config, text).unwrap();
     let mut child = serve(&config);
-    for _ in 0..50 {
-        if rcode_of(&dns, "fast.example.").await.is_some() {
-            break;
-        }
-    }
-    assert_answered_by(&child, &admin).await;
+    child.serving(&dns, &admin).await;
 
     // A miss the upstream answers only after 600 ms, in flight when SIGTERM comes.
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -422,14 +446,7 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
         .unwrap();
     socket.send_to(&query, &dns).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.terminate();
     let mut buf = vec![0u8; 4096];
     let received = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf)).await;
     let (len, _) = received.expect("the query in flight was answered").unwrap();
@@ -441,15 +458,7 @@ async fn sigterm_finishes_the_queries_in_flight_then_exits() {
         None,
         "a query after SIGTERM"
     );
-    let mut exited = None;
-    for _ in 0..60 {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = exited.expect("exited within 3 s of SIGTERM");
+    let status = child.exit_within_3s().await;
     assert!(status.success(), "{status}");
 }
 
@@ -474,26 +483,15 @@ async fn sigterm_closes_open_quic_connections_where_the_client_hears_it() {
     let config = dir.path().join("portvakt.toml");
     std::fs::write(&config, text).unwrap();
     let mut child = serve(&config);
-    let dns = format!("127.0.0.1:{dns}");
-    for _ in 0..50 {
-        if rcode_of(&dns, "up.example.").await.is_some() {
-            break;
-        }
-    }
-    assert_answered_by(&child, &format!("127.0.0.1:{admin}")).await;
+    child
+        .serving(&format!("127.0.0.1:{dns}"), &format!("127.0.0.1:{admin}"))
+        .await;
     let to = format!("127.0.0.1:{quic}").parse().unwrap();
     let connection = crate::doq::connect("127.0.0.2", dir.path(), to).await;
     let reply = crate::doq::query(&connection, "www.example.", 0).await;
     assert!(reply.is_some(), "answered over DoQ before SIGTERM");
 
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.terminate();
     let closed = tokio::time::timeout(Duration::from_secs(3), connection.closed()).await;
     match closed.expect("the connection was closed within 3 s of SIGTERM") {
         quinn::ConnectionError::ApplicationClosed(close) => {
@@ -501,15 +499,7 @@ async fn sigterm_closes_open_quic_connections_where_the_client_hears_it() {
         }
         other => panic!("expected the server's close, got {other}"),
     }
-    let mut exited = None;
-    for _ in 0..60 {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = exited.expect("exited within 3 s of SIGTERM");
+    let status = child.exit_within_3s().await;
     assert!(status.success(), "{status}");
 }
 
